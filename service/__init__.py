@@ -1,0 +1,1 @@
+"""The HTTP service: collections, image ingest, FAISS indexes, search, tuning jobs."""

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from service import collections as ops
+from service.api.deps import ContextDep
+from service.errors import ApiError
+from service.imaging import thumbnail_jpeg
+from service.ingest import IngestItem, ingest
+from service.manifest import load_manifest
+from service.models import ImageRecord
+from service.schemas import ImageMetadata, ImageOut, ImagePage, ImportRequest, IngestResponse
+
+router = APIRouter(prefix="/collections/{collection_id}/images", tags=["images"])
+
+_metadata_list = TypeAdapter(list[ImageMetadata])
+
+
+def image_out(record: ImageRecord) -> ImageOut:
+    base = f"/collections/{record.collection_id}/images/{record.id}"
+    return ImageOut(
+        id=record.id, collection_id=record.collection_id, filename=record.filename, sha256=record.sha256,
+        content_type=record.content_type, width=record.width, height=record.height, size_bytes=record.size_bytes,
+        captions=record.caption_texts, category=record.category, attributes=record.attributes or [],
+        meta=record.meta or {}, created_at=record.created_at, url=f"{base}/file", thumbnail_url=f"{base}/thumbnail",
+    )
+
+
+def parse_metadata(raw: str | None, file_count: int) -> list[ImageMetadata]:
+    if raw is None or raw.strip() == "":
+        return [ImageMetadata() for _ in range(file_count)]
+    try:
+        entries = _metadata_list.validate_python(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, "bad_metadata", f"metadata is not valid JSON: {exc.msg}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ApiError(422, "bad_metadata", f"metadata[{where}]: {first['msg']}")
+    if len(entries) != file_count:
+        raise ApiError(422, "metadata_mismatch",
+                       f"metadata lists {len(entries)} entries but {file_count} files were sent")
+    return entries
+
+
+@router.post("", response_model=IngestResponse)
+async def upload_images(
+    collection_id: int,
+    ctx: ContextDep,
+    files: Annotated[list[UploadFile], File(description="One or more image files")],
+    metadata: Annotated[str | None, Form(description="JSON list aligned with files")] = None,
+) -> IngestResponse:
+    settings = ctx.settings
+    with ctx.session() as session:
+        ops.get_collection(session, collection_id)
+    if len(files) > settings.max_files_per_upload:
+        raise ApiError(413, "too_many_files", f"at most {settings.max_files_per_upload} files per upload")
+    entries = parse_metadata(metadata, len(files))
+    items = []
+    for upload, meta in zip(files, entries):
+        # Read one byte past the limit: enough to know it is too big without holding all of it.
+        data = await upload.read(settings.max_upload_bytes + 1)
+        items.append(IngestItem(
+            filename=upload.filename or "", data=data, captions=meta.captions, category=meta.category,
+            attributes=meta.attributes, meta=meta.meta,
+        ))
+    result = await run_in_threadpool(ingest, ctx, collection_id, items)
+    return IngestResponse(accepted=result.accepted, rejected=result.rejected)
+
+
+@router.post("/import", response_model=IngestResponse)
+async def import_images(collection_id: int, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
+    with ctx.session() as session:
+        ops.get_collection(session, collection_id)
+    items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest, ctx.settings.max_upload_bytes)
+    result = await run_in_threadpool(ingest, ctx, collection_id, items)
+    return IngestResponse(accepted=result.accepted, rejected=result.rejected)
+
+
+@router.get("", response_model=ImagePage)
+def list_images(
+    collection_id: int,
+    ctx: ContextDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ImagePage:
+    with ctx.session() as session:
+        ops.get_collection(session, collection_id)
+        total = ops.image_count(session, collection_id)
+        records = session.scalars(
+            select(ImageRecord).options(selectinload(ImageRecord.captions))
+            .where(ImageRecord.collection_id == collection_id)
+            .order_by(ImageRecord.id).offset(offset).limit(limit)
+        ).all()
+        return ImagePage(total=total, offset=offset, limit=limit, items=[image_out(r) for r in records])
+
+
+@router.get("/{image_id}", response_model=ImageOut)
+def get_image(collection_id: int, image_id: int, ctx: ContextDep) -> ImageOut:
+    with ctx.session() as session:
+        return image_out(ops.get_image(session, collection_id, image_id))
+
+
+@router.get("/{image_id}/file")
+def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileResponse:
+    with ctx.session() as session:
+        record = ops.get_image(session, collection_id, image_id)
+    path = ctx.store.path(collection_id, record.sha256)
+    if not path.exists():
+        raise ApiError(410, "file_missing", f"the file of image {image_id} is missing from storage")
+    return FileResponse(path, media_type=record.content_type, filename=record.filename or None)
+
+
+@router.get("/{image_id}/thumbnail")
+def image_thumbnail(
+    collection_id: int, image_id: int, ctx: ContextDep, size: Annotated[int, Query(ge=16, le=1024)] = 256
+) -> Response:
+    with ctx.session() as session:
+        record = ops.get_image(session, collection_id, image_id)
+    data = thumbnail_jpeg(ctx.store.read(collection_id, record.sha256), size)
+    return Response(content=data, media_type="image/jpeg")
+
+
+@router.delete("/{image_id}", status_code=204)
+async def delete_image(collection_id: int, image_id: int, ctx: ContextDep) -> Response:
+    await run_in_threadpool(ops.delete_image, ctx, collection_id, image_id)
+    return Response(status_code=204)

@@ -1,0 +1,183 @@
+"""`prompt-adapters serve | ingest | search | migrate | reembed`.
+
+Every setting can come from the environment (PAS_*) or from the flags below. `ingest`, `search` and
+`reembed` work on the data directory directly: run them while no server uses the same directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.config import Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+SETTING_FLAGS = {
+    "data_dir": "--data-dir",
+    "database_url": "--database-url",
+    "backbone_model": "--backbone-model",
+    "backbone_pretrained": "--backbone-pretrained",
+    "device": "--device",
+    "precision": "--precision",
+    "batch_size": "--batch-size",
+    "import_root": "--import-root",
+    "ann_threshold": "--ann-threshold",
+    "host": "--host",
+    "port": "--port",
+}
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None}
+    return Settings(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    for name, flag in SETTING_FLAGS.items():
+        field = Settings.model_fields[name]
+        kind = int if field.annotation is int else str
+        common.add_argument(flag, dest=name, type=kind, default=None, help=field.description)
+
+    parser = argparse.ArgumentParser(prog="prompt-adapters", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common], help="run the HTTP server")
+    sub.add_parser("migrate", parents=[common], help="apply database migrations and exit")
+    ingest = sub.add_parser("ingest", parents=[common], help="add a directory of images to a collection")
+    ingest.add_argument("directory", type=Path)
+    ingest.add_argument("--collection", required=True, help="collection name (created if missing)")
+    ingest.add_argument("--captions", type=Path, help=".jsonl or .csv of (path, captions, category, attributes)")
+    search = sub.add_parser("search", parents=[common], help="search a collection by text")
+    search.add_argument("collection", help="collection id or name")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--adapter", default="active")
+    sub.add_parser("reembed", parents=[common], help="re-encode every image with the configured backbone")
+    return parser
+
+
+def cmd_serve(settings: Settings) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+
+
+def cmd_migrate(settings: Settings) -> None:
+    from service.db import make_engine, migrate
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(make_engine(settings.resolved_database_url))
+    print("database is at the newest schema revision")
+
+
+def caption_table(path: Path | None) -> dict[str, dict]:
+    from service.manifest import parse_manifest
+
+    if path is None:
+        return {}
+    rows = parse_manifest(path.read_text(encoding="utf-8"), path.suffix)
+    return {Path(row["path"]).as_posix(): row for row in rows}
+
+
+def cmd_ingest(settings: Settings, directory: Path, collection_name: str, captions: Path | None) -> int:
+    from sqlalchemy import select
+
+    from service.collections import create_collection
+    from service.context import ServiceContext
+    from service.ingest import IngestItem, ingest
+    from service.models import Collection
+
+    if not directory.is_dir():
+        print(f"error: {directory} is not a directory", file=sys.stderr)
+        return 2
+    table = caption_table(captions)
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    ctx = ServiceContext(settings)
+    ctx.recover()
+    with ctx.session() as session:
+        collection = session.scalar(select(Collection).where(Collection.name == collection_name))
+    if collection is None:
+        collection = create_collection(ctx, collection_name, None)
+    accepted = duplicates = rejected = 0
+    chunk = settings.batch_size * 4
+    with tqdm(total=len(files), unit="img", desc=f"ingest into {collection_name}") as bar:
+        for start in range(0, len(files), chunk):
+            items = []
+            for path in files[start : start + chunk]:
+                rel = path.relative_to(directory).as_posix()
+                row = table.get(rel) or table.get(path.name) or {}
+                items.append(IngestItem(filename=rel, data=path.read_bytes(), captions=row.get("captions", []),
+                                        category=row.get("category"), attributes=row.get("attributes", [])))
+            result = ingest(ctx, collection.id, items)
+            accepted += sum(not a["duplicate"] for a in result.accepted)
+            duplicates += sum(a["duplicate"] for a in result.accepted)
+            rejected += len(result.rejected)
+            for r in result.rejected:
+                tqdm.write(f"rejected {r['filename']}: {r['reason']}")
+            bar.update(len(items))
+    print(f"collection {collection.name} (id {collection.id}): {accepted} added, {duplicates} duplicates, "
+          f"{rejected} rejected")
+    ctx.close()
+    return 0
+
+
+def cmd_search(settings: Settings, collection: str, query: str, k: int, adapter: str) -> int:
+    from service import search as searching
+    from service.collections import find_collection
+    from service.context import ServiceContext
+
+    ctx = ServiceContext(settings)
+    with ctx.session() as session:
+        found = find_collection(session, collection)
+    space = searching.resolve_adapter(ctx, found.id, adapter)
+    hits = searching.search(ctx, found.id, searching.validate_queries(ctx, [query]), k, space)[0]
+    print(f"adapter: {space}")
+    for rank, hit in enumerate(hits, start=1):
+        caption = hit.captions[0] if hit.captions else ""
+        print(f"{rank:3d}  {hit.score:+.4f}  image {hit.image_id}  {caption}")
+    ctx.close()
+    return 0
+
+
+def cmd_reembed(settings: Settings) -> int:
+    from service.reembed import reembed_all
+
+    count = reembed_all(settings)
+    print(f"re-encoded {count} images with the configured backbone")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    from service.errors import ApiError
+    from service.context import BackboneMismatch
+
+    try:
+        if args.command == "serve":
+            cmd_serve(settings)
+            return 0
+        if args.command == "migrate":
+            cmd_migrate(settings)
+            return 0
+        if args.command == "ingest":
+            return cmd_ingest(settings, args.directory, args.collection, args.captions)
+        if args.command == "search":
+            return cmd_search(settings, args.collection, args.query, args.k, args.adapter)
+        if args.command == "reembed":
+            return cmd_reembed(settings)
+    except (ApiError, BackboneMismatch) as exc:
+        print(f"error: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Collections and their images: lookups and deletions that keep files, rows and indexes in step."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from service.context import ServiceContext
+from service.errors import ApiError, not_found
+from service.models import Collection, ImageRecord
+
+
+def get_collection(session: Session, collection_id: int) -> Collection:
+    collection = session.get(Collection, collection_id)
+    if collection is None:
+        raise not_found("collection", collection_id)
+    return collection
+
+
+def find_collection(session: Session, id_or_name: str) -> Collection:
+    """By numeric id or by name (the CLI accepts either)."""
+    if id_or_name.isdigit():
+        found = session.get(Collection, int(id_or_name))
+        if found is not None:
+            return found
+    found = session.scalar(select(Collection).where(Collection.name == id_or_name))
+    if found is None:
+        raise not_found("collection", id_or_name)
+    return found
+
+
+def create_collection(ctx: ServiceContext, name: str, description: str | None) -> Collection:
+    with ctx.session() as session:
+        if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
+            raise ApiError(409, "duplicate_name", f"a collection named {name!r} already exists")
+        collection = Collection(name=name, description=description)
+        session.add(collection)
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent create won the race
+            session.rollback()
+            raise ApiError(409, "duplicate_name", f"a collection named {name!r} already exists")
+        return collection
+
+
+def image_count(session: Session, collection_id: int) -> int:
+    return session.scalar(select(func.count(ImageRecord.id)).where(ImageRecord.collection_id == collection_id)) or 0
+
+
+def get_image(session: Session, collection_id: int, image_id: int) -> ImageRecord:
+    record = session.scalar(
+        select(ImageRecord).options(selectinload(ImageRecord.captions))
+        .where(ImageRecord.id == image_id, ImageRecord.collection_id == collection_id)
+    )
+    if record is None:
+        raise not_found("image", image_id)
+    return record
+
+
+def delete_collection(ctx: ServiceContext, collection_id: int) -> None:
+    with ctx.collection_lock(collection_id):
+        with ctx.session() as session:
+            session.delete(get_collection(session, collection_id))
+            session.commit()
+        # The commit is the point of no return; what follows is redone by start-up recovery if cut short.
+        ctx.indexes.drop(collection_id)
+        ctx.store.delete_collection(collection_id)
+
+
+def delete_image(ctx: ServiceContext, collection_id: int, image_id: int) -> None:
+    with ctx.collection_lock(collection_id):
+        with ctx.session() as session:
+            record = get_image(session, collection_id, image_id)
+            sha = record.sha256
+            session.delete(record)
+            session.commit()
+        for space in ctx.served_spaces(collection_id):
+            ctx.indexes.remove(collection_id, space, np.array([image_id], dtype=np.int64))
+        ctx.store.delete(collection_id, sha)

@@ -1,0 +1,48 @@
+"""All settings in one pydantic-settings class: environment variables (PAS_*) or CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAS_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Image files, indexes, adapters and the default SQLite file")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/service.db")
+
+    backbone_model: str | None = Field(None, description="open_clip model name, e.g. ViT-B-32; unset = offline default")
+    backbone_pretrained: str | None = Field(None, description="open_clip pretrained tag or a local checkpoint path")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    precision: str = Field("auto", description="auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per encode batch")
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image file")
+    max_files_per_upload: int = Field(256, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Width x height above this is refused")
+    import_root: Path | None = Field(None, description="Server-side imports must lie under this directory")
+
+    ann_threshold: int = Field(20_000, ge=1, description="Vectors at or above which an index becomes approximate")
+    ann_nprobe: int = Field(32, ge=1, description="IVF lists probed per query")
+    max_k: int = Field(1000, ge=1)
+    max_query_chars: int = Field(1000, ge=1)
+    max_batch_queries: int = Field(64, ge=1)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("data_dir", "import_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'service.db'}"
+
+    @property
+    def collections_dir(self) -> Path:
+        return self.data_dir / "collections"

@@ -1,0 +1,146 @@
+"""Everything one running service holds: settings, backbone, database, files, indexes.
+
+Built once (by the app's lifespan or a CLI command), shared by all requests. Start-up also repairs
+what a crash may have left: temp files, files without rows, indexes that disagree with the rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapters.backbone import Backbone, BackboneIdentity, load_backbone
+from service.config import Settings
+from service.db import make_engine, make_session_factory, migrate
+from service.encoders import ZERO_SHOT, Encoder, ZeroShotEncoder
+from service.index import IndexRegistry
+from service.models import BackboneState, Collection, Embedding, ImageRecord
+from service.storage import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+class BackboneMismatch(RuntimeError):
+    """The data directory was built with another backbone; mixing vector spaces is refused."""
+
+
+def load_configured_backbone(settings: Settings) -> Backbone:
+    return load_backbone(settings.backbone_model, settings.backbone_pretrained, settings.device, settings.precision)
+
+
+def check_backbone_identity(session: Session, identity: BackboneIdentity) -> None:
+    """Record the backbone on first start; refuse a different one afterwards."""
+    state = session.get(BackboneState, 1)
+    if state is None:
+        session.add(BackboneState(id=1, identity=identity.to_dict()))
+        session.commit()
+        return
+    stored = BackboneIdentity.from_dict(state.identity)
+    differing = stored.mismatch(identity)
+    if differing:
+        raise BackboneMismatch(
+            f"this data directory holds embeddings of backbone {stored.describe()}, but the service was "
+            f"started with {identity.describe()} (differs in: {', '.join(differing)}). Start it with the "
+            f"original backbone, or run `prompt-adapters reembed` to re-encode every image with the new one."
+        )
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+class ServiceContext:
+    def __init__(self, settings: Settings, backbone: Backbone | None = None, *, check_identity: bool = True):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.backbone = backbone or load_configured_backbone(settings)
+        log.info("backbone: %s on %s (%s)", self.backbone.source_note, self.backbone.device, self.backbone.precision)
+        self.engine = make_engine(settings.resolved_database_url)
+        migrate(self.engine)
+        self.sessions = make_session_factory(self.engine)
+        if check_identity:
+            with self.sessions() as session:
+                check_backbone_identity(session, self.backbone.identity)
+        self.store = ImageStore(settings.collections_dir)
+        self.indexes = IndexRegistry(
+            settings.collections_dir,
+            self.backbone.identity.embed_dim,
+            self.load_embeddings,
+            settings.ann_threshold,
+            settings.ann_nprobe,
+        )
+        self.zero_shot = ZeroShotEncoder(self.backbone, settings.batch_size)
+        self._collection_locks: dict[int, threading.RLock] = defaultdict(threading.RLock)
+        self._locks_guard = threading.Lock()
+
+    # --- sessions and locks -------------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as session:
+            yield session
+
+    @contextmanager
+    def collection_lock(self, collection_id: int) -> Iterator[None]:
+        """Serialises writers of one collection (ingest, delete, index swaps); readers do not wait."""
+        with self._locks_guard:
+            lock = self._collection_locks[collection_id]
+        with lock:
+            yield
+
+    # --- spaces -------------------------------------------------------------------------------
+
+    def served_spaces(self, collection_id: int) -> list[str]:
+        """Spaces whose index must stay complete as images come and go."""
+        return [ZERO_SHOT]
+
+    def encoder(self, collection_id: int, space: str) -> Encoder:
+        if space == ZERO_SHOT:
+            return self.zero_shot
+        raise KeyError(space)
+
+    def load_embeddings(self, collection_id: int, space: str) -> tuple[np.ndarray, np.ndarray]:
+        dim = self.backbone.identity.embed_dim
+        with self.session() as session:
+            rows = session.execute(
+                select(Embedding.image_id, Embedding.vector)
+                .where(Embedding.collection_id == collection_id, Embedding.space == space)
+                .order_by(Embedding.image_id)
+            ).all()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        return ids, vectors
+
+    # --- start-up repair ----------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Bring files and indexes back in line with the database after an unclean stop."""
+        removed_tmp = self.store.remove_temp_files()
+        with self.session() as session:
+            known = {c.id for c in session.scalars(select(Collection))}
+            hashes_by_collection: dict[int, set[str]] = defaultdict(set)
+            for cid, sha in session.execute(select(ImageRecord.collection_id, ImageRecord.sha256)):
+                hashes_by_collection[cid].add(sha)
+        orphan_files = 0
+        for cid in self.store.collection_ids_on_disk():
+            if cid not in known:
+                self.store.delete_collection(cid)  # a delete interrupted after its commit
+                continue
+            for sha in self.store.stored_hashes(cid) - hashes_by_collection[cid]:
+                self.store.delete(cid, sha)  # an ingest interrupted before its commit
+                orphan_files += 1
+        for cid in known:
+            for space in self.served_spaces(cid):
+                self.indexes.get(cid, space)  # loads, or rebuilds from stored vectors if inconsistent
+        if removed_tmp or orphan_files:
+            log.warning("recovery removed %d temp files and %d orphan image files", removed_tmp, orphan_files)
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,69 @@
+"""Decoding and validating uploaded image bytes; thumbnails."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"}
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an image this service accepts; the message says why."""
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image  # fully loaded, RGB
+    sha256: str
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
+    if not data:
+        raise ImageRejected("empty file")
+    if len(data) > max_bytes:
+        raise ImageRejected(f"file is {len(data)} bytes, over the limit of {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))
+            # The header gives the size before any pixel is decoded: refuse bombs here.
+            width, height = probe.size
+            if width * height > max_pixels:
+                raise ImageRejected(f"image is {width}x{height} pixels, over the limit of {max_pixels}")
+            fmt = probe.format
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageRejected(f"unsupported image format {fmt}")
+            probe.load()  # raises on truncated or corrupt data
+            rgb = probe.convert("RGB")
+    except ImageRejected:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("not a decodable image (unknown format or decompression bomb)")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"corrupt or truncated image: {exc}")
+    return DecodedImage(
+        image=rgb,
+        sha256=hashlib.sha256(data).hexdigest(),
+        content_type=Image.MIME.get(fmt, "application/octet-stream"),
+        width=width,
+        height=height,
+        size_bytes=len(data),
+    )
+
+
+def thumbnail_jpeg(data: bytes, size: int) -> bytes:
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        img.thumbnail((size, size))
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=85)
+        return out.getvalue()

@@ -1,0 +1,219 @@
+"""FAISS indexes: one per (collection, space), inner product over L2-normalised vectors, ids = image ids.
+
+The database holds every embedding; an index file is a cache of it. Each file has a sidecar with
+the count and a digest of its ids, so an index that disagrees with the database (a crash between
+the commit and the save, a deleted file) is noticed at load and rebuilt from stored vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import faiss
+import numpy as np
+
+from service.storage import atomic_write
+
+log = logging.getLogger(__name__)
+
+EmbeddingLoader = Callable[[int, str], tuple[np.ndarray, np.ndarray]]  # (collection, space) -> ids, vectors
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()
+
+
+def ivf_list_count(n: int) -> int:
+    # FAISS's guideline: about 4*sqrt(n) lists, and at least ~39 training points per list.
+    return int(max(1, min(4 * math.sqrt(n), n // 39)))
+
+
+class VectorIndex:
+    """A FAISS index plus the knowledge of which ids it holds."""
+
+    def __init__(self, index: faiss.Index, ids: np.ndarray):
+        self.index = index
+        self._ids = set(int(i) for i in ids)
+        self.lock = threading.RLock()
+
+    @property
+    def kind(self) -> str:
+        return "ivf" if isinstance(faiss.downcast_index(self._inner()), faiss.IndexIVF) else "flat"
+
+    def _inner(self) -> faiss.Index:
+        if isinstance(self.index, faiss.IndexIDMap2):
+            return faiss.downcast_index(self.index.index)
+        return self.index
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.fromiter(self._ids, dtype=np.int64, count=len(self._ids))
+
+    @classmethod
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, ann_threshold: int, nprobe: int) -> "VectorIndex":
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(ids) >= ann_threshold:
+            nlist = ivf_list_count(len(ids))
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(vectors)
+            index.nprobe = min(nprobe, nlist)
+        else:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        if len(ids):
+            index.add_with_ids(vectors, ids)
+        return cls(index, ids)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        with self.lock:
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            fresh = np.array([i not in self._ids for i in ids], dtype=bool)
+            if not fresh.all():
+                self.remove(ids[~fresh])  # an update replaces the old vector
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            self._ids.update(int(i) for i in ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        with self.lock:
+            ids = np.asarray(ids, dtype=np.int64)
+            if len(ids):
+                self.index.remove_ids(faiss.IDSelectorBatch(ids))
+                self._ids.difference_update(int(i) for i in ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids, shape (len(queries), min(k, size)); best first."""
+        with self.lock:
+            k = min(k, self.size)
+            if k == 0:
+                empty = np.zeros((len(queries), 0))
+                return empty.astype(np.float32), empty.astype(np.int64)
+            scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        # An IVF probe can find fewer than k neighbours; FAISS pads with id -1.
+        return scores, ids
+
+    def save(self, path: Path) -> None:
+        with self.lock:
+            data = faiss.serialize_index(self.index).tobytes()
+            meta = {"count": self.size, "ids_sha256": ids_digest(self.ids), "kind": self.kind, "dim": self.dim}
+        atomic_write(path, data)
+        atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
+
+    @classmethod
+    def load(cls, path: Path, expected_ids: np.ndarray, nprobe: int) -> "VectorIndex | None":
+        """The stored index, or None when it is missing or does not hold exactly ``expected_ids``."""
+        meta_path = path.with_suffix(".json")
+        if not path.exists() or not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta["count"] != len(expected_ids) or meta["ids_sha256"] != ids_digest(expected_ids):
+                return None
+            index = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
+        except (OSError, ValueError, KeyError, RuntimeError):
+            return None
+        if index.ntotal != len(expected_ids):
+            return None
+        loaded = cls(index, expected_ids)
+        inner = loaded._inner()
+        if isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = min(nprobe, inner.nlist)
+        return loaded
+
+
+@dataclass
+class IndexStatus:
+    space: str
+    kind: str
+    size: int
+
+
+class IndexRegistry:
+    """All indexes of the process, loaded or rebuilt on first use, saved after each change."""
+
+    def __init__(self, root: Path, dim: int, loader: EmbeddingLoader, ann_threshold: int, nprobe: int):
+        self.root = root
+        self.dim = dim
+        self.loader = loader
+        self.ann_threshold = ann_threshold
+        self.nprobe = nprobe
+        self._indexes: dict[tuple[int, str], VectorIndex] = {}
+        self._lock = threading.RLock()
+
+    def path(self, collection_id: int, space: str) -> Path:
+        return self.root / str(collection_id) / "indexes" / f"{space}.faiss"
+
+    def get(self, collection_id: int, space: str) -> VectorIndex:
+        key = (collection_id, space)
+        with self._lock:
+            if key not in self._indexes:
+                self._indexes[key] = self._load_or_rebuild(collection_id, space)
+            return self._indexes[key]
+
+    def _load_or_rebuild(self, collection_id: int, space: str) -> VectorIndex:
+        ids, vectors = self.loader(collection_id, space)
+        loaded = VectorIndex.load(self.path(collection_id, space), ids, self.nprobe)
+        if loaded is not None:
+            return loaded
+        log.info("rebuilding index for collection %s space %s from %d stored vectors", collection_id, space, len(ids))
+        return self.rebuild(collection_id, space, ids, vectors)
+
+    def rebuild(self, collection_id: int, space: str, ids: np.ndarray | None = None,
+                vectors: np.ndarray | None = None) -> VectorIndex:
+        if ids is None or vectors is None:
+            ids, vectors = self.loader(collection_id, space)
+        index = VectorIndex.build(self.dim, ids, vectors, self.ann_threshold, self.nprobe)
+        index.save(self.path(collection_id, space))
+        with self._lock:
+            self._indexes[(collection_id, space)] = index  # an atomic swap for concurrent searches
+        return index
+
+    def add(self, collection_id: int, space: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        index = self.get(collection_id, space)
+        with index.lock:
+            if index.kind == "flat" and index.size + len(ids) >= self.ann_threshold:
+                # Crossing the threshold: switch to an approximate index built from every stored vector.
+                self.rebuild(collection_id, space)
+                return
+            index.add(ids, vectors)
+            index.save(self.path(collection_id, space))
+
+    def remove(self, collection_id: int, space: str, ids: np.ndarray) -> None:
+        index = self.get(collection_id, space)
+        with index.lock:
+            index.remove(ids)
+            index.save(self.path(collection_id, space))
+
+    def search(self, collection_id: int, space: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.get(collection_id, space).search(queries, k)
+
+    def status(self, collection_id: int, spaces: list[str]) -> list[IndexStatus]:
+        out = []
+        for space in spaces:
+            index = self.get(collection_id, space)
+            out.append(IndexStatus(space=space, kind=index.kind, size=index.size))
+        return out
+
+    def drop(self, collection_id: int, space: str | None = None) -> None:
+        """Forget indexes of a collection (all spaces, or one) and delete their files."""
+        with self._lock:
+            for key in [k for k in self._indexes if k[0] == collection_id and (space is None or k[1] == space)]:
+                del self._indexes[key]
+        if space is not None:
+            for path in (self.path(collection_id, space), self.path(collection_id, space).with_suffix(".json")):
+                path.unlink(missing_ok=True)

@@ -1,0 +1,164 @@
+"""Adding images to a collection: validate, de-duplicate, encode, store file + rows + vectors.
+
+Order of writes, so that any failure leaves nothing half-written:
+1. every item is decoded and checked first (rejections are per item);
+2. new images are encoded for every served space (nothing written yet);
+3. files are written (atomically); on any later failure the ones this call wrote are removed;
+4. rows, captions and embeddings are committed in one transaction;
+5. indexes get the vectors; if that fails they are rebuilt from the committed vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from service.context import ServiceContext, vector_bytes
+from service.imaging import DecodedImage, ImageRejected, decode_image
+from service.models import Caption, Embedding, ImageRecord
+
+log = logging.getLogger(__name__)
+
+MAX_CAPTIONS = 64
+MAX_CAPTION_CHARS = 2000
+
+
+@dataclass
+class IngestItem:
+    filename: str
+    data: bytes
+    captions: list[str] = field(default_factory=list)
+    category: str | None = None
+    attributes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    error: str | None = None  # set by a reader that already knows the item is unusable
+
+
+@dataclass
+class IngestResult:
+    accepted: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+
+def clean_captions(captions: list[str]) -> list[str]:
+    out: list[str] = []
+    for text in captions:
+        text = " ".join(str(text).split())
+        if not text:
+            continue
+        if len(text) > MAX_CAPTION_CHARS:
+            raise ImageRejected(f"caption longer than {MAX_CAPTION_CHARS} characters")
+        if text not in out:
+            out.append(text)
+    if len(out) > MAX_CAPTIONS:
+        raise ImageRejected(f"more than {MAX_CAPTIONS} captions")
+    return out
+
+
+def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> IngestResult:
+    settings = ctx.settings
+    result = IngestResult()
+    valid: list[tuple[int, IngestItem, DecodedImage]] = []
+    for position, item in enumerate(items):
+        try:
+            if item.error:
+                raise ImageRejected(item.error)
+            item.captions = clean_captions(item.captions)
+            decoded = decode_image(item.data, settings.max_upload_bytes, settings.max_image_pixels)
+        except ImageRejected as exc:
+            result.rejected.append({"index": position, "filename": item.filename, "reason": str(exc)})
+            continue
+        valid.append((position, item, decoded))
+    if not valid:
+        return result
+
+    with ctx.collection_lock(collection_id):
+        with ctx.session() as session:
+            existing = {
+                rec.sha256: rec
+                for rec in session.scalars(
+                    select(ImageRecord)
+                    .options(selectinload(ImageRecord.captions))
+                    .where(ImageRecord.collection_id == collection_id,
+                           ImageRecord.sha256.in_({d.sha256 for _, _, d in valid}))
+                )
+            }
+            new: dict[str, tuple[int, IngestItem, DecodedImage]] = {}
+            duplicates: list[tuple[int, IngestItem, DecodedImage]] = []
+            for entry in valid:
+                sha = entry[2].sha256
+                if sha in existing or sha in new:
+                    duplicates.append(entry)
+                else:
+                    new[sha] = entry
+
+            spaces = ctx.served_spaces(collection_id)
+            pending = list(new.values())
+            vectors = {
+                space: ctx.encoder(collection_id, space).encode_images([d.image for _, _, d in pending])
+                for space in spaces
+            } if pending else {}
+
+            written = []
+            try:
+                for _, item, decoded in pending:
+                    if not ctx.store.path(collection_id, decoded.sha256).exists():
+                        ctx.store.put(collection_id, decoded.sha256, item.data)
+                        written.append(decoded.sha256)
+                records = []
+                for row, (_, item, decoded) in enumerate(pending):
+                    record = ImageRecord(
+                        collection_id=collection_id, sha256=decoded.sha256, filename=item.filename[:500],
+                        content_type=decoded.content_type, width=decoded.width, height=decoded.height,
+                        size_bytes=decoded.size_bytes, category=item.category, attributes=item.attributes,
+                        meta=item.meta,
+                        captions=[Caption(position=i, text=t) for i, t in enumerate(item.captions)],
+                    )
+                    record.embeddings = [
+                        Embedding(collection_id=collection_id, space=space, vector=vector_bytes(vectors[space][row]))
+                        for space in spaces
+                    ]
+                    session.add(record)
+                    records.append(record)
+                # The same image again: keep one copy, but learn any captions it did not have yet.
+                merged_into: dict[str, ImageRecord] = {**existing, **{r.sha256: r for r in records}}
+                for _, item, decoded in duplicates:
+                    target = merged_into[decoded.sha256]
+                    have = set(target.caption_texts)
+                    for text in item.captions:
+                        if text not in have:
+                            target.captions.append(Caption(position=len(target.captions), text=text))
+                            have.add(text)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                for sha in written:
+                    ctx.store.delete(collection_id, sha)
+                raise
+
+            ids = np.array([r.id for r in records], dtype=np.int64)
+            for space in spaces:
+                if not len(ids):
+                    continue
+                try:
+                    ctx.indexes.add(collection_id, space, ids, vectors[space])
+                except Exception:  # the rows are committed: make the index agree with them again
+                    log.exception("index add failed; rebuilding collection %s space %s", collection_id, space)
+                    ctx.indexes.rebuild(collection_id, space)
+
+            duplicate_positions = {position for position, _, _ in duplicates}
+            for position, item, decoded in valid:
+                record = merged_into[decoded.sha256]
+                is_duplicate = position in duplicate_positions
+                result.accepted.append({
+                    "index": position, "id": record.id, "filename": item.filename,
+                    "sha256": decoded.sha256, "duplicate": is_duplicate,
+                })
+    result.accepted.sort(key=lambda a: a["index"])
+    result.rejected.sort(key=lambda r: r["index"])
+    return result
+

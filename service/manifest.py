@@ -1,0 +1,107 @@
+"""Server-side imports: a JSON-lines or CSV manifest of (path, captions, category, attributes).
+
+Both the manifest and every image it names must resolve (symlinks followed) inside the configured
+import root; anything else is refused before a single file is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from service.errors import ApiError
+from service.ingest import IngestItem
+
+MAX_MANIFEST_BYTES = 50 * 1024 * 1024
+
+
+def inside(root: Path, candidate: Path) -> bool:
+    try:
+        candidate.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def resolve_under_root(root: Path | None, raw: str, base: Path | None = None) -> Path:
+    if root is None:
+        raise ApiError(403, "import_disabled", "server-side import is disabled: no import root is configured")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = (base or root) / path
+    if not inside(root, path):
+        raise ApiError(403, "outside_import_root", f"{raw!r} is outside the allowed import root")
+    return path.resolve()
+
+
+def _split_captions(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    # CSV cells carry several captions separated by '|'.
+    return [part for part in str(value).split("|")]
+
+
+def parse_manifest(text: str, suffix: str) -> list[dict]:
+    rows: list[dict] = []
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ApiError(422, "bad_manifest", "CSV manifest needs a header with a 'path' column")
+        for row in reader:
+            rows.append({
+                "path": row.get("path"),
+                "captions": _split_captions(row.get("captions") or row.get("caption")),
+                "category": row.get("category") or None,
+                "attributes": _split_captions(row.get("attributes")),
+            })
+        return rows
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ApiError(422, "bad_manifest", f"manifest line {number} is not JSON: {exc.msg}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ApiError(422, "bad_manifest", f"manifest line {number} needs a string 'path'")
+        captions = entry.get("captions", entry.get("caption"))
+        rows.append({
+            "path": entry["path"],
+            "captions": _split_captions(captions) if isinstance(captions, list) else ([captions] if captions else []),
+            "category": entry.get("category"),
+            "attributes": _split_captions(entry.get("attributes")),
+        })
+    return rows
+
+
+def load_manifest(root: Path | None, manifest: str, max_bytes: int) -> list[IngestItem]:
+    path = resolve_under_root(root, manifest)
+    if path.suffix not in (".jsonl", ".csv"):
+        raise ApiError(422, "bad_manifest", "manifest must be a .jsonl or .csv file")
+    if not path.is_file():
+        raise ApiError(404, "manifest_not_found", f"manifest {manifest!r} not found")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ApiError(413, "manifest_too_large", f"manifest is over {MAX_MANIFEST_BYTES} bytes")
+    rows = parse_manifest(path.read_text(encoding="utf-8"), path.suffix)
+    if not rows:
+        raise ApiError(422, "bad_manifest", "manifest lists no images")
+    # Check every path before reading any, so a bad entry refuses the whole import.
+    resolved = [resolve_under_root(root, row["path"] or "", base=path.parent) for row in rows]
+    items = []
+    for row, image_path in zip(rows, resolved):
+        data, error = b"", None
+        if not image_path.is_file():
+            error = "file not found"
+        elif image_path.stat().st_size > max_bytes:
+            error = f"file is {image_path.stat().st_size} bytes, over the limit of {max_bytes}"
+        else:
+            data = image_path.read_bytes()
+        items.append(IngestItem(
+            filename=row["path"], data=data, captions=row["captions"],
+            category=row["category"], attributes=row["attributes"], error=error,
+        ))
+    return items

@@ -1,0 +1,111 @@
+"""Database tables (SQLAlchemy 2). Portable types only: SQLite by default, PostgreSQL through the same code."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware on every database: SQLite hands back naive values, which are UTC here."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BackboneState(Base):
+    """The one backbone whose vector space every stored embedding lives in."""
+
+    __tablename__ = "backbone_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    identity: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Collection(Base):
+    __tablename__ = "collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    images: Mapped[list["ImageRecord"]] = relationship(
+        back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ImageRecord(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("collection_id", "sha256", name="uq_images_collection_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(500))
+    content_type: Mapped[str] = mapped_column(String(100))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    category: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attributes: Mapped[list] = mapped_column(JSON, default=list)
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    collection: Mapped[Collection] = relationship(back_populates="images")
+    captions: Mapped[list["Caption"]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", passive_deletes=True, order_by="Caption.position"
+    )
+    embeddings: Mapped[list["Embedding"]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def caption_texts(self) -> list[str]:
+        return [c.text for c in self.captions]
+
+
+class Caption(Base):
+    __tablename__ = "captions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    text: Mapped[str] = mapped_column(Text)
+
+    image: Mapped[ImageRecord] = relationship(back_populates="captions")
+
+
+class Embedding(Base):
+    """A stored image vector in one space ("none" = zero-shot, else an adapter version).
+
+    Kept in the database, in the same transaction as its image row, so that an index can always be
+    rebuilt without re-encoding and never disagrees with the rows for long.
+    """
+
+    __tablename__ = "embeddings"
+    __table_args__ = (UniqueConstraint("image_id", "space", name="uq_embeddings_image_space"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    space: Mapped[str] = mapped_column(String(64), index=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    image: Mapped[ImageRecord] = relationship(back_populates="embeddings")

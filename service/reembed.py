@@ -1,0 +1,48 @@
+"""Moving a data directory to another backbone: re-encode every stored image in one transaction.
+
+Adapters are tied to the old backbone and cannot be carried over, so every non-zero-shot space is
+dropped. The backbone identity changes in the same commit, so a crash leaves the old state whole.
+"""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+from sqlalchemy import delete, select
+from tqdm import tqdm
+
+from service.config import Settings
+from service.context import ServiceContext, vector_bytes
+from service.encoders import ZERO_SHOT
+from service.models import BackboneState, Collection, Embedding, ImageRecord
+
+
+def reembed_all(settings: Settings) -> int:
+    ctx = ServiceContext(settings, check_identity=False)
+    count = 0
+    with ctx.session() as session:
+        collection_ids = list(session.scalars(select(Collection.id)))
+        session.execute(delete(Embedding))
+        records = list(session.scalars(select(ImageRecord).order_by(ImageRecord.id)))
+        chunk = settings.batch_size * 4
+        for start in tqdm(range(0, len(records), chunk), desc="re-encoding", unit="batch"):
+            batch = records[start : start + chunk]
+            images = [Image.open(io.BytesIO(ctx.store.read(r.collection_id, r.sha256))).convert("RGB") for r in batch]
+            vectors = ctx.zero_shot.encode_images(images)
+            for record, vector in zip(batch, vectors):
+                session.add(Embedding(image_id=record.id, collection_id=record.collection_id, space=ZERO_SHOT,
+                                      vector=vector_bytes(vector)))
+            count += len(batch)
+        state = session.get(BackboneState, 1)
+        if state is None:
+            session.add(BackboneState(id=1, identity=ctx.backbone.identity.to_dict()))
+        else:
+            state.identity = ctx.backbone.identity.to_dict()
+        session.commit()
+    for cid in collection_ids:
+        ctx.indexes.drop(cid)
+        ctx.store.delete_collection_indexes(cid)
+        ctx.indexes.rebuild(cid, ZERO_SHOT)
+    ctx.close()
+    return count

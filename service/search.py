@@ -1,0 +1,71 @@
+"""Text queries against a collection's index in one space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from service.context import ServiceContext
+from service.encoders import ZERO_SHOT
+from service.errors import ApiError
+from service.models import ImageRecord
+
+
+@dataclass
+class Hit:
+    image_id: int
+    score: float
+    captions: list[str]
+    category: str | None
+    url: str
+
+
+def resolve_adapter(ctx: ServiceContext, collection_id: int, selector: str) -> str:
+    """'active' | 'none' | a version -> the space that answers. Until adapters exist, active is zero-shot."""
+    if selector in ("active", ZERO_SHOT):
+        return ZERO_SHOT
+    raise ApiError(404, "adapter_not_found", f"adapter {selector!r} not found for collection {collection_id}")
+
+
+def validate_queries(ctx: ServiceContext, queries: list[str]) -> list[str]:
+    settings = ctx.settings
+    if not queries:
+        raise ApiError(422, "empty_query", "at least one query is required")
+    if len(queries) > settings.max_batch_queries:
+        raise ApiError(422, "too_many_queries", f"at most {settings.max_batch_queries} queries per request")
+    cleaned = []
+    for text in queries:
+        text = " ".join(text.split())
+        if not text:
+            raise ApiError(422, "empty_query", "query text is empty")
+        if len(text) > settings.max_query_chars:
+            raise ApiError(422, "query_too_long", f"query is over {settings.max_query_chars} characters")
+        cleaned.append(text)
+    return cleaned
+
+
+def search(ctx: ServiceContext, collection_id: int, queries: list[str], k: int, space: str) -> list[list[Hit]]:
+    vectors = ctx.encoder(collection_id, space).encode_texts(queries)
+    scores, ids = ctx.indexes.search(collection_id, space, vectors, k)
+    wanted = {int(i) for i in ids.ravel() if i >= 0}
+    with ctx.session() as session:
+        records = {
+            r.id: r for r in session.scalars(
+                select(ImageRecord).options(selectinload(ImageRecord.captions)).where(ImageRecord.id.in_(wanted))
+            )
+        } if wanted else {}
+    out = []
+    for row_scores, row_ids in zip(scores, ids):
+        hits = []
+        for score, image_id in zip(row_scores, row_ids):
+            record = records.get(int(image_id))
+            if record is None:  # -1 padding, or an image deleted between search and lookup
+                continue
+            hits.append(Hit(
+                image_id=record.id, score=float(score), captions=record.caption_texts, category=record.category,
+                url=f"/collections/{collection_id}/images/{record.id}/file",
+            ))
+        out.append(hits)
+    return out

@@ -46,8 +46,10 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
             rgb = probe.convert("RGB")
     except ImageRejected:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected("not a decodable image (unknown format or decompression bomb)")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"image is over the limit of pixels that can be decoded safely (decompression bomb): {exc}")
+    except UnidentifiedImageError:
+        raise ImageRejected("not a decodable image (unknown or unsupported format)")
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"corrupt or truncated image: {exc}")
     return DecodedImage(

@@ -1,0 +1,96 @@
+import pytest
+
+from adapters.backbone import load_backbone
+from service.context import BackboneMismatch
+from tests.support import png_bytes, upload
+
+QUERIES = ["a red square", "a dog", "the sea"]
+
+
+def fill(client, n=12):
+    cid = client.post("/collections", json={"name": "c"}).json()["id"]
+    response = upload(client, cid, [(f"{i}.png", png_bytes(i)) for i in range(n)],
+                      [{"captions": [f"caption {i}"]} for i in range(n)])
+    assert response.status_code == 200
+    return cid
+
+
+def results(client, cid):
+    body = client.post(f"/collections/{cid}/search", json={"query": QUERIES, "k": 5}).json()
+    return [[(h["image_id"], round(h["score"], 6)) for h in row] for row in body["results"]]
+
+
+def test_restart_gives_identical_results(make_client, tmp_path):
+    first = make_client()
+    cid = fill(first)
+    before = results(first, cid)
+    listing = first.get(f"/collections/{cid}/images").json()
+    first.__exit__(None, None, None)
+
+    second = make_client()
+    assert results(second, cid) == before
+    assert second.get(f"/collections/{cid}/images").json() == listing
+
+
+@pytest.mark.parametrize("damage", ["delete", "stale"])
+def test_damaged_index_is_rebuilt_from_stored_vectors(make_client, tmp_path, damage):
+    first = make_client()
+    cid = fill(first)
+    before = results(first, cid)
+    index_file = tmp_path / "data" / "collections" / str(cid) / "indexes" / "none.faiss"
+    if damage == "stale":
+        stale = index_file.read_bytes()  # an index saved before the last image arrived
+        upload(first, cid, [("late.png", png_bytes(999))])
+        before = results(first, cid)
+        first.__exit__(None, None, None)
+        index_file.write_bytes(stale)
+    else:
+        first.__exit__(None, None, None)
+        index_file.unlink()
+
+    # Rebuilding must not need the backbone to encode any image again.
+    second = make_client()
+    ctx = second.app.state.context
+    assert results(second, cid) == before
+    assert ctx.indexes.get(cid, "none").size == (13 if damage == "stale" else 12)
+
+
+def test_orphan_files_and_temp_files_are_swept_at_start(make_client, tmp_path):
+    first = make_client()
+    cid = fill(first, n=2)
+    first.__exit__(None, None, None)
+    images_dir = tmp_path / "data" / "collections" / str(cid) / "images"
+    orphan = images_dir / "ab" / ("ab" + "0" * 62)
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"left by a crash")
+    temp = images_dir / ".tmp-123"
+    temp.write_bytes(b"half")
+    ghost_collection = tmp_path / "data" / "collections" / "77"
+    ghost_collection.mkdir()
+
+    second = make_client()
+    assert not orphan.exists() and not temp.exists() and not ghost_collection.exists()
+    assert second.get(f"/collections/{cid}").json()["image_count"] == 2
+
+
+def test_other_backbone_on_same_data_dir_is_refused(make_client, tmp_path):
+    first = make_client()
+    fill(first, n=2)
+    first.__exit__(None, None, None)
+    other = load_backbone("miniworld-vit")  # random init: another vector space
+    with pytest.raises(BackboneMismatch, match="reembed"):
+        make_client(backbone=other)
+
+
+def test_reembed_moves_data_dir_to_new_backbone(make_client, tmp_path):
+    from service.config import Settings
+    from service.reembed import reembed_all
+
+    first = make_client()
+    cid = fill(first, n=3)
+    first.__exit__(None, None, None)
+    count = reembed_all(Settings(data_dir=tmp_path / "data", backbone_model="miniworld-vit"))
+    assert count == 3
+    second = make_client(backbone=load_backbone("miniworld-vit"))
+    assert second.get("/healthz").json()["backbone"]["embed_dim"] == 128
+    assert len(second.post(f"/collections/{cid}/search", json={"query": "x", "k": 3}).json()["results"]) == 3

@@ -1,0 +1,93 @@
+import io
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from tests.support import png_bytes, upload
+
+CAPTIONS = ["a red square", "a dog on grass", "blue sky over the sea", "a small cat", "two green apples",
+            "a city at night", "a bowl of soup", "a yellow car"]
+
+
+@pytest.fixture
+def filled(client, collection):
+    blobs = [(f"{i}.png", png_bytes(100 + i)) for i in range(len(CAPTIONS))]
+    response = upload(client, collection["id"], blobs, [{"captions": [c]} for c in CAPTIONS])
+    assert response.status_code == 200
+    ids = [a["id"] for a in response.json()["accepted"]]
+    return collection["id"], ids, [b for _, b in blobs]
+
+
+def direct_ranking(blobs, query):
+    """What open_clip itself says, with no service code involved."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, _, preprocess = open_clip.create_model_and_transforms("tiny-vit-test")
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("tiny-vit-test")
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+        images = model.encode_image(pixels, normalize=True)
+        text = model.encode_text(tokenizer([query]), normalize=True)
+    scores = (text @ images.T)[0].numpy()
+    return np.argsort(-scores, kind="stable"), scores
+
+
+@pytest.mark.parametrize("query", ["a red square", "something else entirely", "cat"])
+def test_zero_shot_ranks_exactly_as_open_clip(client, filled, query):
+    cid, ids, blobs = filled
+    order, scores = direct_ranking(blobs, query)
+    body = client.post(f"/collections/{cid}/search", json={"query": query, "k": len(ids)}).json()
+    assert body["adapter"] == "none"
+    got = [hit["image_id"] for hit in body["results"]]
+    assert got == [ids[i] for i in order]
+    np.testing.assert_allclose([h["score"] for h in body["results"]], scores[order], atol=1e-5)
+
+
+def test_hits_carry_captions_and_urls(client, filled):
+    cid, ids, blobs = filled
+    hit = client.post(f"/collections/{cid}/search", json={"query": "x", "k": 1}).json()["results"][0]
+    assert hit["captions"] == [CAPTIONS[ids.index(hit["image_id"])]]
+    assert client.get(hit["url"]).content == blobs[ids.index(hit["image_id"])]
+
+
+def test_batch_query_returns_a_list_per_query(client, filled):
+    cid, ids, _ = filled
+    body = client.post(f"/collections/{cid}/search", json={"query": ["dog", "cat", "car"], "k": 3}).json()
+    assert len(body["results"]) == 3 and all(len(row) == 3 for row in body["results"])
+    single = client.post(f"/collections/{cid}/search", json={"query": "cat", "k": 3}).json()["results"]
+    assert [h["image_id"] for h in body["results"][1]] == [h["image_id"] for h in single]
+
+
+def test_k_larger_than_collection_returns_all(client, filled):
+    cid, ids, _ = filled
+    body = client.post(f"/collections/{cid}/search", json={"query": "x", "k": 500}).json()
+    assert len(body["results"]) == len(ids)
+
+
+def test_empty_collection_returns_no_hits(client, collection):
+    body = client.post(f"/collections/{collection['id']}/search", json={"query": "x"}).json()
+    assert body["results"] == []
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"query": ""}, "empty_query"),
+    ({"query": "   "}, "empty_query"),
+    ({"query": []}, "empty_query"),
+    ({"query": ["ok", ""]}, "empty_query"),
+    ({"query": "x" * 1001}, "query_too_long"),
+    ({"query": "x", "k": 0}, "bad_k"),
+    ({"query": "x", "k": -3}, "bad_k"),
+    ({"query": "x", "k": 1001}, "bad_k"),
+    ({"query": ["x"] * 65}, "too_many_queries"),
+    ({"query": "x", "adapter": "v99"}, "adapter_not_found"),
+    ({"query": 5}, "invalid_request"),
+    ({"k": 3}, "invalid_request"),
+])
+def test_bad_search_requests(client, collection, body, code):
+    response = client.post(f"/collections/{collection['id']}/search", json=body)
+    assert 400 <= response.status_code < 500
+    assert response.json()["code"] == code, response.json()

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    @field_validator("database_url", "backbone_model", "backbone_pretrained", "import_root", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value):
+        # An empty environment variable (e.g. from a compose file) means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("data_dir", "import_root")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

@@ -1,0 +1,318 @@
+"""Textual and visual prompt learning on a frozen open_clip model.
+
+``PromptedCLIP`` owns only the prompt vectors; the open_clip model is referenced, never
+registered as a submodule, so ``parameters()``, ``state_dict()`` and any optimiser built from
+them see the prompts alone.
+
+- Textual prompts (CoOp, "front" position): M vectors spliced into the token-embedding sequence
+  right after the start token. Captions are tokenized to ``context_length - M`` so the spliced
+  sequence keeps the model's context length, its positional embedding and its causal mask.
+- Visual prompts (VPT) for open_clip ViT towers: N tokens appended to the class + patch tokens.
+  They enter at block ``visual_start`` and, with ``visual_deep_from`` set, are replaced by fresh
+  tokens before every block from that layer on (VPT-deep). They are dropped before pooling, so
+  the class token / average / attentional pooling only ever sees image tokens.
+
+We compose open_clip's own pieces (``VisionTransformer._embeds`` and ``_pool``, the text
+transformer, ``text_global_pool``) and only run the block loop ourselves, which is what lets
+prompts be injected between blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
+from torch import nn
+
+
+class PromptsUnsupported(ValueError):
+    """The backbone's tower cannot take the requested kind of prompt."""
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    text_tokens: int = 0  # M: learnable vectors after the start token
+    visual_tokens: int = 0  # N: learnable tokens joined to the image tokens
+    visual_start: int = 0  # block whose input first receives the visual prompts (0: after embeddings)
+    visual_deep_from: int | None = None  # fresh prompts before every block >= this (None: shallow)
+    text_init: str = "a photo of a"  # a phrase whose token embeddings start the prompts, or "random"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PromptConfig":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def visual_layers(self, depth: int) -> list[int]:
+        """The blocks before which a fresh set of visual prompts is inserted."""
+        if self.visual_tokens == 0:
+            return []
+        if not 0 <= self.visual_start < depth:
+            raise ValueError(f"visual_start={self.visual_start} outside a {depth}-block tower")
+        layers = [self.visual_start]
+        if self.visual_deep_from is not None:
+            layers += list(range(max(self.visual_deep_from, self.visual_start + 1), depth))
+        return layers
+
+
+@dataclass
+class _TextParts:
+    """The pieces of an open_clip text tower; CLIP keeps them on the model, CustomTextCLIP on ``.text``."""
+
+    token_embedding: nn.Embedding
+    positional_embedding: torch.Tensor
+    transformer: nn.Module
+    ln_final: nn.Module
+    text_projection: nn.Module | torch.Tensor | None
+    pool_type: str
+    eos_id: int | None
+    attn_mask: torch.Tensor | None
+
+
+def _text_parts(model: nn.Module) -> _TextParts | None:
+    """None when the text tower is not one we can splice prompts into (HF encoders, CoCa-style cls)."""
+    if hasattr(model, "token_embedding") and hasattr(model, "text_pool_type"):  # open_clip.CLIP
+        return _TextParts(
+            model.token_embedding, model.positional_embedding, model.transformer, model.ln_final,
+            model.text_projection, model.text_pool_type, getattr(model, "text_eos_id", None), model.attn_mask,
+        )
+    text = getattr(model, "text", None)
+    # A class embedding or a padding mask changes the sequence layout; not supported for prompts.
+    if isinstance(text, TextTransformer) and text.cls_emb is None and not text.use_pad_mask:
+        return _TextParts(
+            text.token_embedding, text.positional_embedding, text.transformer, text.ln_final,
+            text.text_projection, text.pool_type, getattr(text, "eos_id", None), text.attn_mask,
+        )
+    return None
+
+
+def _is_prompt_capable_vit(visual: nn.Module) -> bool:
+    return isinstance(visual, VisionTransformer) and hasattr(visual, "_embeds") and hasattr(visual, "_pool")
+
+
+# Sentinel used in the pooling-only token row at prompt positions: never the argmax (token ids
+# are >= 0) and never equal to an end-of-text id.
+_PROMPT_TOKEN_ID = -1
+
+
+class PromptedCLIP(nn.Module):
+    """Prompt parameters plus the code to run a frozen open_clip model with them."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: PromptConfig,
+        tokenizer: Callable | None = None,
+        identity=None,  # the backbone's BackboneIdentity, recorded in saved artifacts
+    ):
+        super().__init__()
+        # Bypass nn.Module registration: the backbone must stay out of parameters()/state_dict().
+        object.__setattr__(self, "clip", model)
+        # The backbone is frozen by contract; no gradient buffers should ever be kept for it.
+        model.eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self._text = _text_parts(model)
+        self.context_length = int(self._text.positional_embedding.shape[0]) if self._text else None
+        device = next(model.parameters()).device
+        gen = torch.Generator().manual_seed(config.seed)
+
+        M, N = config.text_tokens, config.visual_tokens
+        if M > 0:
+            if self._text is None:
+                raise PromptsUnsupported("this backbone's text tower does not accept textual prompts")
+            if M > self.context_length - 2:
+                raise ValueError(f"{M} text prompts leave no room for a caption in context {self.context_length}")
+            self.text_prompts = nn.Parameter(self._init_text(M, gen).to(device))
+        else:
+            self.text_prompts = None
+
+        visual = model.visual
+        self.vision_prompt_capable = _is_prompt_capable_vit(visual)
+        if N > 0 and not self.vision_prompt_capable:
+            raise PromptsUnsupported(
+                f"visual prompts need an open_clip VisionTransformer; this image tower is "
+                f"{type(visual).__name__}: use textual prompts only (visual_tokens=0)"
+            )
+        depth = len(visual.transformer.resblocks) if self.vision_prompt_capable else 0
+        self.visual_layers = config.visual_layers(depth)
+        if self.visual_layers:
+            width = visual.conv1.out_channels
+            # VPT's init: uniform with the fan of a patch projection (Jia et al., 2022, sec. 3.2).
+            bound = math.sqrt(6.0 / (3 * visual.patch_size[0] * visual.patch_size[1] + width))
+            init = (torch.rand(len(self.visual_layers), N, width, generator=gen) * 2 - 1) * bound
+            self.visual_prompts = nn.Parameter(init.to(device))
+        else:
+            self.visual_prompts = None
+
+    @classmethod
+    def from_backbone(cls, backbone, config: PromptConfig) -> "PromptedCLIP":
+        return cls(backbone.model, config, backbone.tokenizer, backbone.identity)
+
+    # ---------------------------------------------------------------- parameters
+    def _init_text(self, M: int, gen: torch.Generator) -> torch.Tensor:
+        weight = self._text.token_embedding.weight
+        init = torch.randn(M, weight.shape[1], generator=gen) * 0.02  # CoOp's random init
+        phrase = self.config.text_init
+        if phrase and phrase != "random":
+            if self.tokenizer is None:
+                raise ValueError("a tokenizer is needed to initialise text prompts from a phrase")
+            ids = self.tokenizer([phrase])[0]
+            end = int(ids.argmax())  # the end-of-text token: the phrase lies strictly between
+            ids = ids[1:end][:M].to(weight.device)
+            with torch.no_grad():
+                init[: len(ids)] = self._text.token_embedding(ids).float().cpu()
+        return init
+
+    def prompt_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors, detached float32 on the CPU (what an artifact stores)."""
+        out = {}
+        if self.text_prompts is not None:
+            out["text_prompts"] = self.text_prompts.detach().float().cpu().contiguous()
+        if self.visual_prompts is not None:
+            out["visual_prompts"] = self.visual_prompts.detach().float().cpu().contiguous()
+        return out
+
+    def load_prompt_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        expected = self.prompt_state_dict()
+        if set(tensors) != set(expected):
+            raise ValueError(f"prompt tensors {sorted(tensors)} != expected {sorted(expected)}")
+        for name, value in tensors.items():
+            if tuple(value.shape) != tuple(expected[name].shape):
+                raise ValueError(f"{name}: shape {tuple(value.shape)} != expected {tuple(expected[name].shape)}")
+            with torch.no_grad():
+                getattr(self, name).copy_(value)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def prompt_shapes(self) -> dict[str, list[int]]:
+        return {k: list(v.shape) for k, v in self.prompt_state_dict().items()}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    # ---------------------------------------------------------------- text
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Tokenize to ``context_length - M``: the prompts take the remaining positions."""
+        if self.tokenizer is None:
+            raise ValueError("PromptedCLIP was built without a tokenizer; pass token ids instead")
+        length = self.context_length - self.config.text_tokens if self._text else None
+        return self.tokenizer(list(texts), context_length=length).to(self.device)
+
+    def fit_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Shorten full-context token rows to leave M positions, keeping the end-of-text token."""
+        M = self.config.text_tokens
+        keep = self.context_length - M
+        if M == 0 or tokens.shape[1] <= keep:
+            return tokens
+        eot_pos = self._eot_positions(tokens)
+        eot_ids = tokens[torch.arange(len(tokens), device=tokens.device), eot_pos]
+        out = tokens[:, :keep].clone()
+        cut = eot_pos >= keep  # captions that no longer fit: end them at the last kept position
+        out[cut, keep - 1] = eot_ids[cut]
+        return out
+
+    def _eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._text.pool_type == "eos" and self._text.eos_id is not None:
+            return (tokens == self._text.eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)  # CLIP's BPE: end-of-text is the largest id
+
+    def encode_text(self, text: Sequence[str] | torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        tokens = self.tokenize(text) if not isinstance(text, torch.Tensor) else text.to(self.device)
+        if self._text is None:  # an HF tower (only reachable with M == 0): the backbone's own path
+            return self.clip.encode_text(tokens, normalize=normalize)
+        tokens = self.fit_tokens(tokens)
+        parts = self._text
+        cast = parts.transformer.get_cast_dtype()
+        x = parts.token_embedding(tokens).to(cast)
+        pool_tokens = tokens
+        if self.text_prompts is not None:
+            B, M = x.shape[0], self.text_prompts.shape[0]
+            prompts = self.text_prompts.to(cast).unsqueeze(0).expand(B, -1, -1)
+            x = torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)
+            # The same splice on the ids moves the end-of-text position by M for the pooling.
+            filler = tokens.new_full((B, M), _PROMPT_TOKEN_ID)
+            pool_tokens = torch.cat([tokens[:, :1], filler, tokens[:, 1:]], dim=1)
+        L = x.shape[1]
+        x = x + parts.positional_embedding[:L].to(cast)
+        mask = parts.attn_mask[:L, :L] if parts.attn_mask is not None else None
+        x = parts.transformer(x, attn_mask=mask)
+        x = parts.ln_final(x)
+        x = text_global_pool(x, pool_tokens, parts.pool_type, eos_token_id=parts.eos_id)
+        if isinstance(parts.text_projection, nn.Linear):
+            x = parts.text_projection(x)
+        elif parts.text_projection is not None:
+            x = x @ parts.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+    # ---------------------------------------------------------------- image
+    @property
+    def image_prefix_layer(self) -> int:
+        """Blocks before this one see no prompt: their output can be cached per image."""
+        return self.visual_layers[0] if self.visual_layers else 0
+
+    def image_prefix(self, pixels: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        """Token activations (batch first) entering block ``upto`` (default: the first prompted one)."""
+        visual = self.clip.visual
+        upto = self.image_prefix_layer if upto is None else upto
+        x = visual._embeds(pixels.to(self.device))
+        for block in visual.transformer.resblocks[:upto]:
+            x = self._run_block(block, x)
+        return x
+
+    def encode_image_from_prefix(
+        self, prefix: torch.Tensor, normalize: bool = True, start: int | None = None
+    ) -> torch.Tensor:
+        """Finish the image tower from activations entering block ``start``."""
+        visual = self.clip.visual
+        start = self.image_prefix_layer if start is None else start
+        if start > self.image_prefix_layer:
+            raise ValueError(f"prefix at block {start} is past the first prompted block {self.image_prefix_layer}")
+        x = prefix.to(self.device)
+        n_image = x.shape[1]
+        blocks = visual.transformer.resblocks
+        for index in range(start, len(blocks)):
+            if index in self.visual_layers:
+                x = torch.cat([x[:, :n_image], self._visual_prompt(index, x)], dim=1)
+            x = self._run_block(blocks[index], x)
+        x = x[:, :n_image]  # prompts never reach pooling
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if not self.vision_prompt_capable:
+            return self.clip.encode_image(pixels.to(self.device), normalize=normalize)
+        return self.encode_image_from_prefix(self.image_prefix(pixels), normalize=normalize)
+
+    def _visual_prompt(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        prompts = self.visual_prompts[self.visual_layers.index(layer)].to(x.dtype)
+        if layer == 0:
+            # Image tokens went through ln_pre inside _embeds; the input prompts get the same
+            # (token-wise) norm, as if they had been joined before it. Deeper prompts are written
+            # straight into the residual stream, as in VPT-deep.
+            prompts = self.clip.visual.ln_pre(prompts)
+        return prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.clip.visual.transformer, "batch_first", True):
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor | Sequence[str]):
+        return self.encode_image(pixels), self.encode_text(text)
+
+    def extra_repr(self) -> str:
+        return f"{self.config}, visual_layers={self.visual_layers}, params={self.num_parameters()}"

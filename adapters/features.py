@@ -1,0 +1,106 @@
+"""Caching of frozen computation for prompt training and evaluation.
+
+Every training step needs embeddings of a batch of images and captions, but much of that work
+does not depend on the prompts:
+
+- a side without prompts is a constant: text-only training encodes the images once, visual-only
+  training encodes the captions once;
+- images are preprocessed to tensors once, never per epoch;
+- the image tower's blocks before the first prompted block (``PromptedCLIP.image_prefix_layer``)
+  see only image tokens, so their output is cached per image and each step runs only the
+  remaining blocks.
+
+``ImageSide`` and ``TextSide`` hide which of these applies; the caches live on the CPU and each
+batch moves to the model's device, so the memory they take is host memory.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .prompted import PromptedCLIP
+
+
+def preprocess_images(backbone, images: Sequence[Image.Image], batch_size: int = 256) -> torch.Tensor:
+    """The backbone's preprocessing applied once: a CPU tensor in the backbone's dtype."""
+    out = [
+        backbone.image_tensor(images[start : start + batch_size]).cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    size = backbone.identity.image_size
+    return torch.cat(out) if out else torch.empty(0, 3, size, size, dtype=backbone.dtype)
+
+
+def _batched(fn, data: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    out = [fn(data[start : start + batch_size].to(device)).cpu() for start in range(0, len(data), batch_size)]
+    return torch.cat(out)
+
+
+class ImageSide:
+    """Image embeddings for training indices, computing each step only what the prompts change."""
+
+    def __init__(self, prompted: PromptedCLIP, pixels: torch.Tensor, cache: bool = True, batch_size: int = 64):
+        self.prompted = prompted
+        self.device = prompted.device
+        self.frozen = prompted.visual_prompts is None
+        self.pixels = pixels
+        self.prefix = None
+        self.embeddings = None
+        with torch.no_grad():
+            if self.frozen:
+                self.embeddings = _batched(prompted.encode_image, pixels, batch_size, self.device)
+            elif cache:
+                self.prefix = _batched(prompted.image_prefix, pixels, batch_size, self.device)
+
+    @property
+    def cached_layer(self) -> int | None:
+        """Blocks already run on the cached activations, None when pixels are re-encoded."""
+        return self.prompted.image_prefix_layer if self.prefix is not None else None
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        if self.embeddings is not None:
+            return self.embeddings[index].to(self.device)
+        if self.prefix is not None:
+            return self.prompted.encode_image_from_prefix(self.prefix[index].to(self.device))
+        return self.prompted.encode_image(self.pixels[index].to(self.device))
+
+    def all(self, batch_size: int = 256) -> torch.Tensor:
+        """Every embedding without gradients (for evaluation), on the CPU."""
+        if self.embeddings is not None:
+            return self.embeddings
+        with torch.no_grad():
+            return _batched(lambda i: self(i), torch.arange(len(self)), batch_size, torch.device("cpu"))
+
+
+class TextSide:
+    """Caption embeddings by caption index; captions are tokenized once, encoded once if frozen."""
+
+    def __init__(self, prompted: PromptedCLIP, captions: Sequence[str], batch_size: int = 256):
+        self.prompted = prompted
+        self.device = prompted.device
+        self.frozen = prompted.text_prompts is None
+        self.tokens = prompted.tokenize(list(captions)).cpu() if captions else None
+        self.embeddings = None
+        if self.frozen and self.tokens is not None:
+            with torch.no_grad():
+                self.embeddings = _batched(prompted.encode_text, self.tokens, batch_size, self.device)
+
+    def __len__(self) -> int:
+        return 0 if self.tokens is None else len(self.tokens)
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        if self.embeddings is not None:
+            return self.embeddings[index].to(self.device)
+        return self.prompted.encode_text(self.tokens[index].to(self.device))
+
+    def all(self, batch_size: int = 256) -> torch.Tensor:
+        if self.embeddings is not None:
+            return self.embeddings
+        with torch.no_grad():
+            return _batched(lambda i: self(i), torch.arange(len(self)), batch_size, torch.device("cpu"))

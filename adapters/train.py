@@ -1,0 +1,301 @@
+"""The training loop: learn textual and/or visual prompts for one collection.
+
+Only the prompt vectors are optimised (AdamW, linear warm-up then cosine decay). Frozen work is
+done once (``features``), batches come from ``sampling``, the objective from ``losses``. After
+every epoch the prompts are scored by text->image R@1 on ``val_items`` (a held-out split the
+caller keeps apart from its final test split); the best epoch's prompts are kept and training
+stops after ``patience`` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .data import PairedItem
+from .evaluate import flatten_captions, image_ids_of, retrieval_metrics
+from .features import ImageSide, TextSide, preprocess_images
+from .losses import (
+    CategoryWeights,
+    attribute_margins,
+    attribute_weights,
+    contrastive_loss,
+    frozen_logit_scale,
+    mine_hard_negatives,
+)
+from .prompted import PromptConfig, PromptedCLIP
+from .sampling import BatchSampler, TrainingSet, category_codes, compose_attribute_captions
+
+METHODS = ("text", "visual", "dual")
+
+
+class TrainingCancelled(RuntimeError):
+    """``should_cancel()`` returned True; the partial prompts are discarded."""
+
+
+@dataclass
+class TrainConfig:
+    method: str = "dual"  # "text" | "visual" | "dual"
+    text_tokens: int = 8  # M (ignored for "visual")
+    visual_tokens: int = 8  # N (ignored for "text")
+    visual_start: int = 0  # first image block receiving prompts; > 0 lets earlier blocks be cached
+    visual_deep_from: int | None = None  # fresh visual prompts before every block from here (VPT-deep)
+    text_init: str = "a photo of a"  # or "random"
+    epochs: int = 10
+    lr: float = 2e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    warmup: float = 0.1  # a fraction of all steps (< 1) or a number of steps (>= 1)
+    captions_per_item: int = 1  # captions of one image in a batch are positives, never negatives
+    same_category_weight: float = 1.0  # DCAR: weight of a same-category negative
+    other_category_weight: float = 1.0  # ... and of a different-category one
+    hard_negatives: int = 0  # mined neighbours per view (image, caption) added per anchor
+    attribute_reweighting: bool = False  # add captions composed from discriminative attributes
+    attribute_captions: int = 2  # composed captions per item
+    attribute_phrases: int = 2  # attribute phrases per composed caption
+    attribute_temperature: float = 0.05
+    learn_logit_scale: bool = False  # CLIP's temperature is frozen unless asked
+    patience: int | None = 3  # epochs without held-out improvement before stopping
+    restore_best: bool = True  # return the best held-out epoch's prompts (False: the last ones)
+    cache_features: bool = True  # cache image activations before the first prompted block
+    seed: int = 0
+    device: str | None = None  # None: the backbone's device (a shared backbone is never moved)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(
+            text_tokens=0 if self.method == "visual" else self.text_tokens,
+            visual_tokens=0 if self.method == "text" else self.visual_tokens,
+            visual_start=self.visual_start,
+            visual_deep_from=self.visual_deep_from,
+            text_init=self.text_init,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class TrainResult:
+    prompted: PromptedCLIP
+    config: TrainConfig
+    best_epoch: int  # 0: the initial prompts were never beaten
+    best_metrics: dict
+    zero_shot_metrics: dict  # the backbone without prompts on the same held-out items
+    wall_time_s: float
+    steps: int
+    stopped_early: bool
+    history: dict = field(default_factory=dict)  # "loss", "lr" per step; "epochs": list of records
+
+    def summary(self) -> dict:
+        """JSON-safe facts worth storing with the adapter."""
+        return {
+            "best_epoch": self.best_epoch,
+            "val": self.best_metrics,
+            "val_zero_shot": self.zero_shot_metrics,
+            "steps": self.steps,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "stopped_early": self.stopped_early,
+        }
+
+
+def _score(metrics: dict) -> tuple[float, float]:
+    # R@1 decides; on the small held-out sets of a collection it often ties, then the recall sum.
+    return metrics["t2i_r1"], metrics["rsum"]
+
+
+def _schedule(total: int, warmup: float) -> Callable[[int], float]:
+    warm = int(warmup if warmup >= 1 else round(warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _amp(device: torch.device, model_dtype: torch.dtype) -> tuple[torch.dtype | None, object]:
+    """Autocast dtype (None: off, as on CPU, where full precision keeps runs deterministic) and scaler."""
+    if device.type != "cuda":
+        return None, None
+    dtype = torch.float16 if model_dtype == torch.float16 or not torch.cuda.is_bf16_supported() else torch.bfloat16
+    return dtype, (torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
+
+
+@torch.no_grad()
+def _attribute_captions(backbone, items, image_bank, cfg: TrainConfig) -> list[list[str]]:
+    """Composed captions per item, attribute phrases weighted by their zero-shot margin."""
+    phrases = sorted({a for item in items for a in item.attributes})
+    if not phrases:
+        return [[] for _ in items]
+    phrase_emb = backbone.encode_texts(phrases)
+    code = {p: i for i, p in enumerate(phrases)}
+    cats = category_codes(items)
+    has = torch.zeros(len(items), len(phrases), dtype=torch.bool)
+    for i, item in enumerate(items):
+        has[i, [code[a] for a in item.attributes]] = True
+    weights = []
+    for i, item in enumerate(items):
+        if not item.attributes:
+            weights.append(None)
+            continue
+        cols = torch.tensor([code[a] for a in item.attributes])
+        rivals = ~has[:, cols].T  # (a, n): images lacking the phrase...
+        if cats is not None and cats[i] >= 0:
+            same = (cats == cats[i])[None, :] & rivals
+            # ...of the same category when there are any: that is the distinction that is hard.
+            rivals = torch.where(same.any(1, keepdim=True), same, rivals)
+        margins = attribute_margins(phrase_emb[cols], torch.full((len(cols),), i), image_bank, rivals)
+        weights.append(attribute_weights(margins, cfg.attribute_temperature))
+    return compose_attribute_captions(items, weights, cfg.attribute_captions, cfg.attribute_phrases, cfg.seed)
+
+
+def train_adapter(
+    backbone,
+    train_items: Sequence[PairedItem],
+    val_items: Sequence[PairedItem],
+    config: TrainConfig,
+    on_progress: Callable[[dict], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> TrainResult:
+    start_time = time.perf_counter()
+    cfg = config
+    if cfg.device is not None and torch.device(cfg.device) != backbone.device:
+        raise ValueError(f"config asks for {cfg.device} but the backbone lives on {backbone.device}")
+    if len(train_items) < 2 or len(val_items) < 1:
+        raise ValueError("training needs at least 2 training items and 1 held-out item")
+    device = backbone.device
+    prompted = PromptedCLIP.from_backbone(backbone, cfg.prompt_config())
+
+    # Frozen work, done once.
+    train_pixels = preprocess_images(backbone, [item.image for item in train_items])
+    val_pixels = preprocess_images(backbone, [item.image for item in val_items])
+    zero = PromptedCLIP.from_backbone(backbone, PromptConfig())
+    need_bank = cfg.hard_negatives > 0 or cfg.attribute_reweighting
+    image_bank = ImageSide(zero, train_pixels).all() if need_bank else None
+    extra = _attribute_captions(backbone, train_items, image_bank, cfg) if cfg.attribute_reweighting else None
+    data = TrainingSet.build(train_items, extra)
+    neighbours = None
+    if cfg.hard_negatives > 0:
+        caption_bank = TextSide(zero, data.captions).all()
+        item_text = torch.stack([caption_bank[idx].mean(0) for idx in data.captions_of])
+        neighbours = mine_hard_negatives(image_bank, item_text, cfg.hard_negatives, data.categories, data.image_ids)
+
+    images = ImageSide(prompted, train_pixels, cache=cfg.cache_features)
+    texts = TextSide(prompted, data.captions)
+    val_captions, val_owner = flatten_captions(val_items)
+    val_ids = image_ids_of(val_items)
+    val_images = ImageSide(prompted, val_pixels)
+    val_texts = TextSide(prompted, val_captions)
+
+    def validate() -> dict:
+        return retrieval_metrics(val_texts.all(), val_images.all(), val_owner, val_ids)
+
+    zero_shot = retrieval_metrics(TextSide(zero, val_captions).all(), ImageSide(zero, val_pixels).all(), val_owner, val_ids)
+    del zero
+
+    sampler = BatchSampler(data, cfg.batch_size, neighbours, cfg.captions_per_item, cfg.seed)
+    total_steps = cfg.epochs * sampler.steps_per_epoch
+    params = list(prompted.parameters())
+    log_scale = frozen_logit_scale(backbone.model).log().to(device)
+    if cfg.learn_logit_scale:
+        log_scale = torch.nn.Parameter(log_scale.clone())
+        params.append(log_scale)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total_steps, cfg.warmup))
+    amp_dtype, scaler = _amp(device, backbone.dtype)
+    weights = CategoryWeights(cfg.same_category_weight, cfg.other_category_weight)
+    cats = data.categories
+
+    history: dict = {"loss": [], "lr": [], "epochs": []}
+    t_val = time.perf_counter()
+    metrics = validate()
+    val_time = time.perf_counter() - t_val
+    history["epochs"].append({"epoch": 0, "metrics": metrics, "mean_loss": None})
+    best_score, best_epoch, best_metrics = _score(metrics), 0, metrics
+    best_state = prompted.prompt_state_dict()
+    step, bad_epochs, stopped_early, train_time = 0, 0, False, 0.0
+
+    for epoch in range(1, cfg.epochs + 1):
+        epoch_losses = []
+        for items, caption_index, slot in sampler.epoch():
+            if should_cancel is not None and should_cancel():
+                raise TrainingCancelled(f"cancelled at step {step} of {total_steps}")
+            t_step = time.perf_counter()
+            item_ids = data.image_ids[items]
+            item_cats = cats[items] if cats is not None else None
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = contrastive_loss(
+                    images(items), texts(caption_index), log_scale.exp().clamp(max=100.0),
+                    item_ids, item_ids[slot],
+                    item_cats, item_cats[slot] if item_cats is not None else None, weights,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            history["lr"].append(scheduler.get_last_lr()[0])
+            scheduler.step()
+            step += 1
+            train_time += time.perf_counter() - t_step
+            epoch_losses.append(float(loss.detach()))
+            history["loss"].append(epoch_losses[-1])
+            if on_progress is not None:
+                remaining = total_steps - step
+                eta = train_time / step * remaining + val_time * (cfg.epochs - epoch + 1)
+                on_progress({
+                    "step": step, "total_steps": total_steps, "epoch": epoch, "epochs": cfg.epochs,
+                    "loss": epoch_losses[-1], "metrics": metrics, "eta_s": round(eta, 2),
+                })
+
+        t_val = time.perf_counter()
+        metrics = validate()
+        val_time = time.perf_counter() - t_val
+        history["epochs"].append({"epoch": epoch, "metrics": metrics, "mean_loss": sum(epoch_losses) / len(epoch_losses)})
+        if _score(metrics) > best_score:
+            best_score, best_epoch, best_metrics = _score(metrics), epoch, metrics
+            best_state = prompted.prompt_state_dict()
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if on_progress is not None:
+            on_progress({
+                "step": step, "total_steps": total_steps, "epoch": epoch, "epochs": cfg.epochs,
+                "loss": history["epochs"][-1]["mean_loss"], "metrics": metrics,
+                "eta_s": round((train_time / step) * (total_steps - step) + val_time * (cfg.epochs - epoch), 2),
+            })
+        if cfg.patience is not None and bad_epochs >= cfg.patience and epoch < cfg.epochs:
+            stopped_early = True
+            break
+
+    if cfg.restore_best:
+        prompted.load_prompt_state_dict(best_state)
+    return TrainResult(
+        prompted=prompted,
+        config=cfg,
+        best_epoch=best_epoch,
+        best_metrics=best_metrics,
+        zero_shot_metrics=zero_shot,
+        wall_time_s=time.perf_counter() - start_time,
+        steps=step,
+        stopped_early=stopped_early,
+        history=history,
+    )

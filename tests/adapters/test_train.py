@@ -1,0 +1,83 @@
+"""The training loop on the tiny backbone: mechanics, determinism, callbacks, frozen backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapters.prompted import PromptedCLIP
+from adapters.train import TrainConfig, TrainingCancelled, train_adapter
+from bench.world import generate, load_spec
+
+from .helpers import backbone_digest
+
+
+@pytest.fixture(scope="module")
+def world_items():
+    items = generate(load_spec("broad"), 60, seed=3)
+    return items[:40], items[40:]
+
+
+FAST = dict(epochs=2, batch_size=16, patience=None, text_tokens=2, visual_tokens=2)
+
+
+def test_only_prompts_change_and_backbone_is_untouched(tiny, world_items):
+    train, val = world_items
+    before = backbone_digest(tiny.model)
+    result = train_adapter(tiny, train, val, TrainConfig(method="dual", visual_deep_from=1, lr=1e-2, restore_best=False, **FAST))
+    assert backbone_digest(tiny.model) == before
+    assert all(not p.requires_grad for p in tiny.model.parameters())
+    state = result.prompted.prompt_state_dict()
+    initial = PromptedCLIP.from_backbone(tiny, result.config.prompt_config()).prompt_state_dict()
+    assert set(state) == set(initial) == {"text_prompts", "visual_prompts"}
+    assert all(not torch.equal(state[name], initial[name]) for name in state)  # the prompts learned
+    assert result.steps == 2 * 3 and len(result.history["loss"]) == result.steps
+    assert [e["epoch"] for e in result.history["epochs"]] == [0, 1, 2]
+    assert result.best_metrics == result.history["epochs"][result.best_epoch]["metrics"]
+    assert result.zero_shot_metrics["n_captions"] >= len(val)
+
+
+def test_fixed_seed_is_deterministic_on_cpu(tiny, world_items):
+    train, val = world_items
+    config = TrainConfig(method="dual", seed=7, hard_negatives=1, same_category_weight=0.5, **FAST)
+    a = train_adapter(tiny, train, val, config)
+    b = train_adapter(tiny, train, val, config)
+    assert a.history["loss"] == b.history["loss"]
+    for name, tensor in a.prompted.prompt_state_dict().items():
+        assert torch.equal(tensor, b.prompted.prompt_state_dict()[name])
+
+
+@pytest.mark.parametrize(
+    "method,extra,shapes",
+    [
+        ("text", {}, {"text_prompts": [2, 64]}),
+        ("visual", {"visual_start": 1}, {"visual_prompts": [1, 2, 64]}),
+        ("dual", {"attribute_reweighting": True, "hard_negatives": 2, "captions_per_item": 2}, {"text_prompts": [2, 64], "visual_prompts": [1, 2, 64]}),
+    ],
+)
+def test_methods_and_loss_options_run(tiny, world_items, method, extra, shapes):
+    train, val = world_items
+    result = train_adapter(tiny, train, val, TrainConfig(method=method, **{**FAST, "epochs": 1}, **extra))
+    assert result.prompted.prompt_shapes() == shapes
+    assert all(torch.isfinite(torch.tensor(result.history["loss"])))
+
+
+def test_progress_reports_and_cancel(tiny, world_items):
+    train, val = world_items
+    seen = []
+    result = train_adapter(tiny, train, val, TrainConfig(method="text", **FAST), on_progress=seen.append)
+    steps = [r["step"] for r in seen]
+    assert steps[-1] == result.steps and seen[-1]["total_steps"] == result.steps
+    assert {"step", "total_steps", "epoch", "loss", "metrics", "eta_s"} <= set(seen[0])
+    assert seen[-1]["eta_s"] == 0
+    calls = []
+    with pytest.raises(TrainingCancelled):
+        train_adapter(tiny, train, val, TrainConfig(method="text", **FAST), should_cancel=lambda: calls.append(1) or len(calls) > 2)
+
+
+def test_early_stopping_keeps_best_epoch(tiny, world_items):
+    train, val = world_items
+    config = TrainConfig(method="text", **{**FAST, "epochs": 5, "patience": 1}, lr=0.0)
+    result = train_adapter(tiny, train, val, config)
+    # With a zero learning rate nothing improves: one epoch of patience, then stop; epoch 0 kept.
+    assert result.stopped_early and result.best_epoch == 0 and len(result.history["epochs"]) == 2

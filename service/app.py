@@ -10,10 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from adapters.backbone import Backbone
-from service.api import collections, health, images, search
+from service.api import adapters, collections, health, images, jobs, search
 from service.config import Settings
 from service.context import ServiceContext
 from service.errors import install_error_handlers
+from service.jobs import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
         def start() -> ServiceContext:
             ctx = ServiceContext(settings, backbone)
             ctx.recover()
+            ctx.jobs = JobRunner(ctx)
+            ctx.jobs.start()
             return ctx
 
         ctx = await run_in_threadpool(start)
@@ -35,6 +38,7 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
         try:
             yield
         finally:
+            await run_in_threadpool(ctx.jobs.stop)
             ctx.close()
 
     app = FastAPI(
@@ -56,6 +60,6 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
                                 status_code=413)
         return await call_next(request)
 
-    for module in (health, collections, images, search):
+    for module in (health, collections, images, search, jobs, adapters):
         app.include_router(module.router)
     return app

@@ -128,6 +128,7 @@ def cmd_ingest(settings: Settings, directory: Path, collection_name: str, captio
 
 
 def cmd_search(settings: Settings, collection: str, query: str, k: int, adapter: str) -> int:
+    from service import adapter_versions
     from service import search as searching
     from service.collections import find_collection
     from service.context import ServiceContext
@@ -135,9 +136,9 @@ def cmd_search(settings: Settings, collection: str, query: str, k: int, adapter:
     ctx = ServiceContext(settings)
     with ctx.session() as session:
         found = find_collection(session, collection)
-    space = searching.resolve_adapter(ctx, found.id, adapter)
-    hits = searching.search(ctx, found.id, searching.validate_queries(ctx, [query]), k, space)[0]
-    print(f"adapter: {space}")
+    who = adapter_versions.resolve(ctx, found.id, adapter)
+    hits = searching.search(ctx, found.id, searching.validate_queries(ctx, [query]), k, who)[0]
+    print(f"adapter: {who.name}")
     for rank, hit in enumerate(hits, start=1):
         caption = hit.captions[0] if hit.captions else ""
         print(f"{rank:3d}  {hit.score:+.4f}  image {hit.image_id}  {caption}")

@@ -60,12 +60,15 @@ def get_image(session: Session, collection_id: int, image_id: int) -> ImageRecor
 
 
 def delete_collection(ctx: ServiceContext, collection_id: int) -> None:
+    if ctx.jobs is not None:
+        ctx.jobs.cancel_collection(collection_id)
     with ctx.collection_lock(collection_id):
         with ctx.session() as session:
             session.delete(get_collection(session, collection_id))
             session.commit()
         # The commit is the point of no return; what follows is redone by start-up recovery if cut short.
         ctx.indexes.drop(collection_id)
+        ctx.adapters.forget(collection_id)
         ctx.store.delete_collection(collection_id)
 
 

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(1000, ge=1)
     max_batch_queries: int = Field(64, ge=1)
 
+    adapter_cache_size: int = Field(32, ge=1, description="Loaded adapters kept in memory (LRU)")
+
     host: str = "127.0.0.1"
     port: int = 8000
 

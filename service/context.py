@@ -21,7 +21,8 @@ from service.config import Settings
 from service.db import make_engine, make_session_factory, migrate
 from service.encoders import ZERO_SHOT, Encoder, ZeroShotEncoder
 from service.index import IndexRegistry
-from service.models import BackboneState, Collection, Embedding, ImageRecord
+from service.adapter_store import AdapterStore
+from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
 from service.storage import ImageStore
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ class ServiceContext:
             settings.ann_nprobe,
         )
         self.zero_shot = ZeroShotEncoder(self.backbone, settings.batch_size)
+        self.adapters = AdapterStore(settings.collections_dir, self.backbone, settings.batch_size,
+                                     settings.adapter_cache_size)
+        self.jobs = None  # the JobRunner, when a server runs one (the CLI does not)
         self._collection_locks: dict[int, threading.RLock] = defaultdict(threading.RLock)
         self._locks_guard = threading.Lock()
 
@@ -98,13 +102,21 @@ class ServiceContext:
     # --- spaces -------------------------------------------------------------------------------
 
     def served_spaces(self, collection_id: int) -> list[str]:
-        """Spaces whose index must stay complete as images come and go."""
-        return [ZERO_SHOT]
+        """Spaces whose index must stay complete as images come and go: zero-shot and every
+        adapter with visual prompts (a text-only adapter answers from the zero-shot index)."""
+        with self.session() as session:
+            versions = session.scalars(
+                select(AdapterVersion.version)
+                .where(AdapterVersion.collection_id == collection_id, AdapterVersion.has_visual.is_(True))
+                .order_by(AdapterVersion.version)
+            ).all()
+        return [ZERO_SHOT, *(f"v{v}" for v in versions)]
 
     def encoder(self, collection_id: int, space: str) -> Encoder:
+        """The image encoder of a space (ingest uses it to keep every served index complete)."""
         if space == ZERO_SHOT:
             return self.zero_shot
-        raise KeyError(space)
+        return self.adapters.encoder(collection_id, int(space[1:]), space)
 
     def load_embeddings(self, collection_id: int, space: str) -> tuple[np.ndarray, np.ndarray]:
         dim = self.backbone.identity.embed_dim
@@ -128,6 +140,9 @@ class ServiceContext:
             hashes_by_collection: dict[int, set[str]] = defaultdict(set)
             for cid, sha in session.execute(select(ImageRecord.collection_id, ImageRecord.sha256)):
                 hashes_by_collection[cid].add(sha)
+            versions_by_collection: dict[int, set[int]] = defaultdict(set)
+            for cid, version in session.execute(select(AdapterVersion.collection_id, AdapterVersion.version)):
+                versions_by_collection[cid].add(version)
         orphan_files = 0
         for cid in self.store.collection_ids_on_disk():
             if cid not in known:
@@ -135,6 +150,10 @@ class ServiceContext:
                 continue
             for sha in self.store.stored_hashes(cid) - hashes_by_collection[cid]:
                 self.store.delete(cid, sha)  # an ingest interrupted before its commit
+                orphan_files += 1
+            for version in self.adapters.stored_versions(cid) - versions_by_collection[cid]:
+                self.adapters.delete(cid, version)  # a tuning job interrupted before its commit
+                self.indexes.drop(cid, f"v{version}")
                 orphan_files += 1
         for cid in known:
             for space in self.served_spaces(cid):

@@ -109,3 +109,47 @@ class Embedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
     image: Mapped[ImageRecord] = relationship(back_populates="embeddings")
+
+
+class AdapterVersion(Base):
+    """A trained (or uploaded) adapter of a collection; its file lives under the collection's folder."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("collection_id", "version", name="uq_adapters_collection_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    method: Mapped[str] = mapped_column(String(20))
+    has_visual: Mapped[bool] = mapped_column(default=False)
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    param_count: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    report: Mapped[dict] = mapped_column(JSON, default=dict)
+    active: Mapped[bool] = mapped_column(default=False)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it is (not) active
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def space(self) -> str:
+        """The image index it answers from: a text-only adapter shares the zero-shot image vectors."""
+        return f"v{self.version}" if self.has_visual else "none"
+
+
+class TuningJob(Base):
+    __tablename__ = "tuning_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(20), index=True)  # queued running succeeded failed cancelled
+    config: Mapped[dict] = mapped_column(JSON)
+    split: Mapped[dict] = mapped_column(JSON)  # image ids of train / val (early stopping) / test
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    adapter_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -119,3 +119,69 @@ class SearchHit(BaseModel):
 class SearchResponse(BaseModel):
     adapter: str
     results: list[SearchHit] | list[list[SearchHit]]
+
+
+class DcarOptions(BaseModel):
+    """DCAR's category-aware parts; off by default (plain symmetric InfoNCE)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    same_category_weight: float = Field(1.0, ge=0.0, le=1.0,
+                                        description="Weight of a same-category negative (< 1 pushes it away less)")
+    hard_negatives: int = Field(0, ge=0, le=16, description="Mined neighbours per view added per anchor")
+    attribute_reweighting: bool = Field(False, description="Add captions composed of discriminative attributes")
+
+
+class TuningConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["text", "visual", "dual"] = "dual"
+    epochs: int = Field(10, ge=1, le=200)
+    lr: float = Field(2e-3, gt=0, le=1)
+    batch_size: int = Field(64, ge=2, le=1024)
+    text_tokens: int = Field(8, ge=1, le=32)
+    visual_tokens: int = Field(8, ge=1, le=64)
+    visual_start: int = Field(0, ge=0, description="First image block that receives prompts")
+    visual_deep_from: int | None = Field(None, ge=0, description="Fresh prompts at every block from here (VPT-deep)")
+    text_init: str = Field("a photo of a", min_length=1, max_length=200)
+    patience: int | None = Field(3, ge=1, description="Epochs without held-out improvement before stopping")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Held-out pairs for early stopping")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Held-out pairs for the final comparison")
+    seed: int = Field(0, ge=0)
+    dcar: DcarOptions = Field(default_factory=DcarOptions)
+    activation: Literal["if_not_worse", "always", "never"] = "if_not_worse"
+    min_gain: float = Field(0.0, ge=-1, le=1, description="Test R@1 gain over the active one needed to activate")
+
+
+class JobOut(BaseModel):
+    id: int
+    collection_id: int
+    state: str
+    config: dict[str, Any]
+    split_sizes: dict[str, int]
+    progress: dict[str, Any]
+    error: str | None
+    adapter_version: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class AdapterOut(BaseModel):
+    version: int
+    name: str
+    active: bool
+    method: str
+    has_visual: bool
+    param_count: int
+    size_bytes: int
+    file_sha256: str
+    metrics: dict[str, Any]
+    note: str | None
+    job_id: int | None
+    created_at: datetime
+    file_url: str
+
+
+class AdapterDetail(AdapterOut):
+    report: dict[str, Any]

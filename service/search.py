@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from service.context import ServiceContext
-from service.encoders import ZERO_SHOT
+from service.adapter_versions import Resolved
 from service.errors import ApiError
 from service.models import ImageRecord
 
@@ -20,13 +20,6 @@ class Hit:
     captions: list[str]
     category: str | None
     url: str
-
-
-def resolve_adapter(ctx: ServiceContext, collection_id: int, selector: str) -> str:
-    """'active' | 'none' | a version -> the space that answers. Until adapters exist, active is zero-shot."""
-    if selector in ("active", ZERO_SHOT):
-        return ZERO_SHOT
-    raise ApiError(404, "adapter_not_found", f"adapter {selector!r} not found for collection {collection_id}")
 
 
 def validate_queries(ctx: ServiceContext, queries: list[str]) -> list[str]:
@@ -46,9 +39,10 @@ def validate_queries(ctx: ServiceContext, queries: list[str]) -> list[str]:
     return cleaned
 
 
-def search(ctx: ServiceContext, collection_id: int, queries: list[str], k: int, space: str) -> list[list[Hit]]:
-    vectors = ctx.encoder(collection_id, space).encode_texts(queries)
-    scores, ids = ctx.indexes.search(collection_id, space, vectors, k)
+def search(ctx: ServiceContext, collection_id: int, queries: list[str], k: int, who: Resolved) -> list[list[Hit]]:
+    index = ctx.indexes.get(collection_id, who.space)  # held: a concurrent swap or delete cannot pull it away
+    vectors = who.encoder.encode_texts(queries)
+    scores, ids = index.search(vectors, k)
     wanted = {int(i) for i in ids.ravel() if i >= 0}
     with ctx.session() as session:
         records = {

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from service import adapter_versions
 from service import collections as ops
 from service import search as searching
 from service.api.deps import ContextDep
@@ -20,7 +21,7 @@ def search(collection_id: int, body: SearchRequest, ctx: ContextDep) -> SearchRe
         ops.get_collection(session, collection_id)
     batch = isinstance(body.query, list)
     queries = searching.validate_queries(ctx, body.query if batch else [body.query])
-    space = searching.resolve_adapter(ctx, collection_id, body.adapter)
-    hits = searching.search(ctx, collection_id, queries, body.k, space)
+    who = adapter_versions.resolve(ctx, collection_id, body.adapter)
+    hits = searching.search(ctx, collection_id, queries, body.k, who)
     results = [[SearchHit(**vars(h)) for h in row] for row in hits]
-    return SearchResponse(adapter=space, results=results if batch else results[0])
+    return SearchResponse(adapter=who.name, results=results if batch else results[0])

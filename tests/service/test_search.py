@@ -84,6 +84,7 @@ def test_empty_collection_returns_no_hits(client, collection):
     ({"query": "x", "k": 1001}, "bad_k"),
     ({"query": ["x"] * 65}, "too_many_queries"),
     ({"query": "x", "adapter": "v99"}, "adapter_not_found"),
+    ({"query": "x", "adapter": "latest"}, "bad_adapter"),
     ({"query": 5}, "invalid_request"),
     ({"k": 3}, "invalid_request"),
 ])

@@ -1,0 +1,188 @@
+"""The adapter versions of a collection: register (from a job or an upload), activate, delete, resolve.
+
+A version with visual prompts has its own image index ("v<N>"): every image of the collection is
+re-encoded with its prompts, and the vectors are committed together with the version's row, so a
+version is either whole or absent. Activation is one transaction that flips the active flag; a
+search reads which version is active once, then uses only objects it holds, so a swap (or a delete)
+never breaks a search already running.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import func, select, update
+
+from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, read_adapter_info
+from adapters.prompted import PromptedCLIP
+from service.context import ServiceContext, vector_bytes
+from service.encoders import ZERO_SHOT, Encoder
+from service.errors import ApiError
+from service.models import AdapterVersion, Embedding, ImageRecord
+
+
+@dataclass
+class Resolved:
+    name: str  # what the search response reports: "none" or "v<N>"
+    space: str  # the image index that answers
+    encoder: Encoder  # encodes the query text
+    version: int | None = None
+
+
+def parse_version(selector: str) -> int | None:
+    raw = selector[1:] if selector[:1] in ("v", "V") else selector
+    return int(raw) if raw.isdigit() else None
+
+
+def get_version(session, collection_id: int, version: int) -> AdapterVersion:
+    row = session.scalar(select(AdapterVersion).where(
+        AdapterVersion.collection_id == collection_id, AdapterVersion.version == version))
+    if row is None:
+        raise ApiError(404, "adapter_not_found", f"adapter v{version} not found for collection {collection_id}")
+    return row
+
+
+def resolve(ctx: ServiceContext, collection_id: int, selector: str) -> Resolved:
+    """'active' | 'none' | '<N>' | 'v<N>' -> who answers a search."""
+    if selector == ZERO_SHOT:
+        return Resolved(ZERO_SHOT, ZERO_SHOT, ctx.zero_shot)
+    with ctx.session() as session:
+        if selector == "active":
+            row = session.scalar(select(AdapterVersion).where(
+                AdapterVersion.collection_id == collection_id, AdapterVersion.active.is_(True)))
+            if row is None:
+                return Resolved(ZERO_SHOT, ZERO_SHOT, ctx.zero_shot)
+        else:
+            version = parse_version(selector)
+            if version is None:
+                raise ApiError(422, "bad_adapter", f"adapter must be 'active', 'none' or a version, not {selector!r}")
+            row = get_version(session, collection_id, version)
+    encoder = ctx.adapters.encoder(collection_id, row.version, row.space)
+    return Resolved(f"v{row.version}", row.space, encoder, row.version)
+
+
+def next_version(session, collection_id: int) -> int:
+    return (session.scalar(select(func.max(AdapterVersion.version))
+                           .where(AdapterVersion.collection_id == collection_id)) or 0) + 1
+
+
+def encode_collection(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP,
+                      should_cancel=None) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of the collection through the adapter's image side: (ids, vectors)."""
+    encoder = ctx.adapters.encoder_for(prompted, "pending")
+    with ctx.session() as session:
+        rows = session.execute(select(ImageRecord.id, ImageRecord.sha256)
+                               .where(ImageRecord.collection_id == collection_id)
+                               .order_by(ImageRecord.id)).all()
+    ids, chunks = [], []
+    step = ctx.settings.batch_size * 4
+    for start in range(0, len(rows), step):
+        if should_cancel is not None and should_cancel():
+            from adapters.train import TrainingCancelled
+
+            raise TrainingCancelled("cancelled while indexing")
+        batch = rows[start : start + step]
+        images = [Image.open(io.BytesIO(ctx.store.read(collection_id, sha))).convert("RGB") for _, sha in batch]
+        chunks.append(encoder.encode_images(images))
+        ids.extend(image_id for image_id, _ in batch)
+    dim = ctx.backbone.identity.embed_dim
+    return np.array(ids, dtype=np.int64), (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32))
+
+
+def register(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP, blob: bytes, *, method: str,
+             job_id: int | None, metrics: dict, report: dict, should_cancel=None) -> AdapterVersion:
+    """Store a new, inactive version: file, row and (for visual prompts) vectors; then its index."""
+    has_visual = bool(prompted.visual_layers)
+    if has_visual:
+        ids, vectors = encode_collection(ctx, collection_id, prompted, should_cancel)
+    with ctx.collection_lock(collection_id):
+        with ctx.session() as session:
+            version = next_version(session, collection_id)
+            row = AdapterVersion(
+                collection_id=collection_id, version=version, job_id=job_id, method=method,
+                has_visual=has_visual, file_sha256="", size_bytes=len(blob),
+                param_count=prompted.num_parameters(), metrics=metrics, report=report, active=False,
+            )
+            if has_visual:
+                # Images that arrived while we were encoding are picked up below, under the lock.
+                current = set(session.scalars(select(ImageRecord.id)
+                                              .where(ImageRecord.collection_id == collection_id)))
+                keep = np.array([int(i) in current for i in ids], dtype=bool)
+                ids, vectors = ids[keep], vectors[keep]
+                missing = sorted(current - set(int(i) for i in ids))
+                if missing:
+                    late_ids, late_vectors = _encode_ids(ctx, collection_id, prompted, missing)
+                    ids, vectors = np.concatenate([ids, late_ids]), np.concatenate([vectors, late_vectors])
+                session.add_all(Embedding(image_id=int(i), collection_id=collection_id, space=row.space,
+                                          vector=vector_bytes(v)) for i, v in zip(ids, vectors))
+            try:
+                row.file_sha256 = ctx.adapters.write(collection_id, version, blob)
+                session.add(row)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                ctx.adapters.delete(collection_id, version)
+                raise
+        if has_visual:
+            ctx.indexes.rebuild(collection_id, row.space)
+    return row
+
+
+def _encode_ids(ctx, collection_id, prompted, image_ids):
+    encoder = ctx.adapters.encoder_for(prompted, "pending")
+    with ctx.session() as session:
+        shas = dict(session.execute(select(ImageRecord.id, ImageRecord.sha256)
+                                    .where(ImageRecord.id.in_(image_ids))).all())
+    images = [Image.open(io.BytesIO(ctx.store.read(collection_id, shas[i]))).convert("RGB") for i in image_ids]
+    return np.array(image_ids, dtype=np.int64), encoder.encode_images(images)
+
+
+def activate(ctx: ServiceContext, collection_id: int, version: int | None, note: str | None = None) -> None:
+    """Make ``version`` the active one (None: back to zero-shot) in a single transaction."""
+    with ctx.collection_lock(collection_id):
+        with ctx.session() as session:
+            if version is not None:
+                row = get_version(session, collection_id, version)
+            session.execute(update(AdapterVersion).where(AdapterVersion.collection_id == collection_id)
+                            .values(active=False))
+            if version is not None:
+                row.active = True
+                if note is not None:
+                    row.note = note
+            session.commit()
+
+
+def delete(ctx: ServiceContext, collection_id: int, version: int, force: bool) -> None:
+    with ctx.collection_lock(collection_id):
+        with ctx.session() as session:
+            row = get_version(session, collection_id, version)
+            if row.active and not force:
+                raise ApiError(409, "adapter_active",
+                               f"adapter v{version} is active; activate another (or 'none') first, or pass force=true")
+            space = row.space
+            session.execute(Embedding.__table__.delete().where(
+                Embedding.collection_id == collection_id, Embedding.space == f"v{version}"))
+            session.delete(row)
+            session.commit()
+        # Searches that already resolved this version hold its encoder and index objects and finish.
+        ctx.adapters.delete(collection_id, version)
+        if space != ZERO_SHOT:
+            ctx.indexes.drop(collection_id, space)
+
+
+def read_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
+    """Validate an uploaded artifact against the running backbone."""
+    if not blob:
+        raise ApiError(422, "bad_adapter_file", "the adapter file is empty")
+    try:
+        read_adapter_info(blob)
+        return load_adapter(blob, ctx.backbone)
+    except AdapterIncompatible as exc:
+        raise ApiError(422, "adapter_incompatible", str(exc), fields=exc.fields)
+    except AdapterError as exc:
+        raise ApiError(422, "bad_adapter_file", str(exc))
+    except Exception as exc:  # a file that is not safetensors at all
+        raise ApiError(422, "bad_adapter_file", f"not a readable adapter file: {exc}")

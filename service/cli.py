@@ -64,8 +64,11 @@ def cmd_serve(settings: Settings) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.context import load_configured_backbone
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    # Load before serving, so a bad backbone setting ends with one clear line, not a traceback.
+    backbone = load_configured_backbone(settings)
+    uvicorn.run(create_app(settings, backbone), host=settings.host, port=settings.port)
 
 
 def cmd_migrate(settings: Settings) -> None:
@@ -158,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
-    from service.errors import ApiError
+    from adapters.backbone import BackboneError
     from service.context import BackboneMismatch
+    from service.errors import ApiError
 
     try:
         if args.command == "serve":
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_search(settings, args.collection, args.query, args.k, args.adapter)
         if args.command == "reembed":
             return cmd_reembed(settings)
-    except (ApiError, BackboneMismatch) as exc:
+    except (ApiError, BackboneMismatch, BackboneError) as exc:
         print(f"error: {getattr(exc, 'detail', exc)}", file=sys.stderr)
         return 2
     return 1

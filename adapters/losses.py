@@ -97,6 +97,7 @@ def mine_hard_negatives(
     k: int,
     categories: torch.Tensor | None = None,
     image_ids: torch.Tensor | None = None,
+    chunk: int = 2048,
 ) -> dict[str, torch.Tensor]:
     """Each item's k nearest neighbours in two zero-shot views, excluding same-image items.
 
@@ -107,18 +108,19 @@ def mine_hard_negatives(
     """
     n = len(image_bank)
     ids = image_ids if image_ids is not None else torch.arange(n)
-    excluded = ids[:, None] == ids[None, :]
-    if categories is not None:
-        excluded |= (categories[:, None] == categories[None, :]) & (categories[:, None] >= 0)
+    kk = min(k, n)
     out = {}
     for view, bank in (("image", image_bank), ("text", text_bank)):
         bank = F.normalize(bank.float(), dim=-1)
-        sims = (bank @ bank.T).masked_fill(excluded, float("-inf"))
-        kk = min(k, n)
-        values, index = sims.topk(kk, dim=1) if kk > 0 else (sims[:, :0], sims[:, :0].long())
-        index = index.masked_fill(torch.isinf(values), -1)
-        if kk < k:
-            index = torch.cat([index, index.new_full((n, k - kk), -1)], dim=1)
+        index = torch.full((n, k), -1, dtype=torch.long)
+        for start in range(0, n, chunk):  # rows in chunks: an n x n matrix may not fit in memory
+            rows = slice(start, start + chunk)
+            excluded = ids[rows, None] == ids[None, :]
+            if categories is not None:
+                excluded |= (categories[rows, None] == categories[None, :]) & (categories[rows, None] >= 0)
+            sims = (bank[rows] @ bank.T).masked_fill(excluded, float("-inf"))
+            values, nearest = sims.topk(kk, dim=1)
+            index[rows, :kk] = nearest.masked_fill(torch.isinf(values), -1)
         out[view] = index
     return out
 

@@ -77,6 +77,8 @@ def test_hard_negatives_come_from_other_categories_in_two_views():
     nn = mine_hard_negatives(image_bank, text_bank, 1, cats)
     assert nn["image"][:, 0].tolist() == [2, 2, 1, 1]
     assert nn["text"][:, 0].tolist() == [3, 2, 1, 0]
+    chunked = mine_hard_negatives(image_bank, text_bank, 1, cats, chunk=3)
+    assert all(torch.equal(nn[v], chunked[v]) for v in nn)
     # Without categories only the item itself (and its duplicates) is excluded.
     nn = mine_hard_negatives(image_bank, text_bank, 5, None, image_ids=torch.tensor([0, 0, 1, 2]))
     assert nn["image"][0].tolist() == [2, 3, -1, -1, -1]

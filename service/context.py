@@ -22,6 +22,7 @@ from service.db import make_engine, make_session_factory, migrate
 from service.encoders import ZERO_SHOT, Encoder, ZeroShotEncoder
 from service.index import IndexRegistry
 from service.adapter_store import AdapterStore
+from service.batching import TextBatcher
 from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
 from service.storage import ImageStore
 
@@ -80,6 +81,7 @@ class ServiceContext:
         self.zero_shot = ZeroShotEncoder(self.backbone, settings.batch_size)
         self.adapters = AdapterStore(settings.collections_dir, self.backbone, settings.batch_size,
                                      settings.adapter_cache_size)
+        self.text_batcher = TextBatcher()
         self.jobs = None  # the JobRunner, when a server runs one (the CLI does not)
         self._collection_locks: dict[int, threading.RLock] = defaultdict(threading.RLock)
         self._locks_guard = threading.Lock()

@@ -41,7 +41,7 @@ def validate_queries(ctx: ServiceContext, queries: list[str]) -> list[str]:
 
 def search(ctx: ServiceContext, collection_id: int, queries: list[str], k: int, who: Resolved) -> list[list[Hit]]:
     index = ctx.indexes.get(collection_id, who.space)  # held: a concurrent swap or delete cannot pull it away
-    vectors = who.encoder.encode_texts(queries)
+    vectors = ctx.text_batcher.encode_texts(who.encoder, queries)
     scores, ids = index.search(vectors, k)
     wanted = {int(i) for i in ids.ravel() if i >= 0}
     with ctx.session() as session:

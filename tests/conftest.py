@@ -21,11 +21,26 @@ def tiny_backbone():
 
 
 @pytest.fixture
-def make_client(tmp_path, tiny_backbone):
+def database_url():
+    """SQLite in the data dir by default; PAS_TEST_POSTGRES_URL runs the suite on a fresh PostgreSQL database."""
+    server = os.environ.get("PAS_TEST_POSTGRES_URL")
+    if not server:
+        yield None
+        return
+    from tests.support import fresh_postgres_database
+
+    with fresh_postgres_database(server) as url:
+        yield url
+
+
+@pytest.fixture
+def make_client(tmp_path, tiny_backbone, database_url):
     """Start an app on a data directory (default: this test's tmp dir); settings can be overridden."""
     opened: list[TestClient] = []
 
     def start(data_dir=None, backbone=None, **overrides) -> TestClient:
+        if database_url is not None:
+            overrides.setdefault("database_url", database_url)
         settings = Settings(data_dir=data_dir or tmp_path / "data", **overrides)
         client = TestClient(create_app(settings, backbone or tiny_backbone))
         client.__enter__()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
+from contextlib import contextmanager
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -23,3 +25,21 @@ def upload(client: TestClient, collection_id: int, blobs: list[tuple[str, bytes]
     files = [("files", (name, data, "application/octet-stream")) for name, data in blobs]
     data = {"metadata": json.dumps(metadata)} if metadata is not None else None
     return client.post(f"/collections/{collection_id}/images", files=files, data=data)
+
+
+@contextmanager
+def fresh_postgres_database(server_url: str):
+    """Create a throw-away database on a PostgreSQL server, yield its URL, drop it afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"pas_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

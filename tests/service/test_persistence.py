@@ -82,14 +82,15 @@ def test_other_backbone_on_same_data_dir_is_refused(make_client, tmp_path):
         make_client(backbone=other)
 
 
-def test_reembed_moves_data_dir_to_new_backbone(make_client, tmp_path):
+def test_reembed_moves_data_dir_to_new_backbone(make_client, tmp_path, database_url):
     from service.config import Settings
     from service.reembed import reembed_all
 
     first = make_client()
     cid = fill(first, n=3)
     first.__exit__(None, None, None)
-    count = reembed_all(Settings(data_dir=tmp_path / "data", backbone_model="miniworld-vit"))
+    count = reembed_all(Settings(data_dir=tmp_path / "data", backbone_model="miniworld-vit",
+                                 database_url=database_url))
     assert count == 3
     second = make_client(backbone=load_backbone("miniworld-vit"))
     assert second.get("/healthz").json()["backbone"]["embed_dim"] == 128

@@ -9,15 +9,14 @@ never breaks a search already running.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from sqlalchemy import func, select, update
 
 from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, read_adapter_info
 from adapters.prompted import PromptedCLIP
+from adapters.train import TrainingCancelled
 from service.context import ServiceContext, vector_bytes
 from service.encoders import ZERO_SHOT, Encoder
 from service.errors import ApiError
@@ -69,24 +68,22 @@ def next_version(session, collection_id: int) -> int:
                            .where(AdapterVersion.collection_id == collection_id)) or 0) + 1
 
 
-def encode_collection(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP,
-                      should_cancel=None) -> tuple[np.ndarray, np.ndarray]:
-    """Every image of the collection through the adapter's image side: (ids, vectors)."""
+def encode_images(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP,
+                  image_ids: list[int] | None = None, should_cancel=None) -> tuple[np.ndarray, np.ndarray]:
+    """Images of the collection (all, or ``image_ids``) through the adapter's image side: (ids, vectors)."""
     encoder = ctx.adapters.encoder_for(prompted, "pending")
+    query = select(ImageRecord.id, ImageRecord.sha256).where(ImageRecord.collection_id == collection_id)
+    if image_ids is not None:
+        query = query.where(ImageRecord.id.in_(image_ids))
     with ctx.session() as session:
-        rows = session.execute(select(ImageRecord.id, ImageRecord.sha256)
-                               .where(ImageRecord.collection_id == collection_id)
-                               .order_by(ImageRecord.id)).all()
+        rows = session.execute(query.order_by(ImageRecord.id)).all()
     ids, chunks = [], []
     step = ctx.settings.batch_size * 4
     for start in range(0, len(rows), step):
         if should_cancel is not None and should_cancel():
-            from adapters.train import TrainingCancelled
-
             raise TrainingCancelled("cancelled while indexing")
         batch = rows[start : start + step]
-        images = [Image.open(io.BytesIO(ctx.store.read(collection_id, sha))).convert("RGB") for _, sha in batch]
-        chunks.append(encoder.encode_images(images))
+        chunks.append(encoder.encode_images([ctx.store.open_rgb(collection_id, sha) for _, sha in batch]))
         ids.extend(image_id for image_id, _ in batch)
     dim = ctx.backbone.identity.embed_dim
     return np.array(ids, dtype=np.int64), (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32))
@@ -97,7 +94,7 @@ def register(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP, bl
     """Store a new, inactive version: file, row and (for visual prompts) vectors; then its index."""
     has_visual = bool(prompted.visual_layers)
     if has_visual:
-        ids, vectors = encode_collection(ctx, collection_id, prompted, should_cancel)
+        ids, vectors = encode_images(ctx, collection_id, prompted, should_cancel=should_cancel)
     with ctx.collection_lock(collection_id):
         with ctx.session() as session:
             version = next_version(session, collection_id)
@@ -114,7 +111,7 @@ def register(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP, bl
                 ids, vectors = ids[keep], vectors[keep]
                 missing = sorted(current - set(int(i) for i in ids))
                 if missing:
-                    late_ids, late_vectors = _encode_ids(ctx, collection_id, prompted, missing)
+                    late_ids, late_vectors = encode_images(ctx, collection_id, prompted, missing)
                     ids, vectors = np.concatenate([ids, late_ids]), np.concatenate([vectors, late_vectors])
                 session.add_all(Embedding(image_id=int(i), collection_id=collection_id, space=row.space,
                                           vector=vector_bytes(v)) for i, v in zip(ids, vectors))
@@ -129,15 +126,6 @@ def register(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP, bl
         if has_visual:
             ctx.indexes.rebuild(collection_id, row.space)
     return row
-
-
-def _encode_ids(ctx, collection_id, prompted, image_ids):
-    encoder = ctx.adapters.encoder_for(prompted, "pending")
-    with ctx.session() as session:
-        shas = dict(session.execute(select(ImageRecord.id, ImageRecord.sha256)
-                                    .where(ImageRecord.id.in_(image_ids))).all())
-    images = [Image.open(io.BytesIO(ctx.store.read(collection_id, shas[i]))).convert("RGB") for i in image_ids]
-    return np.array(image_ids, dtype=np.int64), encoder.encode_images(images)
 
 
 def activate(ctx: ServiceContext, collection_id: int, version: int | None, note: str | None = None) -> None:

@@ -6,9 +6,7 @@ dropped. The backbone identity changes in the same commit, so a crash leaves the
 
 from __future__ import annotations
 
-import io
 
-from PIL import Image
 from sqlalchemy import delete, select
 from tqdm import tqdm
 
@@ -28,7 +26,7 @@ def reembed_all(settings: Settings) -> int:
         chunk = settings.batch_size * 4
         for start in tqdm(range(0, len(records), chunk), desc="re-encoding", unit="batch"):
             batch = records[start : start + chunk]
-            images = [Image.open(io.BytesIO(ctx.store.read(r.collection_id, r.sha256))).convert("RGB") for r in batch]
+            images = [ctx.store.open_rgb(r.collection_id, r.sha256) for r in batch]
             vectors = ctx.zero_shot.encode_images(images)
             for record, vector in zip(batch, vectors):
                 session.add(Embedding(image_id=record.id, collection_id=record.collection_id, space=ZERO_SHOT,

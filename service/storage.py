@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
@@ -43,6 +45,11 @@ class ImageStore:
 
     def read(self, collection_id: int, sha256: str) -> bytes:
         return self.path(collection_id, sha256).read_bytes()
+
+    def open_rgb(self, collection_id: int, sha256: str) -> Image.Image:
+        """A stored image, decoded (it was validated on the way in)."""
+        with Image.open(self.path(collection_id, sha256)) as img:
+            return img.convert("RGB")
 
     def delete(self, collection_id: int, sha256: str) -> None:
         path = self.path(collection_id, sha256)

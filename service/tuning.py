@@ -6,12 +6,10 @@ and no test pair ever reaches training or early stopping.
 
 from __future__ import annotations
 
-import io
 import random
 import time
 from typing import Callable
 
-from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -102,7 +100,7 @@ def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int]) ->
     for record in records:
         if not record.captions:
             continue
-        image = Image.open(io.BytesIO(ctx.store.read(collection_id, record.sha256))).convert("RGB")
+        image = ctx.store.open_rgb(collection_id, record.sha256)
         items.append(PairedItem(image=image, captions=record.caption_texts, category=record.category,
                                 attributes=list(record.attributes or []), key=str(record.id)))
     return items

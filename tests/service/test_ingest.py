@@ -2,7 +2,6 @@ import io
 import struct
 import zlib
 
-import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import func, select

@@ -78,12 +78,12 @@ def _state_bytes(module: nn.Module) -> int:
 class FeatureAdapterConfig:
     hidden: int | None = None  # None: a d x d linear residual; an int: a bottleneck MLP (CLIP-Adapter)
     alpha: float = 1.0  # residual ratio
-    epochs: int = 60
+    epochs: int = 40
     lr: float = 1e-3
     batch_size: int = 64
     weight_decay: float = 1e-4
     warmup: float = 0.05
-    patience: int | None = 8
+    patience: int | None = 6
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -212,12 +212,12 @@ def train_feature_adapter(
 # ============================================================== full fine-tuning
 @dataclass
 class FullFinetuneConfig:
-    epochs: int = 10
-    lr: float = 5e-5
+    epochs: int = 6
+    lr: float = 5e-4
     batch_size: int = 64
     weight_decay: float = 0.05
     warmup: float = 0.1
-    patience: int | None = 3
+    patience: int | None = 2
     seed: int = 0
 
     def to_dict(self) -> dict:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -133,13 +134,21 @@ class Backbone:
             out.append(self.model.encode_image(pixels, normalize=True).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.identity.embed_dim)
 
+    @cached_property
+    def plain_text_encoder(self):
+        """The backbone's text tower run by the prompt library with no prompts: the same vectors as
+        ``encode_text`` (checked in tests), but padding after the longest caption is not computed."""
+        from adapters.prompted import PromptConfig, PromptedCLIP  # prompted builds on this module
+
+        return PromptedCLIP(self.model, PromptConfig(), self.tokenizer, self.identity)
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """L2-normalised float32 text embeddings on the CPU, in input order."""
         out = []
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenize(texts[start : start + batch_size])
-            out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+            out.append(self.plain_text_encoder.encode_text(tokens, normalize=True).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.identity.embed_dim)
 
 

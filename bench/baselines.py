@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save as save_tensors_to_bytes
 from open_clip.transformer import text_global_pool
+from safetensors.torch import save as save_tensors_to_bytes
 from torch import nn
 
 from adapters.data import PairedItem

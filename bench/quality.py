@@ -52,9 +52,9 @@ from bench.baselines import (
     FeatureAdapterConfig,
     FrozenFeatures,
     FullFinetuneConfig,
+    encode_text,
     full_finetune,
     train_feature_adapter,
-    encode_text,
     trim_tokens,
 )
 from bench.world import WorldSpec, generate, list_specs, load_spec

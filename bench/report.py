@@ -174,7 +174,6 @@ def ablation_table(name: str, shift: dict) -> list[str]:
     abl = [r for r in shift["rows"] if r["group"] == "ablation"]
     if not abl:
         return []
-    runs = shift.get("runs_by_key", {})
     base = next((r for r in shift["rows"] if r["method"] == "dual prompts" and r["group"] == "headline"), None)
     lines = [f"### Levers on `{name}` (one change at a time from the dual recipe)", "",
              "Δ compares the same seed(s) against the recipe's own runs (paired, so seed noise partly cancels). "

@@ -17,12 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.backbone import Backbone, BackboneIdentity, load_backbone
+from service.adapter_store import AdapterStore
+from service.batching import TextBatcher
 from service.config import Settings
 from service.db import make_engine, make_session_factory, migrate
 from service.encoders import ZERO_SHOT, Encoder, ZeroShotEncoder
 from service.index import IndexRegistry
-from service.adapter_store import AdapterStore
-from service.batching import TextBatcher
 from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
 from service.storage import ImageStore
 

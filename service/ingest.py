@@ -2,8 +2,8 @@
 
 Order of writes, so that any failure leaves nothing half-written:
 1. every item is decoded and checked first (rejections are per item);
-2. new images are encoded for every served space (nothing written yet);
-3. files are written (atomically); on any later failure the ones this call wrote are removed;
+2. new images are encoded for every served space while their files are written (atomically);
+3. on any later failure the files this call wrote are removed;
 4. rows, captions and embeddings are committed in one transaction;
 5. indexes get the vectors; if that fails they are rebuilt from the committed vectors.
 """
@@ -11,6 +11,7 @@ Order of writes, so that any failure leaves nothing half-written:
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_CAPTIONS = 64
 MAX_CAPTION_CHARS = 2000
+FILE_WRITERS = 4
 
 
 @dataclass
@@ -98,17 +100,18 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
 
             spaces = ctx.served_spaces(collection_id)
             pending = list(new.values())
-            vectors = {
-                space: ctx.encoder(collection_id, space).encode_images([d.image for _, _, d in pending])
-                for space in spaces
-            } if pending else {}
-
-            written = []
+            to_write = [(d.sha256, item.data) for _, item, d in pending
+                        if not ctx.store.path(collection_id, d.sha256).exists()]
+            # Durable file writes wait on the disk (fsync), encoding on the CPU: overlap the two.
+            writer = ThreadPoolExecutor(max_workers=FILE_WRITERS, thread_name_prefix="ingest-write")
+            writes = [writer.submit(ctx.store.put, collection_id, sha, data) for sha, data in to_write]
             try:
-                for _, item, decoded in pending:
-                    if not ctx.store.path(collection_id, decoded.sha256).exists():
-                        ctx.store.put(collection_id, decoded.sha256, item.data)
-                        written.append(decoded.sha256)
+                vectors = {
+                    space: ctx.encoder(collection_id, space).encode_images([d.image for _, _, d in pending])
+                    for space in spaces
+                } if pending else {}
+                for write in writes:
+                    write.result()
                 records = []
                 for row, (_, item, decoded) in enumerate(pending):
                     record = ImageRecord(
@@ -136,9 +139,12 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
                 session.commit()
             except BaseException:
                 session.rollback()
-                for sha in written:
+                wait(writes)  # a write still in flight must land before its file can be removed
+                for sha, _ in to_write:
                     ctx.store.delete(collection_id, sha)
                 raise
+            finally:
+                writer.shutdown(wait=True)
 
             ids = np.array([r.id for r in records], dtype=np.int64)
             for space in spaces:

@@ -6,7 +6,6 @@ dropped. The backbone identity changes in the same commit, so a crash leaves the
 
 from __future__ import annotations
 
-
 from sqlalchemy import delete, select
 from tqdm import tqdm
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from service.context import ServiceContext
 from service.adapter_versions import Resolved
+from service.context import ServiceContext
 from service.errors import ApiError
 from service.models import ImageRecord
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import fresh_postgres_database, png_bytes, upload
 from tests.service.test_tuning import QUICK, fill, ranking, start_job, wait
+from tests.support import fresh_postgres_database, png_bytes, upload
 
 INITDB = shutil.which("initdb")
 PG_CTL = shutil.which("pg_ctl")

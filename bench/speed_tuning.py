@@ -1,0 +1,152 @@
+"""Tuning time with and without caching of frozen computation (``adapters.train.train_adapter``).
+
+- visual prompts entering block L > 0: ``TrainConfig.cache_features`` True vs False (the real switch:
+  the activations entering block L are computed once per image, or the first L blocks run every step);
+- text-only prompts: the image side is frozen, so ``train_adapter`` always encodes images once and has
+  no switch to turn that off. The "uncached" run here is an emulation: the bench swaps
+  ``adapters.train.ImageSide`` for a subclass that re-encodes the batch's pixels every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Sequence
+
+import torch
+
+import adapters.train as train_module
+from adapters.features import ImageSide
+from adapters.train import TrainConfig, train_adapter
+
+
+class _RecomputeFrozenImages(ImageSide):
+    """ImageSide that, asked for cache=False on a frozen (prompt-free) image side, re-encodes every step."""
+
+    def __init__(self, prompted, pixels, cache: bool = True, batch_size: int = 64):
+        if cache or prompted.visual_prompts is not None:
+            super().__init__(prompted, pixels, cache=cache, batch_size=batch_size)
+            return
+        self.prompted = prompted
+        self.device = prompted.device
+        self.frozen = True
+        self.pixels = pixels
+        self.prefix = None
+        self.embeddings = None
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        if self.embeddings is None and self.prefix is None:
+            with torch.no_grad():  # frozen: no gradient would flow here anyway
+                return self.prompted.encode_image(self.pixels[index].to(self.device))
+        return super().__call__(index)
+
+
+@contextlib.contextmanager
+def _uncached_frozen_images():
+    original = train_module.ImageSide
+    train_module.ImageSide = _RecomputeFrozenImages
+    try:
+        yield
+    finally:
+        train_module.ImageSide = original
+
+
+def _timed_train(backbone, train_items, val_items, config: TrainConfig, emulate_uncached: bool) -> dict:
+    events: list[tuple[float, int]] = []
+
+    def on_progress(event: dict) -> None:
+        events.append((time.perf_counter(), int(event["step"])))
+
+    context = _uncached_frozen_images() if emulate_uncached else contextlib.nullcontext()
+    with context:
+        t0 = time.perf_counter()
+        result = train_adapter(backbone, train_items, val_items, config, on_progress=on_progress)
+        wall = time.perf_counter() - t0
+    # A step's time: from the previous progress event to its own (the first step of the run is left out:
+    # nothing marks its start). Epoch-end events (same step number, after validation) only mark starts.
+    step_s, last_step, previous = [], 0, None
+    for t, step in events:
+        if step > last_step and previous is not None:
+            step_s.append(t - previous)
+        last_step, previous = max(last_step, step), t
+    return {
+        "result": result,
+        "wall_s": wall,
+        "steps": result.steps,
+        "step_ms_median": 1000.0 * statistics.median(step_s) if step_s else None,
+        "train_loop_s": sum(step_s),
+        "timed_steps": len(step_s),
+    }
+
+
+def _compare(a, b) -> dict:
+    """How far apart two TrainResults are: prompt tensors, held-out metrics, loss curves."""
+    sa, sb = a.prompted.prompt_state_dict(), b.prompted.prompt_state_dict()
+    prompt_diff = max((float((sa[k].float() - sb[k].float()).abs().max()) for k in sa), default=0.0)
+    metric_diff = max(abs(float(a.best_metrics[k]) - float(b.best_metrics[k])) for k in a.best_metrics)
+    la, lb = a.history["loss"], b.history["loss"]
+    loss_diff = max((abs(x - y) for x, y in zip(la, lb)), default=0.0) if len(la) == len(lb) else float("inf")
+    return {
+        "same_keys": sorted(sa) == sorted(sb),
+        "prompt_max_abs_diff": prompt_diff,
+        "best_metrics_max_abs_diff": metric_diff,
+        "loss_curve_max_abs_diff": loss_diff,
+        "same_best_epoch": a.best_epoch == b.best_epoch,
+        "same_steps": a.steps == b.steps,
+        "bitwise_identical_prompts": all(torch.equal(sa[k], sb[k]) for k in sa),
+    }
+
+
+def run_pair(backbone, train_items, val_items, base: TrainConfig, repeats: int, emulated: bool,
+             tolerance: float = 1e-4) -> dict:
+    """Cached vs uncached on the same data and seed, alternating, ``repeats`` times each."""
+    runs = {"cached": [], "uncached": []}
+    last = {}
+    for _ in range(repeats):
+        for name in ("cached", "uncached"):
+            cfg = TrainConfig.from_dict({**base.to_dict(), "cache_features": name == "cached"})
+            out = _timed_train(backbone, train_items, val_items, cfg, emulate_uncached=emulated and name == "uncached")
+            last[name] = out.pop("result")
+            runs[name].append(out)
+    comparison = _compare(last["cached"], last["uncached"])
+    comparison["equal_within_tolerance"] = bool(
+        comparison["same_keys"] and comparison["same_steps"] and comparison["same_best_epoch"]
+        and comparison["prompt_max_abs_diff"] <= tolerance and comparison["best_metrics_max_abs_diff"] <= tolerance
+    )
+    comparison["tolerance"] = tolerance
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[name])
+
+    return {
+        "config": base.to_dict(),
+        "uncached_is": ("emulated by the bench (ImageSide re-encodes frozen images every step; "
+                        "train_adapter has no switch for this)") if emulated else "TrainConfig.cache_features=False",
+        "repeats": repeats,
+        "runs": runs,
+        "cached_wall_s": med("cached", "wall_s"),
+        "uncached_wall_s": med("uncached", "wall_s"),
+        "wall_speedup": med("uncached", "wall_s") / med("cached", "wall_s"),
+        "cached_step_ms": med("cached", "step_ms_median"),
+        "uncached_step_ms": med("uncached", "step_ms_median"),
+        "step_speedup": med("uncached", "step_ms_median") / med("cached", "step_ms_median"),
+        "same_result": comparison,
+        "best_metrics_cached": last["cached"].best_metrics,
+    }
+
+
+def run_tuning(backbone, items: Sequence, n_train: int, epochs: int, batch_size: int, repeats: int,
+               visual_starts: Sequence[int], seed: int) -> dict:
+    train_items, val_items = list(items[:n_train]), list(items[n_train:])
+    depth = len(backbone.model.visual.transformer.resblocks)
+    common = dict(epochs=epochs, batch_size=batch_size, seed=seed, patience=None, warmup=0.1)
+    out = {"n_train": len(train_items), "n_val": len(val_items), "image_blocks": depth, "visual": {}}
+    for start in visual_starts:
+        if not 0 < start < depth:
+            continue
+        cfg = TrainConfig(method="visual", visual_start=start, **common)
+        out["visual"][str(start)] = run_pair(backbone, train_items, val_items, cfg, repeats, emulated=False)
+    out["text"] = run_pair(backbone, train_items, val_items, TrainConfig(method="text", **common), repeats,
+                           emulated=True)
+    return out

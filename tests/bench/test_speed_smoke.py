@@ -1,0 +1,117 @@
+"""Smoke test of the speed benchmark: the quick variant runs end to end and writes sane outputs.
+
+Nothing here asserts on timing (the machine is shared and noisy); only that every measurement
+was taken, is a finite positive number where it must be, and that the reports agree with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--quick", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return out, json.loads((out / "speed.json").read_text())
+
+
+@pytest.mark.slow
+def test_outputs_exist(quick_run):
+    out, _ = quick_run
+    assert (out / "speed.md").stat().st_size > 500
+    png = (out / "latency.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+@pytest.mark.slow
+def test_run_is_described(quick_run):
+    _, report = quick_run
+    assert report["mode"] == "quick" and "--quick" in report["command"]
+    machine = report["machine"]
+    assert machine["nproc"] >= 1 and positive(machine["ram_gb"]) and "cpu_model" in machine
+    assert machine["versions"]["torch"] and machine["versions"]["faiss"]
+    assert report["model"]["model_name"] == "miniworld-vit"
+    assert report["server"]["backbone"] == {k: report["model"][k] for k in report["server"]["backbone"]}
+    assert report["seeds"] and report["sizes"]["ingest_images"] == 200
+    assert report["date"] and positive(report["wall_s"])
+
+
+@pytest.mark.slow
+def test_ingest_numbers(quick_run):
+    _, report = quick_run
+    ingest = report["ingest"]
+    assert ingest["images"] == 200 and len(ingest["rounds"]) == report["sizes"]["ingest_rounds"]
+    for r in ingest["rounds"]:
+        assert positive(r["bare"]["images_per_s"]) and positive(r["service"]["images_per_s"])
+    assert positive(ingest["ratio"])
+
+
+@pytest.mark.slow
+def test_search_numbers(quick_run):
+    _, report = quick_run
+    search = report["search"]
+    assert [lv["clients"] for lv in search["levels"]] == [1, 8, 32]
+    for lv in search["levels"]:
+        assert lv["errors"] == 0, lv["error_examples"]
+        assert lv["requests_ok"] > 0 and len(lv["latencies_ms"]) == lv["requests_ok"]
+        lat = lv["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert positive(lv["throughput_rps"])
+    assert positive(search["p50_ratio_8_vs_1"])
+
+
+@pytest.mark.slow
+def test_tuning_cache_gives_the_same_result(quick_run):
+    _, report = quick_run
+    tuning = report["tuning"]
+    pairs = list(tuning["visual"].values()) + [tuning["text"]]
+    assert len(pairs) >= 2
+    for pair in pairs:
+        assert pair["same_result"]["equal_within_tolerance"], pair["same_result"]
+        assert positive(pair["cached_wall_s"]) and positive(pair["uncached_wall_s"]) and positive(pair["wall_speedup"])
+
+
+@pytest.mark.slow
+def test_faiss_numbers(quick_run):
+    _, report = quick_run
+    fa = report["faiss"]
+    assert fa["data"]["kind"].startswith("Gaussian mixture")
+    assert {r["dataset"] for r in fa["results"]} == {"main", "hard"}
+    for result in fa["results"]:
+        assert result["n"] >= 20_000 and "rebuild" in result["ann"]
+        if result["dataset"] == "main":
+            assert result["exact"]["self_recall"] == 1.0 and positive(result["exact"]["latency_ms"]["p50"])
+            assert set(result["ann"]) == {"rebuild", "grown", "sampled"}
+        for build in result["ann"].values():
+            assert build["nlist"] > 1 and positive(build["build_s"])
+            for row in build["by_nprobe"]:
+                assert 0.0 <= row["recall_at_k"] <= 1.0 and positive(row["latency_ms"]["p50"])
+
+
+@pytest.mark.slow
+def test_markdown_states_every_target(quick_run):
+    out, report = quick_run
+    text = (out / "speed.md").read_text()
+    assert "| measurement | target | this run | met |" in text
+    assert len(report["targets"]) >= 4
+    for row in report["targets"]:
+        assert isinstance(row["met"], bool)
+        assert row["what"] in text

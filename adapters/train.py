@@ -263,7 +263,8 @@ def train_adapter(
                 eta = train_time / step * remaining + val_time * (cfg.epochs - epoch + 1)
                 on_progress({
                     "step": step, "total_steps": total_steps, "epoch": epoch, "epochs": cfg.epochs,
-                    "loss": epoch_losses[-1], "metrics": metrics, "eta_s": round(eta, 2),
+                    "loss": epoch_losses[-1], "metrics": metrics, "zero_shot_metrics": zero_shot,
+                    "eta_s": round(eta, 2),
                 })
 
         t_val = time.perf_counter()
@@ -279,7 +280,7 @@ def train_adapter(
         if on_progress is not None:
             on_progress({
                 "step": step, "total_steps": total_steps, "epoch": epoch, "epochs": cfg.epochs,
-                "loss": history["epochs"][-1]["mean_loss"], "metrics": metrics,
+                "loss": history["epochs"][-1]["mean_loss"], "metrics": metrics, "zero_shot_metrics": zero_shot,
                 "eta_s": round((train_time / step) * (total_steps - step) + val_time * (cfg.epochs - epoch), 2),
             })
         if cfg.patience is not None and bad_epochs >= cfg.patience and epoch < cfg.epochs:

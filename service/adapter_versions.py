@@ -12,15 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, read_adapter_info
 from adapters.prompted import PromptedCLIP
 from adapters.train import TrainingCancelled
 from service.context import ServiceContext, vector_bytes
 from service.encoders import ZERO_SHOT, Encoder
-from service.errors import ApiError
-from service.models import AdapterVersion, Embedding, ImageRecord
+from service.errors import ApiError, not_found
+from service.models import AdapterVersion, Collection, Embedding, ImageRecord
 
 
 @dataclass
@@ -59,13 +59,21 @@ def resolve(ctx: ServiceContext, collection_id: int, selector: str) -> Resolved:
             if version is None:
                 raise ApiError(422, "bad_adapter", f"adapter must be 'active', 'none' or a version, not {selector!r}")
             row = get_version(session, collection_id, version)
-    encoder = ctx.adapters.encoder(collection_id, row.version, row.space)
+    try:
+        encoder = ctx.adapters.encoder(collection_id, row.version, row.space)
+    except FileNotFoundError:  # deleted between the row read above and the file read
+        raise ApiError(404, "adapter_not_found", f"adapter v{row.version} of collection {collection_id} was deleted")
     return Resolved(f"v{row.version}", row.space, encoder, row.version)
 
 
 def next_version(session, collection_id: int) -> int:
-    return (session.scalar(select(func.max(AdapterVersion.version))
-                           .where(AdapterVersion.collection_id == collection_id)) or 0) + 1
+    """Issue the collection's next version number (in the caller's transaction; never reused)."""
+    session.execute(update(Collection).where(Collection.id == collection_id)
+                    .values(adapter_versions_issued=Collection.adapter_versions_issued + 1))
+    issued = session.scalar(select(Collection.adapter_versions_issued).where(Collection.id == collection_id))
+    if issued is None:
+        raise not_found("collection", collection_id)
+    return issued
 
 
 def encode_images(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP,
@@ -115,6 +123,10 @@ def register(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP, bl
                     ids, vectors = np.concatenate([ids, late_ids]), np.concatenate([vectors, late_vectors])
                 session.add_all(Embedding(image_id=int(i), collection_id=collection_id, space=row.space,
                                           vector=vector_bytes(v)) for i, v in zip(ids, vectors))
+            if should_cancel is not None and should_cancel():
+                # The last moment a cancel can still win: after this commit the version exists.
+                session.rollback()
+                raise TrainingCancelled("cancelled before the version was stored")
             try:
                 row.file_sha256 = ctx.adapters.write(collection_id, version, blob)
                 session.add(row)

@@ -24,6 +24,8 @@ SETTING_FLAGS = {
     "device": "--device",
     "precision": "--precision",
     "batch_size": "--batch-size",
+    "max_upload_bytes": "--max-upload-bytes",
+    "max_image_pixels": "--max-image-pixels",
     "import_root": "--import-root",
     "ann_threshold": "--ann-threshold",
     "host": "--host",

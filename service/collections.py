@@ -19,6 +19,12 @@ def get_collection(session: Session, collection_id: int) -> Collection:
     return collection
 
 
+def require_collection(ctx: ServiceContext, collection_id: int) -> None:
+    """404 unless the collection exists (async handlers run this in the thread pool)."""
+    with ctx.session() as session:
+        get_collection(session, collection_id)
+
+
 def find_collection(session: Session, id_or_name: str) -> Collection:
     """By numeric id or by name (the CLI accepts either)."""
     if id_or_name.isdigit():

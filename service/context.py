@@ -22,6 +22,7 @@ from service.batching import TextBatcher
 from service.config import Settings
 from service.db import make_engine, make_session_factory, migrate
 from service.encoders import ZERO_SHOT, Encoder, ZeroShotEncoder
+from service.errors import ApiError
 from service.index import IndexRegistry
 from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
 from service.storage import ImageStore
@@ -123,6 +124,12 @@ class ServiceContext:
     def load_embeddings(self, collection_id: int, space: str) -> tuple[np.ndarray, np.ndarray]:
         dim = self.backbone.identity.embed_dim
         with self.session() as session:
+            if space != ZERO_SHOT and session.scalar(select(AdapterVersion.id).where(
+                    AdapterVersion.collection_id == collection_id, AdapterVersion.version == int(space[1:]),
+                    AdapterVersion.has_visual.is_(True))) is None:
+                # A search that resolved this version just before it was deleted: no index is rebuilt
+                # (and written) for a space that no longer exists.
+                raise ApiError(404, "adapter_not_found", f"adapter {space} of collection {collection_id} was deleted")
             rows = session.execute(
                 select(Embedding.image_id, Embedding.vector)
                 .where(Embedding.collection_id == collection_id, Embedding.space == space)

@@ -19,8 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from service.context import ServiceContext, vector_bytes
+from service.errors import not_found
 from service.imaging import DecodedImage, ImageRejected, decode_image
-from service.models import Caption, Embedding, ImageRecord
+from service.models import Caption, Collection, Embedding, ImageRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
 
     with ctx.collection_lock(collection_id):
         with ctx.session() as session:
+            if session.get(Collection, collection_id) is None:  # deleted while this upload was read
+                raise not_found("collection", collection_id)
             existing = {
                 rec.sha256: rec
                 for rec in session.scalars(

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from adapters.train import TrainingCancelled
 from service.context import ServiceContext
-from service.models import TuningJob, utcnow
+from service.models import AdapterVersion, TuningJob, utcnow
 from service.schemas import TuningConfig
 from service.tuning import run_tuning
 
@@ -28,14 +28,21 @@ PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
 def mark_interrupted(ctx: ServiceContext) -> int:
+    """Jobs left `running` by a stop were cut off: fail them, saying whether their version was stored."""
     with ctx.session() as session:
-        result = session.execute(
-            update(TuningJob).where(TuningJob.state == "running")
-            .values(state="failed", finished_at=utcnow(),
-                    error="interrupted by a service restart; nothing of it was kept, start a new job")
-        )
+        jobs = session.scalars(select(TuningJob).where(TuningJob.state == "running")).all()
+        for job in jobs:
+            stored = session.scalar(select(AdapterVersion.version).where(
+                AdapterVersion.collection_id == job.collection_id, AdapterVersion.job_id == job.id))
+            job.state, job.finished_at = "failed", utcnow()
+            if stored is None:
+                job.error = "interrupted by a service restart; nothing of it was kept, start a new job"
+            else:  # cut off between storing its version and deciding on activation
+                job.adapter_version = stored
+                job.error = (f"interrupted by a service restart after its adapter v{stored} was stored (inactive); "
+                             "activate it by hand or start a new job")
         session.commit()
-        return result.rowcount or 0
+        return len(jobs)
 
 
 class JobRunner:
@@ -63,17 +70,19 @@ class JobRunner:
 
     def cancel(self, job_id: int) -> str:
         """Cancel a queued job at once, or ask a running one to stop at its next step."""
+        # Marked first, so a job the worker claims in the meantime still sees the request.
+        self._cancelled.add(job_id)
         with self.ctx.session() as session:
-            job = session.get(TuningJob, job_id)
-            if job is None or job.state in TERMINAL:
-                return job.state if job else "missing"
-            if job.state == "queued":
-                job.state, job.finished_at, job.error = "cancelled", utcnow(), None
-            job.cancel_requested = True
+            session.execute(update(TuningJob).where(TuningJob.id == job_id, TuningJob.state.not_in(TERMINAL))
+                            .values(cancel_requested=True))
+            # Only a job still queued ends here; the conditional update loses cleanly to a claim.
+            session.execute(update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == "queued")
+                            .values(state="cancelled", finished_at=utcnow(), error=None))
             session.commit()
-            if job.state == "running":
-                self._cancelled.add(job_id)
-            return job.state
+            state = session.scalar(select(TuningJob.state).where(TuningJob.id == job_id))
+        if state != "running":
+            self._cancelled.discard(job_id)
+        return state or "missing"
 
     def cancel_collection(self, collection_id: int) -> None:
         with self.ctx.session() as session:
@@ -86,22 +95,30 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job_id = self._claim_next()
-            if job_id is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            self._run(job_id)
+            try:
+                job_id = self._claim_next()
+                if job_id is None:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                self._run(job_id)
+            except Exception:  # e.g. the database briefly unreachable: the worker must outlive it
+                log.exception("tuning worker: unexpected error; retrying in a second")
+                self._stop.wait(1.0)
 
     def _claim_next(self) -> int | None:
         with self.ctx.session() as session:
-            job = session.scalar(select(TuningJob).where(TuningJob.state == "queued").order_by(TuningJob.id).limit(1))
-            if job is None:
-                return None
-            job.state, job.started_at = "running", utcnow()
-            job.progress = {"stage": "starting"}
-            session.commit()
-            return job.id
+            for job_id in session.scalars(select(TuningJob.id).where(TuningJob.state == "queued")
+                                          .order_by(TuningJob.id).limit(8)):
+                # Conditional, so a cancel that landed after the read above is never overwritten.
+                claimed = session.execute(
+                    update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == "queued")
+                    .values(state="running", started_at=utcnow(), progress={"stage": "starting"})
+                ).rowcount
+                session.commit()
+                if claimed:
+                    return job_id
+            return None
 
     def _should_cancel(self, job_id: int) -> bool:
         return self._stop.is_set() or job_id in self._cancelled
@@ -130,7 +147,7 @@ class JobRunner:
     def _finish(self, job_id: int, state: str, error: str | None = None, version: int | None = None) -> None:
         with self.ctx.session() as session:
             job = session.get(TuningJob, job_id)
-            if job is None:  # its collection was deleted meanwhile
+            if job is None or job.state != "running":  # its collection was deleted (the id may be reused)
                 return
             job.state, job.error, job.finished_at = state, error, utcnow()
             job.progress = {**(job.progress or {}), "stage": state}
@@ -140,10 +157,12 @@ class JobRunner:
 
     def _run(self, job_id: int) -> None:
         self.current_job = job_id
-        with self.ctx.session() as session:
-            job = session.get(TuningJob, job_id)
-            collection_id, config, split = job.collection_id, TuningConfig(**job.config), job.split
         try:
+            with self.ctx.session() as session:
+                job = session.get(TuningJob, job_id)
+                if job is None:  # deleted with its collection between the claim and now
+                    return
+                collection_id, config, split = job.collection_id, TuningConfig(**job.config), job.split
             row = run_tuning(self.ctx, job_id, collection_id, config, split,
                              self._reporter(job_id), lambda: self._should_cancel(job_id))
         except TrainingCancelled:

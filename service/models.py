@@ -45,6 +45,8 @@ class Collection(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The highest adapter version ever given out: numbers are never reused after a delete.
+    adapter_versions_issued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     images: Mapped[list["ImageRecord"]] = relationship(
         back_populates="collection", cascade="all, delete-orphan", passive_deletes=True

@@ -1,7 +1,7 @@
 """Moving a data directory to another backbone: re-encode every stored image in one transaction.
 
-Adapters are tied to the old backbone and cannot be carried over, so every non-zero-shot space is
-dropped. The backbone identity changes in the same commit, so a crash leaves the old state whole.
+Adapters are tied to the old backbone and cannot be carried over: their rows, files and image
+spaces are dropped (start new tuning jobs afterwards). The backbone identity changes in the same commit, so a crash leaves the old state whole.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tqdm import tqdm
 from service.config import Settings
 from service.context import ServiceContext, vector_bytes
 from service.encoders import ZERO_SHOT
-from service.models import BackboneState, Collection, Embedding, ImageRecord
+from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
 
 
 def reembed_all(settings: Settings) -> int:
@@ -20,6 +20,8 @@ def reembed_all(settings: Settings) -> int:
     count = 0
     with ctx.session() as session:
         collection_ids = list(session.scalars(select(Collection.id)))
+        dropped = session.execute(select(AdapterVersion.collection_id, AdapterVersion.version)).all()
+        session.execute(delete(AdapterVersion))  # their prompts live in the old backbone's space
         session.execute(delete(Embedding))
         records = list(session.scalars(select(ImageRecord).order_by(ImageRecord.id)))
         chunk = settings.batch_size * 4
@@ -37,6 +39,8 @@ def reembed_all(settings: Settings) -> int:
         else:
             state.identity = ctx.backbone.identity.to_dict()
         session.commit()
+    for cid, version in dropped:  # after the commit: a crash before it keeps the old state whole
+        ctx.adapters.delete(cid, version)
     for cid in collection_ids:
         ctx.indexes.drop(cid)
         ctx.store.delete_collection_indexes(cid)

@@ -131,7 +131,7 @@ def run_tuning(
         elapsed = time.perf_counter() - started
         report({"stage": "training", "step": event["step"], "total_steps": event["total_steps"],
                 "epoch": event["epoch"], "epochs": event["epochs"], "loss": event["loss"],
-                "val": event.get("metrics"), "elapsed_s": round(elapsed, 2), "eta_s": event.get("eta_s")})
+                "val": event.get("metrics"), "val_zero_shot": event.get("zero_shot_metrics"), "elapsed_s": round(elapsed, 2), "eta_s": event.get("eta_s")})
 
     result = train_adapter(ctx.backbone, train, val, train_cfg, on_progress=on_progress, should_cancel=should_cancel)
     report({"stage": "evaluating", "val_zero_shot": result.zero_shot_metrics, "val": result.best_metrics})

@@ -63,8 +63,7 @@ def activate_adapter(collection_id: int, version: str, ctx: ContextDep) -> list[
 @router.delete("/{version}", status_code=204)
 async def delete_adapter(collection_id: int, version: str, ctx: ContextDep,
                          force: Annotated[bool, Query()] = False) -> Response:
-    with ctx.session() as session:
-        ops.get_collection(session, collection_id)
+    await run_in_threadpool(ops.require_collection, ctx, collection_id)
     await run_in_threadpool(adapter_versions.delete, ctx, collection_id, version_of(version), force)
     return Response(status_code=204)
 
@@ -84,8 +83,7 @@ async def upload_adapter(
     file: Annotated[UploadFile, File(description="An adapter artifact (.safetensors)")],
     activate: Annotated[bool, Form()] = False,
 ) -> AdapterOut:
-    with ctx.session() as session:
-        ops.get_collection(session, collection_id)
+    await run_in_threadpool(ops.require_collection, ctx, collection_id)
     blob = await file.read(ctx.settings.max_upload_bytes + 1)
     if len(blob) > ctx.settings.max_upload_bytes:
         raise ApiError(413, "file_too_large", f"adapter file over {ctx.settings.max_upload_bytes} bytes")

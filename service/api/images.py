@@ -59,8 +59,7 @@ async def upload_images(
     metadata: Annotated[str | None, Form(description="JSON list aligned with files")] = None,
 ) -> IngestResponse:
     settings = ctx.settings
-    with ctx.session() as session:
-        ops.get_collection(session, collection_id)
+    await run_in_threadpool(ops.require_collection, ctx, collection_id)
     if len(files) > settings.max_files_per_upload:
         raise ApiError(413, "too_many_files", f"at most {settings.max_files_per_upload} files per upload")
     entries = parse_metadata(metadata, len(files))
@@ -78,8 +77,7 @@ async def upload_images(
 
 @router.post("/import", response_model=IngestResponse)
 async def import_images(collection_id: int, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
-    with ctx.session() as session:
-        ops.get_collection(session, collection_id)
+    await run_in_threadpool(ops.require_collection, ctx, collection_id)
     items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest, ctx.settings.max_upload_bytes)
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
     return IngestResponse(accepted=result.accepted, rejected=result.rejected)

@@ -95,3 +95,27 @@ def test_reembed_moves_data_dir_to_new_backbone(make_client, tmp_path, database_
     second = make_client(backbone=load_backbone("miniworld-vit"))
     assert second.get("/healthz").json()["backbone"]["embed_dim"] == 128
     assert len(second.post(f"/collections/{cid}/search", json={"query": "x", "k": 3}).json()["results"]) == 3
+
+
+def test_reembed_drops_the_old_backbones_adapters(make_client, tmp_path, database_url):
+    from adapters.artifact import serialize_adapter
+    from adapters.prompted import PromptConfig, PromptedCLIP
+    from service.config import Settings
+    from service.reembed import reembed_all
+
+    first = make_client()
+    cid = fill(first, n=3)
+    prompts = PromptedCLIP.from_backbone(first.app.state.context.backbone, PromptConfig(text_tokens=2, visual_tokens=2))
+    uploaded = first.post(f"/collections/{cid}/adapters", files={"file": ("a.safetensors", serialize_adapter(prompts))},
+                          data={"activate": "true"})
+    assert uploaded.status_code == 201, uploaded.text
+    first.__exit__(None, None, None)
+    reembed_all(Settings(data_dir=tmp_path / "data", backbone_model="miniworld-vit", database_url=database_url))
+    assert not list((tmp_path / "data").rglob("*.safetensors")) and not list((tmp_path / "data").rglob("v1.*"))
+
+    second = make_client(backbone=load_backbone("miniworld-vit"))
+    assert second.get(f"/collections/{cid}/adapters").json() == []
+    found = second.post(f"/collections/{cid}/search", json={"query": "x", "k": 3}).json()
+    assert found["adapter"] == "none" and len(found["results"]) == 3
+    added = upload(second, cid, [("new.png", png_bytes(99))])
+    assert added.status_code == 200 and len(added.json()["accepted"]) == 1

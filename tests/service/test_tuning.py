@@ -223,6 +223,36 @@ def test_delete_adapter(client, tmp_path):
         assert session.scalar(select(func.count()).select_from(AdapterVersion)) == 0
     assert client.delete(f"/collections/{cid}/adapters/1").status_code == 404
 
+    # A number once given is never given again: a client that pinned "v1" gets 404, not another adapter.
+    job = wait(client, start_job(client, cid, **QUICK))
+    assert job["state"] == "succeeded" and job["adapter_version"] == 2
+    assert [a["version"] for a in client.get(f"/collections/{cid}/adapters").json()] == [2]
+    gone = client.post(f"/collections/{cid}/search", json={"query": "red", "adapter": "v1"})
+    assert gone.status_code == 404 and gone.json()["code"] == "adapter_not_found"
+
+
+def test_a_cancel_during_evaluation_still_keeps_nothing(client, monkeypatch):
+    """A cancel that lands after the last training step (while testing or indexing) must win too."""
+    import service.tuning as tuning
+
+    cid = fill(client)
+    real_evaluate, entered, release = tuning.evaluate, threading.Event(), threading.Event()
+
+    def slow_evaluate(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "evaluate", slow_evaluate)
+    job_id = start_job(client, cid, **QUICK)
+    assert entered.wait(60), "the job never reached its evaluation"
+    assert client.post(f"/jobs/{job_id}/cancel").json()["state"] == "running"
+    release.set()
+    job = wait(client, job_id)
+    assert job["state"] == "cancelled" and job["adapter_version"] is None
+    assert client.get(f"/collections/{cid}/adapters").json() == []
+    assert ranking(client, cid)[0] == "none"
+
 
 def test_searches_during_activation_swaps_all_succeed(client):
     cid = fill(client)

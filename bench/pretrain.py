@@ -1,6 +1,6 @@
 """Pretrain the miniature CLIP backbone (``miniworld-vit``) from scratch on the broad world, on CPU.
 
-    python -m bench.pretrain --steps 900 --batch 128 --seed 0 --threads 1 --out adapters/checkpoints/miniworld-vit.safetensors
+    python -m bench.pretrain --steps 2200 --batch 128 --seed 0 --threads 2 --out adapters/checkpoints/miniworld-vit.safetensors
 
 Data is generated on the fly in a loader worker (fresh pairs every step, so no epoch is ever
 repeated), from seeds derived from (seed, step): the run is sized by steps, not time, and the
@@ -16,6 +16,7 @@ existing checkpoint (e.g. after editing a shift spec) and updates the card's eva
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -230,6 +231,7 @@ def train(args) -> None:
         "model": MODEL_NAME,
         "checkpoint": str(out),
         "checkpoint_mib": round(size_mb, 1),
+        "checkpoint_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "command": "python -m bench.pretrain " + " ".join(sys.argv[1:]),
         "seed": args.seed,
         "steps": args.steps,
@@ -268,7 +270,7 @@ def run_eval(checkpoint: Path, start_wall: float | None = None) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--steps", type=int, default=2200)
     ap.add_argument("--seed", type=int, default=0)
     # 128, not 256: on a shared 2-core CPU the smaller batch gives twice the updates per minute,
     # and the from-scratch model escapes its initial loss plateau (~ln batch) within ~150 steps;

@@ -13,7 +13,7 @@ from adapters.data import PairedItem
 from bench import world
 from bench.world import generate, list_specs, load_spec, split
 
-SHIFTS = ("fine_grained", "style")
+SHIFTS = ("fine_grained", "style", "vocabulary")
 
 
 def _pixels(item: PairedItem) -> np.ndarray:
@@ -100,6 +100,21 @@ def test_shifts_are_pure_data_and_differ_from_broad(name):
     spec = load_spec(name)
     broad = load_spec("broad")
     assert spec.to_dict() != broad.to_dict()
+
+
+def _words(items) -> set[str]:
+    return {w.strip(",.:()-") for item in items for c in item.captions for w in c.split()}
+
+
+def test_vocabulary_shift_uses_words_broad_never_does_and_style_does_not():
+    broad = _words(generate(load_spec("broad").clean(), 2000, seed=0))
+    style_items, vocab_items = generate("style", 300, seed=1), generate("vocabulary", 300, seed=1)
+    for a, b in zip(style_items, vocab_items):  # the same scenes, described differently
+        assert np.array_equal(_pixels(a), _pixels(b)) and a.attributes == b.attributes
+    attribute_words = lambda items: {w for item in items for a in item.attributes for w in a.split()}  # noqa: E731
+    assert attribute_words(style_items) <= broad  # style's attribute words are the pretraining vocabulary
+    unseen = _words(vocab_items) - broad
+    assert {"crimson", "orb", "chequered", "lozenge"} <= unseen
 
 
 def test_fine_grained_categories_share_shapes_and_differ_in_fine_attributes():

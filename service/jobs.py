@@ -108,8 +108,9 @@ class JobRunner:
 
     def _claim_next(self) -> int | None:
         with self.ctx.session() as session:
-            for job_id in session.scalars(select(TuningJob.id).where(TuningJob.state == "queued")
-                                          .order_by(TuningJob.id).limit(8)):
+            queued = session.scalars(select(TuningJob.id).where(TuningJob.state == "queued")
+                                     .order_by(TuningJob.id).limit(8)).all()
+            for job_id in queued:
                 # Conditional, so a cancel that landed after the read above is never overwritten.
                 claimed = session.execute(
                     update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == "queued")

@@ -78,6 +78,7 @@ class ServiceContext:
             self.load_embeddings,
             settings.ann_threshold,
             settings.ann_nprobe,
+            settings.index_save_delay_s,
         )
         self.zero_shot = ZeroShotEncoder(self.backbone, settings.batch_size)
         self.adapters = AdapterStore(settings.collections_dir, self.backbone, settings.batch_size,
@@ -171,4 +172,5 @@ class ServiceContext:
             log.warning("recovery removed %d temp files and %d orphan image files", removed_tmp, orphan_files)
 
     def close(self) -> None:
+        self.indexes.close()
         self.engine.dispose()

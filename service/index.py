@@ -144,16 +144,30 @@ class IndexStatus:
 
 
 class IndexRegistry:
-    """All indexes of the process, loaded or rebuilt on first use, saved after each change."""
+    """All indexes of the process, loaded or rebuilt on first use.
 
-    def __init__(self, root: Path, dim: int, loader: EmbeddingLoader, ann_threshold: int, nprobe: int):
+    A change (add, remove) marks an index dirty; a background thread writes dirty indexes at most
+    every ``save_delay_s`` seconds, and ``close`` writes the rest. Writing after every upload would
+    rewrite the whole file each time (gigabytes for a million vectors); the database holds every
+    vector, so a crash between two writes only costs a rebuild at the next start (the sidecar check).
+    """
+
+    def __init__(self, root: Path, dim: int, loader: EmbeddingLoader, ann_threshold: int, nprobe: int,
+                 save_delay_s: float = 0.0):
         self.root = root
         self.dim = dim
         self.loader = loader
         self.ann_threshold = ann_threshold
         self.nprobe = nprobe
+        self.save_delay_s = save_delay_s
         self._indexes: dict[tuple[int, str], VectorIndex] = {}
+        self._dirty: set[tuple[int, str]] = set()
         self._lock = threading.RLock()
+        self._closing = threading.Event()
+        self._saver: threading.Thread | None = None
+        if save_delay_s > 0:
+            self._saver = threading.Thread(target=self._save_periodically, name="index-saver", daemon=True)
+            self._saver.start()
 
     def path(self, collection_id: int, space: str) -> Path:
         return self.root / str(collection_id) / "indexes" / f"{space}.faiss"
@@ -191,13 +205,58 @@ class IndexRegistry:
                 self.rebuild(collection_id, space)
                 return
             index.add(ids, vectors)
-            index.save(self.path(collection_id, space))
+        self._changed(collection_id, space)
 
     def remove(self, collection_id: int, space: str, ids: np.ndarray) -> None:
         index = self.get(collection_id, space)
         with index.lock:
             index.remove(ids)
-            index.save(self.path(collection_id, space))
+        self._changed(collection_id, space)
+
+    def _changed(self, collection_id: int, space: str) -> None:
+        if self._saver is None:
+            self._save(collection_id, space)
+        else:
+            with self._lock:
+                self._dirty.add((collection_id, space))
+
+    def _save(self, collection_id: int, space: str) -> None:
+        with self._lock:
+            index = self._indexes.get((collection_id, space))
+        if index is None:
+            return
+        path = self.path(collection_id, space)
+        index.save(path)
+        with self._lock:
+            current = self._indexes.get((collection_id, space))
+            if current is None:  # dropped while being written: what was written goes too
+                for stale in (path, path.with_suffix(".json")):
+                    stale.unlink(missing_ok=True)
+            elif current is not index:  # swapped by a rebuild: its file may now hold the older one
+                self._dirty.add((collection_id, space))
+
+    def flush(self) -> None:
+        """Write every index changed since its last write."""
+        for _ in range(3):  # a save that raced a swap marks its index dirty again
+            with self._lock:
+                dirty, self._dirty = self._dirty, set()
+            if not dirty:
+                return
+            for collection_id, space in sorted(dirty):
+                try:
+                    self._save(collection_id, space)
+                except Exception:  # the next start-up rebuilds it from the stored vectors
+                    log.exception("could not write index %s/%s", collection_id, space)
+
+    def _save_periodically(self) -> None:
+        while not self._closing.wait(self.save_delay_s):
+            self.flush()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._saver is not None:
+            self._saver.join(timeout=60)
+        self.flush()
 
     def search(self, collection_id: int, space: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.get(collection_id, space).search(queries, k)
@@ -214,6 +273,7 @@ class IndexRegistry:
         with self._lock:
             for key in [k for k in self._indexes if k[0] == collection_id and (space is None or k[1] == space)]:
                 del self._indexes[key]
+            self._dirty = {k for k in self._dirty if not (k[0] == collection_id and (space is None or k[1] == space))}
         if space is not None:
             for path in (self.path(collection_id, space), self.path(collection_id, space).with_suffix(".json")):
                 path.unlink(missing_ok=True)

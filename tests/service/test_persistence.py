@@ -119,3 +119,25 @@ def test_reembed_drops_the_old_backbones_adapters(make_client, tmp_path, databas
     assert found["adapter"] == "none" and len(found["results"]) == 3
     added = upload(second, cid, [("new.png", png_bytes(99))])
     assert added.status_code == 200 and len(added.json()["accepted"]) == 1
+
+
+def test_index_files_are_written_behind_uploads_and_at_shutdown(make_client, tmp_path, caplog):
+    """An upload changes the index in memory at once; its file is rewritten later, not per upload."""
+    import json
+    import logging
+
+    first = make_client(index_save_delay_s=3600)
+    cid = fill(first, n=3)
+    sidecar = tmp_path / "data" / "collections" / str(cid) / "indexes" / "none.json"
+    written_before = json.loads(sidecar.read_text())["count"]
+    assert upload(first, cid, [("late.png", png_bytes(500))]).status_code == 200
+    assert first.get(f"/collections/{cid}").json()["indexes"][0]["size"] == 4  # searches see it now
+    assert json.loads(sidecar.read_text())["count"] == written_before  # the file waits
+    before = results(first, cid)
+    first.__exit__(None, None, None)
+    assert json.loads(sidecar.read_text())["count"] == 4  # written at shutdown
+
+    with caplog.at_level(logging.INFO, logger="service.index"):
+        second = make_client()
+        assert results(second, cid) == before
+    assert not [r for r in caplog.records if "rebuilding index" in r.getMessage()]  # loaded as written

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     ann_nprobe: int = Field(32, ge=1, description="IVF lists probed per query")
     index_save_delay_s: float = Field(
         5.0, ge=0, description="Changed indexes are written at most this often (and at shutdown); 0 = after "
-                               "every change. A crash in between only costs a rebuild from the stored vectors")
+                               "every change. A crash in between only costs a repair from the stored vectors at the next start")
     max_k: int = Field(1000, ge=1)
     max_query_chars: int = Field(1000, ge=1)
     max_batch_queries: int = Field(64, ge=1)

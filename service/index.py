@@ -2,7 +2,8 @@
 
 The database holds every embedding; an index file is a cache of it. Each file has a sidecar with
 the count and a digest of its ids, so an index that disagrees with the database (a crash between
-the commit and the save, a deleted file) is noticed at load and rebuilt from stored vectors.
+the commit and the save) is noticed at load and brought up to date from the stored vectors; a
+missing or unreadable file is rebuilt from them.
 """
 
 from __future__ import annotations
@@ -115,25 +116,40 @@ class VectorIndex:
         atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
 
     @classmethod
-    def load(cls, path: Path, expected_ids: np.ndarray, nprobe: int) -> "VectorIndex | None":
-        """The stored index, or None when it is missing or does not hold exactly ``expected_ids``."""
-        meta_path = path.with_suffix(".json")
-        if not path.exists() or not meta_path.exists():
+    def load(cls, path: Path, nprobe: int) -> "VectorIndex | None":
+        """The stored index with the ids it really holds, or None when the file is missing or unreadable."""
+        if not path.exists():
             return None
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta["count"] != len(expected_ids) or meta["ids_sha256"] != ids_digest(expected_ids):
-                return None
             index = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
-        except (OSError, ValueError, KeyError, RuntimeError):
+        except (OSError, ValueError, RuntimeError):
             return None
-        if index.ntotal != len(expected_ids):
-            return None
-        loaded = cls(index, expected_ids)
+        loaded = cls(index, stored_ids(index))
         inner = loaded._inner()
         if isinstance(inner, faiss.IndexIVF):
             inner.nprobe = min(nprobe, inner.nlist)
         return loaded
+
+    def matches(self, path: Path, expected_ids: np.ndarray) -> bool:
+        """Whether this index and its sidecar hold exactly ``expected_ids``."""
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return False
+        digest = ids_digest(expected_ids)
+        return (meta.get("count") == self.size == len(expected_ids) and meta.get("ids_sha256") == digest
+                and ids_digest(self.ids) == digest)
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """The ids an index file really holds (an IDMap's map, or an IVF's inverted lists)."""
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+             for i in range(ivf.nlist) if lists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 @dataclass
@@ -149,7 +165,7 @@ class IndexRegistry:
     A change (add, remove) marks an index dirty; a background thread writes dirty indexes at most
     every ``save_delay_s`` seconds, and ``close`` writes the rest. Writing after every upload would
     rewrite the whole file each time (gigabytes for a million vectors); the database holds every
-    vector, so a crash between two writes only costs a rebuild at the next start (the sidecar check).
+    vector, so a crash between two writes only costs a repair at the next start (the sidecar check).
     """
 
     def __init__(self, root: Path, dim: int, loader: EmbeddingLoader, ann_threshold: int, nprobe: int,
@@ -181,8 +197,22 @@ class IndexRegistry:
 
     def _load_or_rebuild(self, collection_id: int, space: str) -> VectorIndex:
         ids, vectors = self.loader(collection_id, space)
-        loaded = VectorIndex.load(self.path(collection_id, space), ids, self.nprobe)
-        if loaded is not None:
+        path = self.path(collection_id, space)
+        loaded = VectorIndex.load(path, self.nprobe)
+        if loaded is not None and loaded.dim == self.dim:
+            if loaded.matches(path, ids):
+                return loaded
+            # A file written before the last changes (a crash within the save delay): bring it up to
+            # date from the stored vectors instead of retraining a large IVF from scratch.
+            have = loaded.ids
+            extra = np.setdiff1d(have, ids)
+            missing = np.isin(ids, have, invert=True)
+            loaded.remove(extra)
+            if missing.any():
+                loaded.add(ids[missing], vectors[missing])
+            log.info("repaired index for collection %s space %s: %d added, %d removed",
+                     collection_id, space, int(missing.sum()), len(extra))
+            loaded.save(path)
             return loaded
         log.info("rebuilding index for collection %s space %s from %d stored vectors", collection_id, space, len(ids))
         return self.rebuild(collection_id, space, ids, vectors)
@@ -245,7 +275,7 @@ class IndexRegistry:
             for collection_id, space in sorted(dirty):
                 try:
                     self._save(collection_id, space)
-                except Exception:  # the next start-up rebuilds it from the stored vectors
+                except Exception:  # the next start-up repairs it from the stored vectors
                     log.exception("could not write index %s/%s", collection_id, space)
 
     def _save_periodically(self) -> None:

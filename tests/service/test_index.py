@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from service.index import VectorIndex
+from service.index import IndexRegistry, VectorIndex
 
 
 def clustered(n, dim, seed, clusters=200):
@@ -48,3 +49,27 @@ def test_registry_switches_to_ann_past_threshold(make_client, tmp_path):
     upload(client, cid, [(f"{i}.png", png_bytes(i)) for i in range(30, 45)])
     status = client.get(f"/collections/{cid}").json()["indexes"][0]
     assert status == {"space": "none", "kind": "ivf", "size": 45}
+
+
+@pytest.mark.parametrize("n", [50, 500])  # flat, then IVF (threshold 100)
+def test_a_stale_index_file_is_repaired_from_stored_vectors(tmp_path, n):
+    """Loading a file written before later adds and removes gives exactly the stored ids back."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n + 20, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, n + 21, dtype=np.int64)
+    stored = {"ids": ids[:n], "vectors": vectors[:n]}
+    registry = IndexRegistry(tmp_path, 16, lambda c, s: (stored["ids"], stored["vectors"]), ann_threshold=100, nprobe=8)
+    first = registry.get(1, "none")
+    kind = first.kind
+    # After the file was written: 20 more images and 5 deleted ones, as the database now says.
+    keep = np.ones(n + 20, dtype=bool)
+    keep[:5] = False
+    stored.update(ids=ids[keep], vectors=vectors[keep])
+
+    reopened = IndexRegistry(tmp_path, 16, lambda c, s: (stored["ids"], stored["vectors"]), ann_threshold=100, nprobe=8)
+    repaired = reopened.get(1, "none")
+    assert repaired.kind == kind and sorted(repaired.ids) == sorted(stored["ids"])
+    assert repaired.matches(reopened.path(1, "none"), stored["ids"])  # and written back with its sidecar
+    scores, found = repaired.search(vectors[n + 3 : n + 4], 1)
+    assert found[0][0] == ids[n + 3]

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from adapters.backbone import load_backbone
@@ -33,7 +35,7 @@ def test_restart_gives_identical_results(make_client, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["delete", "stale"])
-def test_damaged_index_is_rebuilt_from_stored_vectors(make_client, tmp_path, damage):
+def test_damaged_index_is_rebuilt_from_stored_vectors(make_client, tmp_path, damage, caplog):
     first = make_client()
     cid = fill(first)
     before = results(first, cid)
@@ -49,10 +51,15 @@ def test_damaged_index_is_rebuilt_from_stored_vectors(make_client, tmp_path, dam
         index_file.unlink()
 
     # Rebuilding must not need the backbone to encode any image again.
-    second = make_client()
+    with caplog.at_level(logging.INFO, logger="service.index"):
+        second = make_client()
     ctx = second.app.state.context
     assert results(second, cid) == before
     assert ctx.indexes.get(cid, "none").size == (13 if damage == "stale" else 12)
+    # A stale file is brought up to date in place; only a missing one is built again from scratch.
+    messages = [r.getMessage() for r in caplog.records]
+    expected = "repaired index" if damage == "stale" else "rebuilding index"
+    assert any(m.startswith(expected) and f"collection {cid} space none" in m for m in messages), messages
 
 
 def test_orphan_files_and_temp_files_are_swept_at_start(make_client, tmp_path):

@@ -262,8 +262,8 @@ class IndexRegistry:
             if current is None:  # dropped while being written: what was written goes too
                 for stale in (path, path.with_suffix(".json")):
                     stale.unlink(missing_ok=True)
-            elif current is not index:  # swapped by a rebuild: its file may now hold the older one
-                self._dirty.add((collection_id, space))
+        if current is not None and current is not index:
+            self._changed(collection_id, space)  # swapped by a rebuild: its file may now hold the older one
 
     def flush(self) -> None:
         """Write every index changed since its last write."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from adapters.backbone import Backbone
 from adapters.features import preprocess_images
 from adapters.prompted import PromptedCLIP
 from service.storage import atomic_write
+from service.vocabulary import version_space
 
 
 class AdapterEncoder:
@@ -57,7 +58,7 @@ class AdapterStore:
         self._lock = threading.Lock()
 
     def path(self, collection_id: int, version: int) -> Path:
-        return self.root / str(collection_id) / "adapters" / f"v{version}.safetensors"
+        return self.root / str(collection_id) / "adapters" / f"{version_space(version)}.safetensors"
 
     def write(self, collection_id: int, version: int, blob: bytes) -> str:
         atomic_write(self.path(collection_id, version), blob)

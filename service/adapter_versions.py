@@ -18,9 +18,11 @@ from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, r
 from adapters.prompted import PromptedCLIP
 from adapters.train import TrainingCancelled
 from service.context import ServiceContext, vector_bytes
-from service.encoders import ZERO_SHOT, Encoder
-from service.errors import ApiError, not_found
+from service.encoders import Encoder
+from service.errors import Conflict, Invalid, NotFound, not_found
 from service.models import AdapterVersion, Collection, Embedding, ImageRecord
+from service.unit_of_work import CollectionWriter
+from service.vocabulary import ACTIVE, ZERO_SHOT, Method, parse_version, version_space
 
 
 @dataclass
@@ -31,16 +33,12 @@ class Resolved:
     version: int | None = None
 
 
-def parse_version(selector: str) -> int | None:
-    raw = selector[1:] if selector[:1] in ("v", "V") else selector
-    return int(raw) if raw.isdigit() else None
-
-
 def get_version(session, collection_id: int, version: int) -> AdapterVersion:
     row = session.scalar(select(AdapterVersion).where(
         AdapterVersion.collection_id == collection_id, AdapterVersion.version == version))
     if row is None:
-        raise ApiError(404, "adapter_not_found", f"adapter v{version} not found for collection {collection_id}")
+        raise NotFound("adapter_not_found",
+                       f"adapter {version_space(version)} not found for collection {collection_id}")
     return row
 
 
@@ -49,7 +47,7 @@ def resolve(ctx: ServiceContext, collection_id: int, selector: str) -> Resolved:
     if selector == ZERO_SHOT:
         return Resolved(ZERO_SHOT, ZERO_SHOT, ctx.zero_shot)
     with ctx.session() as session:
-        if selector == "active":
+        if selector == ACTIVE:
             row = session.scalar(select(AdapterVersion).where(
                 AdapterVersion.collection_id == collection_id, AdapterVersion.active.is_(True)))
             if row is None:
@@ -57,13 +55,14 @@ def resolve(ctx: ServiceContext, collection_id: int, selector: str) -> Resolved:
         else:
             version = parse_version(selector)
             if version is None:
-                raise ApiError(422, "bad_adapter", f"adapter must be 'active', 'none' or a version, not {selector!r}")
+                raise Invalid("bad_adapter", f"adapter must be '{ACTIVE}', '{ZERO_SHOT}' or a version, not {selector!r}")
             row = get_version(session, collection_id, version)
     try:
         encoder = ctx.adapters.encoder(collection_id, row.version, row.space)
-    except FileNotFoundError:  # deleted between the row read above and the file read
-        raise ApiError(404, "adapter_not_found", f"adapter v{row.version} of collection {collection_id} was deleted")
-    return Resolved(f"v{row.version}", row.space, encoder, row.version)
+    except FileNotFoundError as exc:  # deleted between the row read above and the file read
+        raise NotFound("adapter_not_found",
+                       f"adapter {version_space(row.version)} of collection {collection_id} was deleted") from exc
+    return Resolved(version_space(row.version), row.space, encoder, row.version)
 
 
 def next_version(session, collection_id: int) -> int:
@@ -103,86 +102,90 @@ def register(ctx: ServiceContext, collection_id: int, prompted: PromptedCLIP, bl
     has_visual = bool(prompted.visual_layers)
     if has_visual:
         ids, vectors = encode_images(ctx, collection_id, prompted, should_cancel=should_cancel)
-    with ctx.collection_lock(collection_id):
-        with ctx.session() as session:
-            version = next_version(session, collection_id)
-            row = AdapterVersion(
-                collection_id=collection_id, version=version, job_id=job_id, method=method,
-                has_visual=has_visual, file_sha256="", size_bytes=len(blob),
-                param_count=prompted.num_parameters(), metrics=metrics, report=report, active=False,
-            )
-            if has_visual:
-                # Images that arrived while we were encoding are picked up below, under the lock.
-                current = set(session.scalars(select(ImageRecord.id)
-                                              .where(ImageRecord.collection_id == collection_id)))
-                keep = np.array([int(i) in current for i in ids], dtype=bool)
-                ids, vectors = ids[keep], vectors[keep]
-                missing = sorted(current - set(int(i) for i in ids))
-                if missing:
-                    late_ids, late_vectors = encode_images(ctx, collection_id, prompted, missing)
-                    ids, vectors = np.concatenate([ids, late_ids]), np.concatenate([vectors, late_vectors])
-                session.add_all(Embedding(image_id=int(i), collection_id=collection_id, space=row.space,
-                                          vector=vector_bytes(v)) for i, v in zip(ids, vectors))
-            if should_cancel is not None and should_cancel():
-                # The last moment a cancel can still win: after this commit the version exists.
-                session.rollback()
-                raise TrainingCancelled("cancelled before the version was stored")
-            try:
-                row.file_sha256 = ctx.adapters.write(collection_id, version, blob)
-                session.add(row)
-                session.commit()
-            except BaseException:
-                session.rollback()
-                ctx.adapters.delete(collection_id, version)
-                raise
+    with CollectionWriter(ctx, collection_id) as writer:
+        session = writer.session
+        version = next_version(session, collection_id)
+        row = AdapterVersion(
+            collection_id=collection_id, version=version, job_id=job_id, method=method,
+            has_visual=has_visual, file_sha256="", size_bytes=len(blob),
+            param_count=prompted.num_parameters(), metrics=metrics, report=report, active=False,
+        )
         if has_visual:
-            ctx.indexes.rebuild(collection_id, row.space)
+            # Images that arrived while we were encoding are picked up below, under the lock.
+            current = set(session.scalars(select(ImageRecord.id)
+                                          .where(ImageRecord.collection_id == collection_id)))
+            keep = np.array([int(i) in current for i in ids], dtype=bool)
+            ids, vectors = ids[keep], vectors[keep]
+            missing = sorted(current - {int(i) for i in ids})
+            if missing:
+                late_ids, late_vectors = encode_images(ctx, collection_id, prompted, missing)
+                ids, vectors = np.concatenate([ids, late_ids]), np.concatenate([vectors, late_vectors])
+            session.add_all(Embedding(image_id=int(i), collection_id=collection_id, space=row.space,
+                                      vector=vector_bytes(v)) for i, v in zip(ids, vectors, strict=True))
+            writer.after_commit(lambda: ctx.indexes.rebuild(collection_id, row.space))
+        if should_cancel is not None and should_cancel():
+            # The last moment a cancel can still win: after this commit the version exists.
+            raise TrainingCancelled("cancelled before the version was stored")
+        writer.stage(lambda: ctx.adapters.delete(collection_id, version))
+        row.file_sha256 = ctx.adapters.write(collection_id, version, blob)
+        session.add(row)
+        writer.commit()
     return row
 
 
 def activate(ctx: ServiceContext, collection_id: int, version: int | None, note: str | None = None) -> None:
     """Make ``version`` the active one (None: back to zero-shot) in a single transaction."""
-    with ctx.collection_lock(collection_id):
-        with ctx.session() as session:
-            if version is not None:
-                row = get_version(session, collection_id, version)
-            session.execute(update(AdapterVersion).where(AdapterVersion.collection_id == collection_id)
-                            .values(active=False))
-            if version is not None:
-                row.active = True
-                if note is not None:
-                    row.note = note
-            session.commit()
+    with CollectionWriter(ctx, collection_id) as writer:
+        row = None if version is None else get_version(writer.session, collection_id, version)
+        writer.session.execute(update(AdapterVersion).where(AdapterVersion.collection_id == collection_id)
+                               .values(active=False))
+        if row is not None:
+            row.active = True
+            if note is not None:
+                row.note = note
+        writer.commit()
 
 
 def delete(ctx: ServiceContext, collection_id: int, version: int, force: bool) -> None:
-    with ctx.collection_lock(collection_id):
-        with ctx.session() as session:
-            row = get_version(session, collection_id, version)
-            if row.active and not force:
-                raise ApiError(409, "adapter_active",
-                               f"adapter v{version} is active; activate another (or 'none') first, or pass force=true")
-            space = row.space
-            session.execute(Embedding.__table__.delete().where(
-                Embedding.collection_id == collection_id, Embedding.space == f"v{version}"))
-            session.delete(row)
-            session.commit()
+    with CollectionWriter(ctx, collection_id) as writer:
+        row = get_version(writer.session, collection_id, version)
+        if row.active and not force:
+            raise Conflict("adapter_active", f"adapter {version_space(version)} is active; activate another "
+                                             f"(or '{ZERO_SHOT}') first, or pass force=true")
+        space = row.space
+        writer.session.execute(Embedding.__table__.delete().where(
+            Embedding.collection_id == collection_id, Embedding.space == version_space(version)))
+        writer.session.delete(row)
         # Searches that already resolved this version hold its encoder and index objects and finish.
-        ctx.adapters.delete(collection_id, version)
+        writer.after_commit(lambda: ctx.adapters.delete(collection_id, version))
         if space != ZERO_SHOT:
-            ctx.indexes.drop(collection_id, space)
+            writer.after_commit(lambda: ctx.indexes.drop(collection_id, space))
+        writer.commit()
 
 
 def read_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
     """Validate an uploaded artifact against the running backbone."""
     if not blob:
-        raise ApiError(422, "bad_adapter_file", "the adapter file is empty")
+        raise Invalid("bad_adapter_file", "the adapter file is empty")
     try:
         read_adapter_info(blob)
         return load_adapter(blob, ctx.backbone)
     except AdapterIncompatible as exc:
-        raise ApiError(422, "adapter_incompatible", str(exc), fields=exc.fields)
+        raise Invalid("adapter_incompatible", str(exc), fields=exc.fields) from exc
     except AdapterError as exc:
-        raise ApiError(422, "bad_adapter_file", str(exc))
+        raise Invalid("bad_adapter_file", str(exc)) from exc
     except Exception as exc:  # a file that is not safetensors at all
-        raise ApiError(422, "bad_adapter_file", f"not a readable adapter file: {exc}")
+        raise Invalid("bad_adapter_file", f"not a readable adapter file: {exc}") from exc
+
+
+def register_upload(ctx: ServiceContext, collection_id: int, blob: bytes, filename: str | None,
+                    activate_now: bool) -> AdapterVersion:
+    """An uploaded artifact becomes a new version (its method read from the prompts it carries)."""
+    prompted = read_upload(ctx, blob)
+    method = Method.of(has_text=bool(prompted.config.text_tokens), has_visual=bool(prompted.visual_layers))
+    row = register(ctx, collection_id, prompted, blob, method=method, job_id=None,
+                   metrics={}, report={"source": "upload", "filename": filename})
+    if activate_now:
+        activate(ctx, collection_id, row.version, note="uploaded and activated by request")
+        row.active = True
+    return row

@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 
 from adapters.backbone import Backbone
 from service.api import adapters, collections, health, images, jobs, search
+from service.api.errors import install_error_handlers
 from service.config import Settings
 from service.context import ServiceContext
-from service.errors import install_error_handlers
 from service.jobs import JobRunner
 
 log = logging.getLogger(__name__)

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     from adapters.backbone import BackboneError
     from service.context import BackboneMismatch
-    from service.errors import ApiError
+    from service.errors import DomainError
 
     try:
         if args.command == "serve":
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_search(settings, args.collection, args.query, args.k, args.adapter)
         if args.command == "reembed":
             return cmd_reembed(settings)
-    except (ApiError, BackboneMismatch, BackboneError) as exc:
+    except (DomainError, BackboneMismatch, BackboneError) as exc:
         print(f"error: {getattr(exc, 'detail', exc)}", file=sys.stderr)
         return 2
     return 1

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from service.context import ServiceContext
-from service.errors import ApiError, not_found
+from service.errors import Conflict, not_found
 from service.models import Collection, ImageRecord
+from service.unit_of_work import CollectionWriter
 
 
 def get_collection(session: Session, collection_id: int) -> Collection:
@@ -40,14 +43,14 @@ def find_collection(session: Session, id_or_name: str) -> Collection:
 def create_collection(ctx: ServiceContext, name: str, description: str | None) -> Collection:
     with ctx.session() as session:
         if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
-            raise ApiError(409, "duplicate_name", f"a collection named {name!r} already exists")
+            raise Conflict("duplicate_name", f"a collection named {name!r} already exists")
         collection = Collection(name=name, description=description)
         session.add(collection)
         try:
             session.commit()
-        except IntegrityError:  # a concurrent create won the race
+        except IntegrityError as exc:  # a concurrent create won the race
             session.rollback()
-            raise ApiError(409, "duplicate_name", f"a collection named {name!r} already exists")
+            raise Conflict("duplicate_name", f"a collection named {name!r} already exists") from exc
         return collection
 
 
@@ -68,23 +71,21 @@ def get_image(session: Session, collection_id: int, image_id: int) -> ImageRecor
 def delete_collection(ctx: ServiceContext, collection_id: int) -> None:
     if ctx.jobs is not None:
         ctx.jobs.cancel_collection(collection_id)
-    with ctx.collection_lock(collection_id):
-        with ctx.session() as session:
-            session.delete(get_collection(session, collection_id))
-            session.commit()
-        # The commit is the point of no return; what follows is redone by start-up recovery if cut short.
-        ctx.indexes.drop(collection_id)
-        ctx.adapters.forget(collection_id)
-        ctx.store.delete_collection(collection_id)
+    with CollectionWriter(ctx, collection_id) as writer:
+        writer.session.delete(get_collection(writer.session, collection_id))
+        writer.after_commit(lambda: ctx.indexes.drop(collection_id))
+        writer.after_commit(lambda: ctx.adapters.forget(collection_id))
+        writer.after_commit(lambda: ctx.store.delete_collection(collection_id))
+        writer.commit()
 
 
 def delete_image(ctx: ServiceContext, collection_id: int, image_id: int) -> None:
-    with ctx.collection_lock(collection_id):
-        with ctx.session() as session:
-            record = get_image(session, collection_id, image_id)
-            sha = record.sha256
-            session.delete(record)
-            session.commit()
+    with CollectionWriter(ctx, collection_id) as writer:
+        record = get_image(writer.session, collection_id, image_id)
+        sha = record.sha256
+        writer.session.delete(record)
+        removed = np.array([image_id], dtype=np.int64)
         for space in ctx.served_spaces(collection_id):
-            ctx.indexes.remove(collection_id, space, np.array([image_id], dtype=np.int64))
-        ctx.store.delete(collection_id, sha)
+            writer.after_commit(partial(ctx.indexes.remove, collection_id, space, removed))
+        writer.after_commit(lambda: ctx.store.delete(collection_id, sha))
+        writer.commit()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 from sqlalchemy import select
@@ -21,11 +21,12 @@ from service.adapter_store import AdapterStore
 from service.batching import TextBatcher
 from service.config import Settings
 from service.db import make_engine, make_session_factory, migrate
-from service.encoders import ZERO_SHOT, Encoder, ZeroShotEncoder
-from service.errors import ApiError
+from service.encoders import Encoder, ZeroShotEncoder
+from service.errors import NotFound
 from service.index import IndexRegistry
 from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
 from service.storage import ImageStore
+from service.vocabulary import ZERO_SHOT, space_version, version_space
 
 log = logging.getLogger(__name__)
 
@@ -114,23 +115,23 @@ class ServiceContext:
                 .where(AdapterVersion.collection_id == collection_id, AdapterVersion.has_visual.is_(True))
                 .order_by(AdapterVersion.version)
             ).all()
-        return [ZERO_SHOT, *(f"v{v}" for v in versions)]
+        return [ZERO_SHOT, *(version_space(v) for v in versions)]
 
     def encoder(self, collection_id: int, space: str) -> Encoder:
         """The image encoder of a space (ingest uses it to keep every served index complete)."""
         if space == ZERO_SHOT:
             return self.zero_shot
-        return self.adapters.encoder(collection_id, int(space[1:]), space)
+        return self.adapters.encoder(collection_id, space_version(space), space)
 
     def load_embeddings(self, collection_id: int, space: str) -> tuple[np.ndarray, np.ndarray]:
         dim = self.backbone.identity.embed_dim
         with self.session() as session:
             if space != ZERO_SHOT and session.scalar(select(AdapterVersion.id).where(
-                    AdapterVersion.collection_id == collection_id, AdapterVersion.version == int(space[1:]),
+                    AdapterVersion.collection_id == collection_id, AdapterVersion.version == space_version(space),
                     AdapterVersion.has_visual.is_(True))) is None:
                 # A search that resolved this version just before it was deleted: no index is rebuilt
                 # (and written) for a space that no longer exists.
-                raise ApiError(404, "adapter_not_found", f"adapter {space} of collection {collection_id} was deleted")
+                raise NotFound("adapter_not_found", f"adapter {space} of collection {collection_id} was deleted")
             rows = session.execute(
                 select(Embedding.image_id, Embedding.vector)
                 .where(Embedding.collection_id == collection_id, Embedding.space == space)
@@ -163,7 +164,7 @@ class ServiceContext:
                 orphan_files += 1
             for version in self.adapters.stored_versions(cid) - versions_by_collection[cid]:
                 self.adapters.delete(cid, version)  # a tuning job interrupted before its commit
-                self.indexes.drop(cid, f"v{version}")
+                self.indexes.drop(cid, version_space(version))
                 orphan_files += 1
         for cid in known:
             for space in self.served_spaces(cid):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from adapters.backbone import Backbone
-
-ZERO_SHOT = "none"
+from service.vocabulary import ZERO_SHOT
 
 
 class Encoder(Protocol):

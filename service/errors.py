@@ -1,48 +1,46 @@
-"""One error shape for every 4xx/5xx: {"detail": human message, "code": machine-readable word}."""
+"""Domain errors: what went wrong, in the service's words, with no knowledge of HTTP.
+
+Each carries a machine-readable ``code``, a human ``detail`` and optional extra ``fields`` (e.g. the
+minimum number of pairs a job needs). ``service.api.errors`` maps each kind to its HTTP status in
+one place; the CLI prints ``detail``.
+"""
 
 from __future__ import annotations
 
-import logging
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger(__name__)
+from typing import Any
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str, **extra):
+class DomainError(Exception):
+    """Base of every refusal the service explains to its caller."""
+
+    def __init__(self, code: str, detail: str, **fields: Any):
         super().__init__(detail)
-        self.status, self.code, self.detail, self.extra = status, code, detail, extra
+        self.code, self.detail, self.fields = code, detail, fields
 
 
-def not_found(what: str, ident) -> ApiError:
-    return ApiError(404, "not_found", f"{what} {ident} not found")
+class NotFound(DomainError):
+    """The named thing does not exist (or no longer does)."""
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError):
-        return JSONResponse({"detail": exc.detail, "code": exc.code, **exc.extra}, status_code=exc.status)
+class Conflict(DomainError):
+    """The request contradicts the current state (a duplicate name, deleting the active adapter)."""
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError):
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
-        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        return JSONResponse({"detail": summary or "invalid request", "code": "invalid_request", "errors": errors},
-                            status_code=422)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception):
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal error; nothing was half-written, the request can be retried",
-                             "code": "internal_error"}, status_code=500)
+class Invalid(DomainError):
+    """The input itself is unusable (bad config, bad file, too few pairs)."""
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": exc.detail, "code": "http_error"}, status_code=exc.status_code)
+
+class Forbidden(DomainError):
+    """The input asks for something outside what the service allows (a path outside the import root)."""
+
+
+class TooLarge(DomainError):
+    """The input is over a configured limit."""
+
+
+class Gone(DomainError):
+    """A row exists but the file behind it was lost from storage."""
+
+
+def not_found(what: str, ident: object) -> NotFound:
+    return NotFound("not_found", f"{what} {ident} not found")

@@ -13,9 +13,9 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import faiss
 import numpy as np
@@ -66,7 +66,7 @@ class VectorIndex:
         return np.fromiter(self._ids, dtype=np.int64, count=len(self._ids))
 
     @classmethod
-    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, ann_threshold: int, nprobe: int) -> "VectorIndex":
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, ann_threshold: int, nprobe: int) -> VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(ids) >= ann_threshold:
@@ -116,7 +116,7 @@ class VectorIndex:
         atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
 
     @classmethod
-    def load(cls, path: Path, nprobe: int) -> "VectorIndex | None":
+    def load(cls, path: Path, nprobe: int) -> VectorIndex | None:
         """The stored index with the ids it really holds, or None when the file is missing or unreadable."""
         if not path.exists():
             return None

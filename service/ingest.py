@@ -1,27 +1,26 @@
 """Adding images to a collection: validate, de-duplicate, encode, store file + rows + vectors.
 
-Order of writes, so that any failure leaves nothing half-written:
-1. every item is decoded and checked first (rejections are per item);
-2. new images are encoded for every served space while their files are written (atomically);
-3. on any later failure the files this call wrote are removed;
-4. rows, captions and embeddings are committed in one transaction;
-5. indexes get the vectors; if that fails they are rebuilt from the committed vectors.
+Every item is decoded and checked first (rejections are per item). The rest is one unit of work
+(``service.unit_of_work``): new images are encoded for every served space while their files are
+written (staged, removed if the unit fails); rows, captions and embeddings are committed in one
+transaction; then the indexes get the vectors (rebuilt from the committed vectors if that fails).
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from service.context import ServiceContext, vector_bytes
-from service.errors import not_found
 from service.imaging import DecodedImage, ImageRejected, decode_image
-from service.models import Caption, Collection, Embedding, ImageRecord
+from service.models import Caption, Embedding, ImageRecord
+from service.unit_of_work import CollectionWriter
 
 log = logging.getLogger(__name__)
 
@@ -79,94 +78,83 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
     if not valid:
         return result
 
-    with ctx.collection_lock(collection_id):
-        with ctx.session() as session:
-            if session.get(Collection, collection_id) is None:  # deleted while this upload was read
-                raise not_found("collection", collection_id)
-            existing = {
-                rec.sha256: rec
-                for rec in session.scalars(
-                    select(ImageRecord)
-                    .options(selectinload(ImageRecord.captions))
-                    .where(ImageRecord.collection_id == collection_id,
-                           ImageRecord.sha256.in_({d.sha256 for _, _, d in valid}))
-                )
-            }
-            new: dict[str, tuple[int, IngestItem, DecodedImage]] = {}
-            duplicates: list[tuple[int, IngestItem, DecodedImage]] = []
-            for entry in valid:
-                sha = entry[2].sha256
-                if sha in existing or sha in new:
-                    duplicates.append(entry)
-                else:
-                    new[sha] = entry
+    with CollectionWriter(ctx, collection_id) as writer:
+        session = writer.session
+        writer.require_collection(collection_id)  # it may have been deleted while this upload was read
+        existing = {
+            rec.sha256: rec
+            for rec in session.scalars(
+                select(ImageRecord)
+                .options(selectinload(ImageRecord.captions))
+                .where(ImageRecord.collection_id == collection_id,
+                       ImageRecord.sha256.in_({d.sha256 for _, _, d in valid}))
+            )
+        }
+        new: dict[str, tuple[int, IngestItem, DecodedImage]] = {}
+        duplicates: list[tuple[int, IngestItem, DecodedImage]] = []
+        for entry in valid:
+            sha = entry[2].sha256
+            if sha in existing or sha in new:
+                duplicates.append(entry)
+            else:
+                new[sha] = entry
 
-            spaces = ctx.served_spaces(collection_id)
-            pending = list(new.values())
-            to_write = [(d.sha256, item.data) for _, item, d in pending
-                        if not ctx.store.path(collection_id, d.sha256).exists()]
-            # Durable file writes wait on the disk (fsync), encoding on the CPU: overlap the two.
-            writer = ThreadPoolExecutor(max_workers=FILE_WRITERS, thread_name_prefix="ingest-write")
-            writes = [writer.submit(ctx.store.put, collection_id, sha, data) for sha, data in to_write]
-            try:
-                vectors = {
-                    space: ctx.encoder(collection_id, space).encode_images([d.image for _, _, d in pending])
-                    for space in spaces
-                } if pending else {}
-                for write in writes:
-                    write.result()
-                records = []
-                for row, (_, item, decoded) in enumerate(pending):
-                    record = ImageRecord(
-                        collection_id=collection_id, sha256=decoded.sha256, filename=item.filename[:500],
-                        content_type=decoded.content_type, width=decoded.width, height=decoded.height,
-                        size_bytes=decoded.size_bytes, category=item.category, attributes=item.attributes,
-                        meta=item.meta,
-                        captions=[Caption(position=i, text=t) for i, t in enumerate(item.captions)],
-                    )
-                    record.embeddings = [
-                        Embedding(collection_id=collection_id, space=space, vector=vector_bytes(vectors[space][row]))
-                        for space in spaces
-                    ]
-                    session.add(record)
-                    records.append(record)
-                # The same image again: keep one copy, but learn any captions it did not have yet.
-                merged_into: dict[str, ImageRecord] = {**existing, **{r.sha256: r for r in records}}
-                for _, item, decoded in duplicates:
-                    target = merged_into[decoded.sha256]
-                    have = set(target.caption_texts)
-                    for text in item.captions:
-                        if text not in have:
-                            target.captions.append(Caption(position=len(target.captions), text=text))
-                            have.add(text)
-                session.commit()
-            except BaseException:
-                session.rollback()
-                wait(writes)  # a write still in flight must land before its file can be removed
-                for sha, _ in to_write:
-                    ctx.store.delete(collection_id, sha)
-                raise
-            finally:
-                writer.shutdown(wait=True)
-
-            ids = np.array([r.id for r in records], dtype=np.int64)
+        spaces = ctx.served_spaces(collection_id)
+        pending = list(new.values())
+        to_write = [(d.sha256, item.data) for _, item, d in pending
+                    if not ctx.store.path(collection_id, d.sha256).exists()]
+        for sha, _ in to_write:
+            writer.stage(partial(ctx.store.delete, collection_id, sha))
+        # Durable file writes wait on the disk (fsync), encoding on the CPU: overlap the two. Leaving
+        # the pool waits for every write, so a failed unit never removes a file still being written.
+        with ThreadPoolExecutor(max_workers=FILE_WRITERS, thread_name_prefix="ingest-write") as pool:
+            writes = [pool.submit(ctx.store.put, collection_id, sha, data) for sha, data in to_write]
+            vectors = {
+                space: ctx.encoder(collection_id, space).encode_images([d.image for _, _, d in pending])
+                for space in spaces
+            } if pending else {}
+            for write in writes:
+                write.result()
+        records = []
+        for row, (_, item, decoded) in enumerate(pending):
+            record = ImageRecord(
+                collection_id=collection_id, sha256=decoded.sha256, filename=item.filename[:500],
+                content_type=decoded.content_type, width=decoded.width, height=decoded.height,
+                size_bytes=decoded.size_bytes, category=item.category, attributes=item.attributes,
+                meta=item.meta,
+                captions=[Caption(position=i, text=t) for i, t in enumerate(item.captions)],
+            )
+            record.embeddings = [
+                Embedding(collection_id=collection_id, space=space, vector=vector_bytes(vectors[space][row]))
+                for space in spaces
+            ]
+            session.add(record)
+            records.append(record)
+        # The same image again: keep one copy, but learn any captions it did not have yet.
+        merged_into: dict[str, ImageRecord] = {**existing, **{r.sha256: r for r in records}}
+        for _, item, decoded in duplicates:
+            target = merged_into[decoded.sha256]
+            have = set(target.caption_texts)
+            for text in item.captions:
+                if text not in have:
+                    target.captions.append(Caption(position=len(target.captions), text=text))
+                    have.add(text)
+        session.flush()  # gives the new rows their ids
+        ids = np.array([r.id for r in records], dtype=np.int64)
+        if len(ids):
             for space in spaces:
-                if not len(ids):
-                    continue
-                try:
-                    ctx.indexes.add(collection_id, space, ids, vectors[space])
-                except Exception:  # the rows are committed: make the index agree with them again
-                    log.exception("index add failed; rebuilding collection %s space %s", collection_id, space)
-                    ctx.indexes.rebuild(collection_id, space)
+                # If adding fails, the committed vectors rebuild the index.
+                writer.after_commit(partial(ctx.indexes.add, collection_id, space, ids, vectors[space]),
+                                    repair=partial(ctx.indexes.rebuild, collection_id, space))
+        writer.commit()
 
-            duplicate_positions = {position for position, _, _ in duplicates}
-            for position, item, decoded in valid:
-                record = merged_into[decoded.sha256]
-                is_duplicate = position in duplicate_positions
-                result.accepted.append({
-                    "index": position, "id": record.id, "filename": item.filename,
-                    "sha256": decoded.sha256, "duplicate": is_duplicate,
-                })
+    duplicate_positions = {position for position, _, _ in duplicates}
+    for position, item, decoded in valid:
+        record = merged_into[decoded.sha256]
+        result.accepted.append({
+            "index": position, "id": record.id, "filename": item.filename,
+            "sha256": decoded.sha256, "duplicate": position in duplicate_positions,
+        })
     result.accepted.sort(key=lambda a: a["index"])
     result.rejected.sort(key=lambda r: r["index"])
     return result

@@ -11,7 +11,7 @@ import io
 import json
 from pathlib import Path
 
-from service.errors import ApiError
+from service.errors import Forbidden, Invalid, NotFound, TooLarge
 from service.ingest import IngestItem
 
 MAX_MANIFEST_BYTES = 50 * 1024 * 1024
@@ -27,12 +27,12 @@ def inside(root: Path, candidate: Path) -> bool:
 
 def resolve_under_root(root: Path | None, raw: str, base: Path | None = None) -> Path:
     if root is None:
-        raise ApiError(403, "import_disabled", "server-side import is disabled: no import root is configured")
+        raise Forbidden("import_disabled", "server-side import is disabled: no import root is configured")
     path = Path(raw).expanduser()
     if not path.is_absolute():
         path = (base or root) / path
     if not inside(root, path):
-        raise ApiError(403, "outside_import_root", f"{raw!r} is outside the allowed import root")
+        raise Forbidden("outside_import_root", f"{raw!r} is outside the allowed import root")
     return path.resolve()
 
 
@@ -50,7 +50,7 @@ def parse_manifest(text: str, suffix: str) -> list[dict]:
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise ApiError(422, "bad_manifest", "CSV manifest needs a header with a 'path' column")
+            raise Invalid("bad_manifest", "CSV manifest needs a header with a 'path' column")
         for row in reader:
             rows.append({
                 "path": row.get("path"),
@@ -65,9 +65,9 @@ def parse_manifest(text: str, suffix: str) -> list[dict]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ApiError(422, "bad_manifest", f"manifest line {number} is not JSON: {exc.msg}")
+            raise Invalid("bad_manifest", f"manifest line {number} is not JSON: {exc.msg}") from exc
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise ApiError(422, "bad_manifest", f"manifest line {number} needs a string 'path'")
+            raise Invalid("bad_manifest", f"manifest line {number} needs a string 'path'")
         captions = entry.get("captions", entry.get("caption"))
         rows.append({
             "path": entry["path"],
@@ -81,18 +81,18 @@ def parse_manifest(text: str, suffix: str) -> list[dict]:
 def load_manifest(root: Path | None, manifest: str, max_bytes: int) -> list[IngestItem]:
     path = resolve_under_root(root, manifest)
     if path.suffix not in (".jsonl", ".csv"):
-        raise ApiError(422, "bad_manifest", "manifest must be a .jsonl or .csv file")
+        raise Invalid("bad_manifest", "manifest must be a .jsonl or .csv file")
     if not path.is_file():
-        raise ApiError(404, "manifest_not_found", f"manifest {manifest!r} not found")
+        raise NotFound("manifest_not_found", f"manifest {manifest!r} not found")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ApiError(413, "manifest_too_large", f"manifest is over {MAX_MANIFEST_BYTES} bytes")
+        raise TooLarge("manifest_too_large", f"manifest is over {MAX_MANIFEST_BYTES} bytes")
     rows = parse_manifest(path.read_text(encoding="utf-8"), path.suffix)
     if not rows:
-        raise ApiError(422, "bad_manifest", "manifest lists no images")
+        raise Invalid("bad_manifest", "manifest lists no images")
     # Check every path before reading any, so a bad entry refuses the whole import.
     resolved = [resolve_under_root(root, row["path"] or "", base=path.parent) for row in rows]
     items = []
-    for row, image_path in zip(rows, resolved):
+    for row, image_path in zip(rows, resolved, strict=True):
         data, error = b"", None
         if not image_path.is_file():
             error = "file not found"

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from service.vocabulary import ZERO_SHOT, version_space
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -48,7 +50,7 @@ class Collection(Base):
     # The highest adapter version ever given out: numbers are never reused after a delete.
     adapter_versions_issued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    images: Mapped[list["ImageRecord"]] = relationship(
+    images: Mapped[list[ImageRecord]] = relationship(
         back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -71,10 +73,10 @@ class ImageRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     collection: Mapped[Collection] = relationship(back_populates="images")
-    captions: Mapped[list["Caption"]] = relationship(
+    captions: Mapped[list[Caption]] = relationship(
         back_populates="image", cascade="all, delete-orphan", passive_deletes=True, order_by="Caption.position"
     )
-    embeddings: Mapped[list["Embedding"]] = relationship(
+    embeddings: Mapped[list[Embedding]] = relationship(
         back_populates="image", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -137,7 +139,7 @@ class AdapterVersion(Base):
     @property
     def space(self) -> str:
         """The image index it answers from: a text-only adapter shares the zero-shot image vectors."""
-        return f"v{self.version}" if self.has_visual else "none"
+        return version_space(self.version) if self.has_visual else ZERO_SHOT
 
 
 class TuningJob(Base):

@@ -6,13 +6,16 @@ spaces are dropped (start new tuning jobs afterwards). The backbone identity cha
 
 from __future__ import annotations
 
+from functools import partial
+
 from sqlalchemy import delete, select
 from tqdm import tqdm
 
 from service.config import Settings
 from service.context import ServiceContext, vector_bytes
-from service.encoders import ZERO_SHOT
 from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
+from service.unit_of_work import CollectionWriter
+from service.vocabulary import ZERO_SHOT
 
 
 def reembed_all(settings: Settings) -> int:
@@ -20,6 +23,8 @@ def reembed_all(settings: Settings) -> int:
     count = 0
     with ctx.session() as session:
         collection_ids = list(session.scalars(select(Collection.id)))
+    with CollectionWriter(ctx, *collection_ids) as writer:
+        session = writer.session
         dropped = session.execute(select(AdapterVersion.collection_id, AdapterVersion.version)).all()
         session.execute(delete(AdapterVersion))  # their prompts live in the old backbone's space
         session.execute(delete(Embedding))
@@ -29,7 +34,7 @@ def reembed_all(settings: Settings) -> int:
             batch = records[start : start + chunk]
             images = [ctx.store.open_rgb(r.collection_id, r.sha256) for r in batch]
             vectors = ctx.zero_shot.encode_images(images)
-            for record, vector in zip(batch, vectors):
+            for record, vector in zip(batch, vectors, strict=True):
                 session.add(Embedding(image_id=record.id, collection_id=record.collection_id, space=ZERO_SHOT,
                                       vector=vector_bytes(vector)))
             count += len(batch)
@@ -38,12 +43,13 @@ def reembed_all(settings: Settings) -> int:
             session.add(BackboneState(id=1, identity=ctx.backbone.identity.to_dict()))
         else:
             state.identity = ctx.backbone.identity.to_dict()
-        session.commit()
-    for cid, version in dropped:  # after the commit: a crash before it keeps the old state whole
-        ctx.adapters.delete(cid, version)
-    for cid in collection_ids:
-        ctx.indexes.drop(cid)
-        ctx.store.delete_collection_indexes(cid)
-        ctx.indexes.rebuild(cid, ZERO_SHOT)
+        # After the commit: a crash before it keeps the old state whole.
+        for cid, version in dropped:
+            writer.after_commit(partial(ctx.adapters.delete, cid, version))
+        for cid in collection_ids:
+            writer.after_commit(partial(ctx.indexes.drop, cid))
+            writer.after_commit(partial(ctx.store.delete_collection_indexes, cid))
+            writer.after_commit(partial(ctx.indexes.rebuild, cid, ZERO_SHOT))
+        writer.commit()
     ctx.close()
     return count

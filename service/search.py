@@ -9,7 +9,7 @@ from sqlalchemy.orm import selectinload
 
 from service.adapter_versions import Resolved
 from service.context import ServiceContext
-from service.errors import ApiError
+from service.errors import Invalid
 from service.models import ImageRecord
 
 
@@ -25,16 +25,16 @@ class Hit:
 def validate_queries(ctx: ServiceContext, queries: list[str]) -> list[str]:
     settings = ctx.settings
     if not queries:
-        raise ApiError(422, "empty_query", "at least one query is required")
+        raise Invalid("empty_query", "at least one query is required")
     if len(queries) > settings.max_batch_queries:
-        raise ApiError(422, "too_many_queries", f"at most {settings.max_batch_queries} queries per request")
+        raise Invalid("too_many_queries", f"at most {settings.max_batch_queries} queries per request")
     cleaned = []
     for text in queries:
         text = " ".join(text.split())
         if not text:
-            raise ApiError(422, "empty_query", "query text is empty")
+            raise Invalid("empty_query", "query text is empty")
         if len(text) > settings.max_query_chars:
-            raise ApiError(422, "query_too_long", f"query is over {settings.max_query_chars} characters")
+            raise Invalid("query_too_long", f"query is over {settings.max_query_chars} characters")
         cleaned.append(text)
     return cleaned
 
@@ -51,9 +51,9 @@ def search(ctx: ServiceContext, collection_id: int, queries: list[str], k: int, 
             )
         } if wanted else {}
     out = []
-    for row_scores, row_ids in zip(scores, ids):
+    for row_scores, row_ids in zip(scores, ids, strict=True):
         hits = []
-        for score, image_id in zip(row_scores, row_ids):
+        for score, image_id in zip(row_scores, row_ids, strict=True):
             record = records.get(int(image_id))
             if record is None:  # -1 padding, or an image deleted between search and lookup
                 continue

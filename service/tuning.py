@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -20,7 +20,7 @@ from adapters.prompted import PromptedCLIP, PromptsUnsupported
 from adapters.train import TrainConfig, train_adapter
 from service import adapter_versions
 from service.context import ServiceContext
-from service.errors import ApiError
+from service.errors import Invalid
 from service.models import AdapterVersion, Caption, ImageRecord
 from service.schemas import TuningConfig
 
@@ -46,7 +46,7 @@ def plan_split(image_ids: list[int], cfg: TuningConfig) -> dict[str, list[int]]:
     n_train, n_val, _ = split_sizes(n, cfg.val_fraction, cfg.test_fraction)
     if n_train < MIN_TRAIN:
         need = minimum_pairs(cfg.val_fraction, cfg.test_fraction)
-        raise ApiError(422, "too_few_pairs",
+        raise Invalid("too_few_pairs",
                        f"tuning needs at least {need} captioned images (with val_fraction={cfg.val_fraction}, "
                        f"test_fraction={cfg.test_fraction}); this collection has {n}", minimum=need, captioned=n)
     order = sorted(image_ids)
@@ -72,16 +72,16 @@ def check_config(ctx: ServiceContext, cfg: TuningConfig) -> None:
     """Refuse, before queueing, a config this backbone cannot take (e.g. visual prompts on a ResNet)."""
     train_cfg = to_train_config(cfg, str(ctx.backbone.device))
     if cfg.text_tokens >= ctx.backbone.identity.context_length - 4:
-        raise ApiError(422, "bad_config", f"text_tokens must leave room for captions in a context of "
+        raise Invalid("bad_config", f"text_tokens must leave room for captions in a context of "
                                           f"{ctx.backbone.identity.context_length} tokens")
     try:
         PromptedCLIP.from_backbone(ctx.backbone, train_cfg.prompt_config())
     except (PromptsUnsupported, ValueError) as exc:
-        raise ApiError(422, "bad_config", str(exc))
+        raise Invalid("bad_config", str(exc)) from exc
     blocks = getattr(getattr(ctx.backbone.model.visual, "transformer", None), "resblocks", None)
     if cfg.method != "text" and blocks is not None and cfg.visual_deep_from is not None \
             and cfg.visual_deep_from >= len(blocks):
-        raise ApiError(422, "bad_config", f"visual_deep_from={cfg.visual_deep_from} is past the last of the "
+        raise Invalid("bad_config", f"visual_deep_from={cfg.visual_deep_from} is past the last of the "
                                           f"image tower's {len(blocks)} blocks")
 
 

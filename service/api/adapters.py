@@ -10,7 +10,7 @@ from sqlalchemy import select
 from service import adapter_versions
 from service import collections as ops
 from service.api.deps import ContextDep
-from service.errors import ApiError
+from service.errors import Invalid, TooLarge
 from service.models import AdapterVersion
 from service.schemas import AdapterDetail, AdapterOut
 
@@ -30,7 +30,7 @@ def adapter_out(row: AdapterVersion, detail: bool = False) -> AdapterOut:
 def version_of(selector: str) -> int:
     version = adapter_versions.parse_version(selector)
     if version is None:
-        raise ApiError(422, "bad_adapter", f"{selector!r} is not an adapter version")
+        raise Invalid("bad_adapter", f"{selector!r} is not an adapter version")
     return version
 
 
@@ -86,7 +86,7 @@ async def upload_adapter(
     await run_in_threadpool(ops.require_collection, ctx, collection_id)
     blob = await file.read(ctx.settings.max_upload_bytes + 1)
     if len(blob) > ctx.settings.max_upload_bytes:
-        raise ApiError(413, "file_too_large", f"adapter file over {ctx.settings.max_upload_bytes} bytes")
+        raise TooLarge("file_too_large", f"adapter file over {ctx.settings.max_upload_bytes} bytes")
 
     def store():
         prompted = adapter_versions.read_upload(ctx, blob)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import selectinload
 
 from service import collections as ops
 from service.api.deps import ContextDep
-from service.errors import ApiError
+from service.errors import Gone, Invalid, TooLarge
 from service.imaging import thumbnail_jpeg
 from service.ingest import IngestItem, ingest
 from service.manifest import load_manifest
@@ -40,13 +40,13 @@ def parse_metadata(raw: str | None, file_count: int) -> list[ImageMetadata]:
     try:
         entries = _metadata_list.validate_python(json.loads(raw))
     except json.JSONDecodeError as exc:
-        raise ApiError(422, "bad_metadata", f"metadata is not valid JSON: {exc.msg}")
+        raise Invalid("bad_metadata", f"metadata is not valid JSON: {exc.msg}") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ApiError(422, "bad_metadata", f"metadata[{where}]: {first['msg']}")
+        raise Invalid("bad_metadata", f"metadata[{where}]: {first['msg']}") from exc
     if len(entries) != file_count:
-        raise ApiError(422, "metadata_mismatch",
+        raise Invalid("metadata_mismatch",
                        f"metadata lists {len(entries)} entries but {file_count} files were sent")
     return entries
 
@@ -61,10 +61,10 @@ async def upload_images(
     settings = ctx.settings
     await run_in_threadpool(ops.require_collection, ctx, collection_id)
     if len(files) > settings.max_files_per_upload:
-        raise ApiError(413, "too_many_files", f"at most {settings.max_files_per_upload} files per upload")
+        raise TooLarge("too_many_files", f"at most {settings.max_files_per_upload} files per upload")
     entries = parse_metadata(metadata, len(files))
     items = []
-    for upload, meta in zip(files, entries):
+    for upload, meta in zip(files, entries, strict=True):
         # Read one byte past the limit: enough to know it is too big without holding all of it.
         data = await upload.read(settings.max_upload_bytes + 1)
         items.append(IngestItem(
@@ -113,7 +113,7 @@ def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileRespon
         record = ops.get_image(session, collection_id, image_id)
     path = ctx.store.path(collection_id, record.sha256)
     if not path.exists():
-        raise ApiError(410, "file_missing", f"the file of image {image_id} is missing from storage")
+        raise Gone("file_missing", f"the file of image {image_id} is missing from storage")
     return FileResponse(path, media_type=record.content_type, filename=record.filename or None)
 
 

@@ -6,7 +6,7 @@ from service import adapter_versions
 from service import collections as ops
 from service import search as searching
 from service.api.deps import ContextDep
-from service.errors import ApiError
+from service.errors import Invalid
 from service.schemas import SearchHit, SearchRequest, SearchResponse
 
 router = APIRouter(tags=["search"])
@@ -16,7 +16,7 @@ router = APIRouter(tags=["search"])
 def search(collection_id: int, body: SearchRequest, ctx: ContextDep) -> SearchResponse:
     # A sync handler: FastAPI runs it in its thread pool, so encoding never blocks the event loop.
     if not 1 <= body.k <= ctx.settings.max_k:
-        raise ApiError(422, "bad_k", f"k must be between 1 and {ctx.settings.max_k}")
+        raise Invalid("bad_k", f"k must be between 1 and {ctx.settings.max_k}")
     with ctx.session() as session:
         ops.get_collection(session, collection_id)
     batch = isinstance(body.query, list)

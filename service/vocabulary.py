@@ -1,0 +1,76 @@
+"""The service's fixed words: job states, methods, activation policies, and the names of spaces.
+
+A space names the image vectors an index holds: ``"none"`` for the zero-shot backbone, ``"v<N>"``
+for adapter version N with visual prompts. ``"none"`` is also an adapter selector (search with no
+adapter), next to ``"active"`` and a version.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+OPEN_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class Method(StrEnum):
+    """Which prompts an adapter learns."""
+
+    TEXT = "text"
+    VISUAL = "visual"
+    DUAL = "dual"
+
+    @classmethod
+    def of(cls, has_text: bool, has_visual: bool) -> Method:
+        """The method that produced prompts of these kinds (an uploaded file does not say)."""
+        if has_text and has_visual:
+            return cls.DUAL
+        return cls.VISUAL if has_visual else cls.TEXT
+
+
+class Activation(StrEnum):
+    """When a finished tuning job makes its version the active one."""
+
+    IF_NOT_WORSE = "if_not_worse"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+ZERO_SHOT = "none"  # the zero-shot space, and the selector for "no adapter"
+ACTIVE = "active"  # the selector for "whichever version is active"
+
+
+def version_space(version: int) -> str:
+    """The name of an adapter version: its space (when it has visual prompts) and its display name."""
+    return f"v{version}"
+
+
+def space_version(space: str) -> int:
+    """The adapter version of a space other than ZERO_SHOT."""
+    if space == ZERO_SHOT or not space.startswith("v") or not space[1:].isdigit():
+        raise ValueError(f"{space!r} is not an adapter space")
+    return int(space[1:])
+
+
+def parse_version(selector: str) -> int | None:
+    """'3' or 'v3' (or 'V3') -> 3; anything else -> None."""
+    raw = selector[1:] if selector[:1] in ("v", "V") else selector
+    return int(raw) if raw.isdigit() else None

@@ -42,6 +42,17 @@ def get_version(session, collection_id: int, version: int) -> AdapterVersion:
     return row
 
 
+def list_versions(ctx: ServiceContext, collection_id: int) -> list[AdapterVersion]:
+    with ctx.session() as session:
+        return list(session.scalars(select(AdapterVersion).where(AdapterVersion.collection_id == collection_id)
+                                    .order_by(AdapterVersion.version)))
+
+
+def load_version(ctx: ServiceContext, collection_id: int, version: int) -> AdapterVersion:
+    with ctx.session() as session:
+        return get_version(session, collection_id, version)
+
+
 def resolve(ctx: ServiceContext, collection_id: int, selector: str) -> Resolved:
     """'active' | 'none' | '<N>' | 'v<N>' -> who answers a search."""
     if selector == ZERO_SHOT:

@@ -22,10 +22,10 @@ def get_collection(session: Session, collection_id: int) -> Collection:
     return collection
 
 
-def require_collection(ctx: ServiceContext, collection_id: int) -> None:
-    """404 unless the collection exists (async handlers run this in the thread pool)."""
+def load_collection(ctx: ServiceContext, collection_id: int) -> tuple[Collection, int]:
+    """The collection and its image count."""
     with ctx.session() as session:
-        get_collection(session, collection_id)
+        return get_collection(session, collection_id), image_count(session, collection_id)
 
 
 def find_collection(session: Session, id_or_name: str) -> Collection:
@@ -52,6 +52,38 @@ def create_collection(ctx: ServiceContext, name: str, description: str | None) -
             session.rollback()
             raise Conflict("duplicate_name", f"a collection named {name!r} already exists") from exc
         return collection
+
+
+def list_collections(ctx: ServiceContext) -> list[tuple[Collection, int]]:
+    """Every collection with its image count, oldest first."""
+    with ctx.session() as session:
+        collections = list(session.scalars(select(Collection).order_by(Collection.id)))
+        return [(c, image_count(session, c.id)) for c in collections]
+
+
+def totals(ctx: ServiceContext) -> tuple[int, int]:
+    """(collections, images) in the whole service."""
+    with ctx.session() as session:
+        collections = session.scalar(select(func.count(Collection.id))) or 0
+        images = session.scalar(select(func.count(ImageRecord.id))) or 0
+    return collections, images
+
+
+def list_images(ctx: ServiceContext, collection_id: int, offset: int, limit: int) -> tuple[int, list[ImageRecord]]:
+    """(total, one page of images in id order, captions loaded)."""
+    with ctx.session() as session:
+        total = image_count(session, collection_id)
+        records = session.scalars(
+            select(ImageRecord).options(selectinload(ImageRecord.captions))
+            .where(ImageRecord.collection_id == collection_id)
+            .order_by(ImageRecord.id).offset(offset).limit(limit)
+        ).all()
+    return total, list(records)
+
+
+def load_image(ctx: ServiceContext, collection_id: int, image_id: int) -> ImageRecord:
+    with ctx.session() as session:
+        return get_image(session, collection_id, image_id)
 
 
 def image_count(session: Session, collection_id: int) -> int:

@@ -11,6 +11,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
@@ -27,6 +28,9 @@ from service.index import IndexRegistry
 from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
 from service.storage import ImageStore
 from service.vocabulary import ZERO_SHOT, space_version, version_space
+
+if TYPE_CHECKING:
+    from service.jobs import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ class ServiceContext:
         self.adapters = AdapterStore(settings.collections_dir, self.backbone, settings.batch_size,
                                      settings.adapter_cache_size)
         self.text_batcher = TextBatcher()
-        self.jobs = None  # the JobRunner, when a server runs one (the CLI does not)
+        self.jobs: JobRunner | None = None  # a server runs one; the CLI does not
         self._collection_locks: dict[int, threading.RLock] = defaultdict(threading.RLock)
         self._locks_guard = threading.Lock()
 

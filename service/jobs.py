@@ -16,25 +16,28 @@ import traceback
 from sqlalchemy import select, update
 
 from adapters.train import TrainingCancelled
+from service.collections import get_collection
 from service.context import ServiceContext
+from service.errors import not_found
 from service.models import AdapterVersion, TuningJob, utcnow
+from service.progress import Progress
 from service.schemas import TuningConfig
-from service.tuning import run_tuning
+from service.tuning import captioned_image_ids, check_config, plan_split, run_tuning
+from service.vocabulary import OPEN_STATES, TERMINAL_STATES, JobState, Stage
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
 def mark_interrupted(ctx: ServiceContext) -> int:
     """Jobs left `running` by a stop were cut off: fail them, saying whether their version was stored."""
     with ctx.session() as session:
-        jobs = session.scalars(select(TuningJob).where(TuningJob.state == "running")).all()
+        jobs = session.scalars(select(TuningJob).where(TuningJob.state == JobState.RUNNING)).all()
         for job in jobs:
             stored = session.scalar(select(AdapterVersion.version).where(
                 AdapterVersion.collection_id == job.collection_id, AdapterVersion.job_id == job.id))
-            job.state, job.finished_at = "failed", utcnow()
+            job.state, job.finished_at = JobState.FAILED, utcnow()
             if stored is None:
                 job.error = "interrupted by a service restart; nothing of it was kept, start a new job"
             else:  # cut off between storing its version and deciding on activation
@@ -43,6 +46,35 @@ def mark_interrupted(ctx: ServiceContext) -> int:
                              "activate it by hand or start a new job")
         session.commit()
         return len(jobs)
+
+
+def enqueue(ctx: ServiceContext, collection_id: int, config: TuningConfig) -> TuningJob:
+    """Check the config and draw the split now (a bad request fails here, not in the worker); queue it."""
+    check_config(ctx, config)
+    split = plan_split(captioned_image_ids(ctx, collection_id), config)
+    with ctx.session() as session:
+        get_collection(session, collection_id)
+        job = TuningJob(collection_id=collection_id, state=JobState.QUEUED, config=config.model_dump(mode="json"),
+                        split=split, progress=Progress(stage=Stage.QUEUED).as_update())
+        session.add(job)
+        session.commit()
+    if ctx.jobs is not None:
+        ctx.jobs.notify()
+    return job
+
+
+def get_job(ctx: ServiceContext, job_id: int) -> TuningJob:
+    with ctx.session() as session:
+        job = session.get(TuningJob, job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        return job
+
+
+def list_jobs(ctx: ServiceContext, collection_id: int) -> list[TuningJob]:
+    with ctx.session() as session:
+        return list(session.scalars(select(TuningJob).where(TuningJob.collection_id == collection_id)
+                                    .order_by(TuningJob.id)))
 
 
 class JobRunner:
@@ -73,21 +105,21 @@ class JobRunner:
         # Marked first, so a job the worker claims in the meantime still sees the request.
         self._cancelled.add(job_id)
         with self.ctx.session() as session:
-            session.execute(update(TuningJob).where(TuningJob.id == job_id, TuningJob.state.not_in(TERMINAL))
+            session.execute(update(TuningJob).where(TuningJob.id == job_id, TuningJob.state.not_in(TERMINAL_STATES))
                             .values(cancel_requested=True))
             # Only a job still queued ends here; the conditional update loses cleanly to a claim.
-            session.execute(update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == "queued")
-                            .values(state="cancelled", finished_at=utcnow(), error=None))
+            session.execute(update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == JobState.QUEUED)
+                            .values(state=JobState.CANCELLED, finished_at=utcnow(), error=None))
             session.commit()
             state = session.scalar(select(TuningJob.state).where(TuningJob.id == job_id))
-        if state != "running":
+        if state != JobState.RUNNING:
             self._cancelled.discard(job_id)
         return state or "missing"
 
     def cancel_collection(self, collection_id: int) -> None:
         with self.ctx.session() as session:
             ids = session.scalars(select(TuningJob.id).where(
-                TuningJob.collection_id == collection_id, TuningJob.state.in_(("queued", "running")))).all()
+                TuningJob.collection_id == collection_id, TuningJob.state.in_(OPEN_STATES))).all()
         for job_id in ids:
             self.cancel(job_id)
 
@@ -108,13 +140,14 @@ class JobRunner:
 
     def _claim_next(self) -> int | None:
         with self.ctx.session() as session:
-            queued = session.scalars(select(TuningJob.id).where(TuningJob.state == "queued")
+            queued = session.scalars(select(TuningJob.id).where(TuningJob.state == JobState.QUEUED)
                                      .order_by(TuningJob.id).limit(8)).all()
             for job_id in queued:
                 # Conditional, so a cancel that landed after the read above is never overwritten.
                 claimed = session.execute(
-                    update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == "queued")
-                    .values(state="running", started_at=utcnow(), progress={"stage": "starting"})
+                    update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == JobState.QUEUED)
+                    .values(state=JobState.RUNNING, started_at=utcnow(),
+                            progress=Progress(stage=Stage.STARTING).as_update())
                 ).rowcount
                 session.commit()
                 if claimed:
@@ -128,30 +161,29 @@ class JobRunner:
         last_write = 0.0
         last_stage = None
 
-        def report(progress: dict) -> None:
+        def report(progress: Progress) -> None:
             nonlocal last_write, last_stage
             now = time.monotonic()
-            stage = progress.get("stage")
             # Writes are throttled, but a change of stage or epoch is always recorded.
-            if stage == last_stage and now - last_write < PROGRESS_WRITE_INTERVAL_S and \
-                    progress.get("step") != progress.get("total_steps"):
+            if progress.stage == last_stage and now - last_write < PROGRESS_WRITE_INTERVAL_S and \
+                    not progress.ends_an_epoch():
                 return
-            last_write, last_stage = now, stage
+            last_write, last_stage = now, progress.stage
             with self.ctx.session() as session:
                 job = session.get(TuningJob, job_id)
                 if job is not None:
-                    job.progress = {**(job.progress or {}), **progress}
+                    job.progress = {**(job.progress or {}), **progress.as_update()}
                     session.commit()
 
         return report
 
-    def _finish(self, job_id: int, state: str, error: str | None = None, version: int | None = None) -> None:
+    def _finish(self, job_id: int, state: JobState, error: str | None = None, version: int | None = None) -> None:
         with self.ctx.session() as session:
             job = session.get(TuningJob, job_id)
-            if job is None or job.state != "running":  # its collection was deleted (the id may be reused)
+            if job is None or job.state != JobState.RUNNING:  # its collection was deleted (the id may be reused)
                 return
             job.state, job.error, job.finished_at = state, error, utcnow()
-            job.progress = {**(job.progress or {}), "stage": state}
+            job.progress = {**(job.progress or {}), **Progress(stage=Stage(state)).as_update()}
             if version is not None:
                 job.adapter_version = version
             session.commit()
@@ -163,20 +195,20 @@ class JobRunner:
                 job = session.get(TuningJob, job_id)
                 if job is None:  # deleted with its collection between the claim and now
                     return
-                collection_id, config, split = job.collection_id, TuningConfig(**job.config), job.split
+                collection_id, config, split = job.collection_id, TuningConfig.model_validate(job.config), job.split
             row = run_tuning(self.ctx, job_id, collection_id, config, split,
                              self._reporter(job_id), lambda: self._should_cancel(job_id))
         except TrainingCancelled:
             if job_id in self._cancelled:
-                self._finish(job_id, "cancelled")
+                self._finish(job_id, JobState.CANCELLED)
             else:
-                self._finish(job_id, "failed", "interrupted by a service shutdown; start a new job")
+                self._finish(job_id, JobState.FAILED, "interrupted by a service shutdown; start a new job")
         except Exception as exc:
             log.exception("tuning job %s failed", job_id)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self._finish(job_id, "failed", detail)
+            self._finish(job_id, JobState.FAILED, detail)
         else:
-            self._finish(job_id, "succeeded", version=row.version)
+            self._finish(job_id, JobState.SUCCEEDED, version=row.version)
         finally:
             self._cancelled.discard(job_id)
             self.current_job = None

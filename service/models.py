@@ -125,7 +125,7 @@ class AdapterVersion(Base):
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    method: Mapped[str] = mapped_column(String(20))
+    method: Mapped[str] = mapped_column(String(20))  # a Method
     has_visual: Mapped[bool] = mapped_column(default=False)
     file_sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
@@ -135,6 +135,11 @@ class AdapterVersion(Base):
     active: Mapped[bool] = mapped_column(default=False)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it is (not) active
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def name(self) -> str:
+        """What the API calls it: "v<N>"."""
+        return version_space(self.version)
 
     @property
     def space(self) -> str:
@@ -147,7 +152,7 @@ class TuningJob(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
-    state: Mapped[str] = mapped_column(String(20), index=True)  # queued running succeeded failed cancelled
+    state: Mapped[str] = mapped_column(String(20), index=True)  # a JobState
     config: Mapped[dict] = mapped_column(JSON)
     split: Mapped[dict] = mapped_column(JSON)  # image ids of train / val (early stopping) / test
     progress: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -157,3 +162,7 @@ class TuningJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {part: len(ids) for part, ids in (self.split or {}).items()}

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field, field_validator
+
+from adapters.train import TrainConfig
+from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobState, Method
+
+# The training recipe has one home, adapters.train.TrainConfig: the API's defaults are read from it.
+RECIPE = TrainConfig()
+
+# JSON columns may hold NULL for "nothing yet": the API shows an empty list or object.
+ListOrEmpty = Annotated[list[str], BeforeValidator(lambda value: value or [])]
+DictOrEmpty = Annotated[dict[str, Any], BeforeValidator(lambda value: value or {})]
 
 
 class CollectionCreate(BaseModel):
@@ -76,6 +86,8 @@ class ImportRequest(BaseModel):
 
 
 class ImageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     collection_id: int
     filename: str
@@ -84,13 +96,21 @@ class ImageOut(BaseModel):
     width: int
     height: int
     size_bytes: int
-    captions: list[str]
+    captions: list[str] = Field(validation_alias="caption_texts")
     category: str | None
-    attributes: list[str]
-    meta: dict[str, Any]
+    attributes: ListOrEmpty
+    meta: DictOrEmpty
     created_at: datetime
-    url: str
-    thumbnail_url: str
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented use of a decorated property
+    @property
+    def url(self) -> str:
+        return f"/collections/{self.collection_id}/images/{self.id}/file"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def thumbnail_url(self) -> str:
+        return f"/collections/{self.collection_id}/images/{self.id}/thumbnail"
 
 
 class ImagePage(BaseModel):
@@ -105,7 +125,7 @@ class SearchRequest(BaseModel):
 
     query: str | list[str]
     k: int = Field(10, description="Results per query, 1..max_k")
-    adapter: str = Field("active", description='"active", "none" or an adapter version')
+    adapter: str = Field(ACTIVE, description=f'"{ACTIVE}", "{ZERO_SHOT}" or an adapter version')
 
 
 class SearchHit(BaseModel):
@@ -126,42 +146,50 @@ class DcarOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    same_category_weight: float = Field(1.0, ge=0.0, le=1.0,
+    same_category_weight: float = Field(RECIPE.same_category_weight, ge=0.0, le=1.0,
                                         description="Weight of a same-category negative (< 1 pushes it away less)")
-    hard_negatives: int = Field(0, ge=0, le=16, description="Mined neighbours per view added per anchor")
-    attribute_reweighting: bool = Field(False, description="Add captions composed of discriminative attributes")
+    hard_negatives: int = Field(RECIPE.hard_negatives, ge=0, le=16,
+                                description="Mined neighbours per view added per anchor")
+    attribute_reweighting: bool = Field(RECIPE.attribute_reweighting,
+                                        description="Add captions composed of discriminative attributes")
 
 
 class TuningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["text", "visual", "dual"] = "dual"
-    # Defaults: the benchmark's recipe (docs/bench/quality.md), chosen on held-out pairs.
-    epochs: int = Field(12, ge=1, le=200)
-    lr: float = Field(1e-2, gt=0, le=1)
-    batch_size: int = Field(32, ge=2, le=1024)
-    text_tokens: int = Field(4, ge=1, le=32)
-    visual_tokens: int = Field(8, ge=1, le=64)
-    visual_start: int = Field(1, ge=0, description="First image block that receives prompts (earlier ones are cached)")
-    visual_deep_from: int | None = Field(1, ge=0, description="Fresh prompts at every block from here (VPT-deep); "
-                                                              "null: shallow prompts only")
-    text_init: str = Field("a photo of a", min_length=1, max_length=200)
-    patience: int | None = Field(4, ge=1, description="Epochs without held-out improvement before stopping")
+    # Every training field has TrainConfig's name and default (the recipe, see docs/bench/quality.md); the
+    # held-out fractions, the activation rule and min_gain are the service's own.
+    method: Method = Method(RECIPE.method)
+    epochs: int = Field(RECIPE.epochs, ge=1, le=200)
+    lr: float = Field(RECIPE.lr, gt=0, le=1)
+    batch_size: int = Field(RECIPE.batch_size, ge=2, le=1024)
+    text_tokens: int = Field(RECIPE.text_tokens, ge=1, le=32)
+    visual_tokens: int = Field(RECIPE.visual_tokens, ge=1, le=64)
+    visual_start: int = Field(RECIPE.visual_start, ge=0,
+                              description="First image block that receives prompts (earlier ones are cached)")
+    visual_deep_from: int | None = Field(RECIPE.visual_deep_from, ge=0,
+                                         description="Fresh prompts at every block from here (VPT-deep); "
+                                                     "null: shallow prompts only")
+    text_init: str = Field(RECIPE.text_init, min_length=1, max_length=200)
+    patience: int | None = Field(RECIPE.patience, ge=1,
+                                 description="Epochs without held-out improvement before stopping")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Held-out pairs for early stopping")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Held-out pairs for the final comparison")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(RECIPE.seed, ge=0)
     dcar: DcarOptions = Field(default_factory=DcarOptions)
-    activation: Literal["if_not_worse", "always", "never"] = "if_not_worse"
+    activation: Activation = Activation.IF_NOT_WORSE
     min_gain: float = Field(0.0, ge=-1, le=1, description="Test R@1 gain over the active one needed to activate")
 
 
 class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     collection_id: int
-    state: str
+    state: JobState
     config: dict[str, Any]
     split_sizes: dict[str, int]
-    progress: dict[str, Any]
+    progress: DictOrEmpty
     error: str | None
     adapter_version: int | None
     created_at: datetime
@@ -170,6 +198,9 @@ class JobOut(BaseModel):
 
 
 class AdapterOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    collection_id: int = Field(exclude=True)
     version: int
     name: str
     active: bool
@@ -178,12 +209,16 @@ class AdapterOut(BaseModel):
     param_count: int
     size_bytes: int
     file_sha256: str
-    metrics: dict[str, Any]
+    metrics: DictOrEmpty
     note: str | None
     job_id: int | None
     created_at: datetime
-    file_url: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def file_url(self) -> str:
+        return f"/collections/{self.collection_id}/adapters/{self.version}/file"
 
 
 class AdapterDetail(AdapterOut):
-    report: dict[str, Any]
+    report: DictOrEmpty

@@ -22,9 +22,12 @@ from service import adapter_versions
 from service.context import ServiceContext
 from service.errors import Invalid
 from service.models import AdapterVersion, Caption, ImageRecord
+from service.progress import Progress
 from service.schemas import TuningConfig
+from service.vocabulary import ACTIVE, Activation, Method, Stage
 
 MIN_TRAIN, MIN_VAL, MIN_TEST = 8, 2, 2
+SELECTION_METRIC = "t2i_r1"  # what activation compares: text->image R@1 on the held-out test pairs
 
 
 def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -58,14 +61,14 @@ def plan_split(image_ids: list[int], cfg: TuningConfig) -> dict[str, list[int]]:
     }
 
 
+# TuningConfig fields that are not TrainConfig's: the service's own, or (dcar) a group of them.
+SERVICE_FIELDS = frozenset({"val_fraction", "test_fraction", "activation", "min_gain", "dcar"})
+
+
 def to_train_config(cfg: TuningConfig, device: str) -> TrainConfig:
-    return TrainConfig(
-        method=cfg.method, text_tokens=cfg.text_tokens, visual_tokens=cfg.visual_tokens,
-        visual_start=cfg.visual_start, visual_deep_from=cfg.visual_deep_from, text_init=cfg.text_init,
-        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience, seed=cfg.seed,
-        same_category_weight=cfg.dcar.same_category_weight, hard_negatives=cfg.dcar.hard_negatives,
-        attribute_reweighting=cfg.dcar.attribute_reweighting, device=device,
-    )
+    """Every other field (and every DCAR option) has a TrainConfig field of the same name."""
+    recipe = cfg.model_dump(mode="json", exclude=set(SERVICE_FIELDS))
+    return TrainConfig(**recipe, **cfg.dcar.model_dump(mode="json"), device=device)
 
 
 def check_config(ctx: ServiceContext, cfg: TuningConfig) -> None:
@@ -79,7 +82,7 @@ def check_config(ctx: ServiceContext, cfg: TuningConfig) -> None:
     except (PromptsUnsupported, ValueError) as exc:
         raise Invalid("bad_config", str(exc)) from exc
     blocks = getattr(getattr(ctx.backbone.model.visual, "transformer", None), "resblocks", None)
-    if cfg.method != "text" and blocks is not None and cfg.visual_deep_from is not None \
+    if cfg.method != Method.TEXT and blocks is not None and cfg.visual_deep_from is not None \
             and cfg.visual_deep_from >= len(blocks):
         raise Invalid("bad_config", f"visual_deep_from={cfg.visual_deep_from} is past the last of the "
                                           f"image tower's {len(blocks)} blocks")
@@ -107,7 +110,7 @@ def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int]) ->
 
 
 def active_prompts(ctx: ServiceContext, collection_id: int) -> tuple[str, PromptedCLIP | None]:
-    who = adapter_versions.resolve(ctx, collection_id, "active")
+    who = adapter_versions.resolve(ctx, collection_id, ACTIVE)
     return who.name, getattr(who.encoder, "prompted", None)
 
 
@@ -117,11 +120,11 @@ def run_tuning(
     collection_id: int,
     cfg: TuningConfig,
     split: dict[str, list[int]],
-    report: Callable[[dict], None],
+    report: Callable[[Progress], None],
     should_cancel: Callable[[], bool],
 ) -> AdapterVersion:
     started = time.perf_counter()
-    report({"stage": "loading"})
+    report(Progress(stage=Stage.LOADING))
     train, val, test = (load_items(ctx, collection_id, split[part]) for part in ("train", "val", "test"))
     if len(train) < 2 or not val or not test:
         raise ValueError("too few captioned images are left in the stored split (were images deleted?)")
@@ -129,12 +132,13 @@ def run_tuning(
 
     def on_progress(event: dict) -> None:
         elapsed = time.perf_counter() - started
-        report({"stage": "training", "step": event["step"], "total_steps": event["total_steps"],
-                "epoch": event["epoch"], "epochs": event["epochs"], "loss": event["loss"],
-                "val": event.get("metrics"), "val_zero_shot": event.get("zero_shot_metrics"), "elapsed_s": round(elapsed, 2), "eta_s": event.get("eta_s")})
+        report(Progress(stage=Stage.TRAINING, step=event["step"], total_steps=event["total_steps"],
+                        epoch=event["epoch"], epochs=event["epochs"], loss=event["loss"],
+                        val=event.get("metrics"), val_zero_shot=event.get("zero_shot_metrics"),
+                        elapsed_s=round(elapsed, 2), eta_s=event.get("eta_s")))
 
     result = train_adapter(ctx.backbone, train, val, train_cfg, on_progress=on_progress, should_cancel=should_cancel)
-    report({"stage": "evaluating", "val_zero_shot": result.zero_shot_metrics, "val": result.best_metrics})
+    report(Progress(stage=Stage.EVALUATING, val_zero_shot=result.zero_shot_metrics, val=result.best_metrics))
     adapter_test = evaluate(ctx.backbone, test, adapter=result.prompted)
     zero_shot_test = evaluate(ctx.backbone, test)
     baseline_name, baseline_prompts = active_prompts(ctx, collection_id)
@@ -153,22 +157,23 @@ def run_tuning(
         "config": cfg.model_dump(),
         "train_and_eval_wall_time_s": round(time.perf_counter() - started, 3),
     }
-    report({"stage": "indexing"})
+    report(Progress(stage=Stage.INDEXING))
     row = adapter_versions.register(
         ctx, collection_id, result.prompted, blob, method=cfg.method, job_id=job_id,
         metrics={"test": adapter_test, "test_zero_shot": zero_shot_test}, report=train_report,
         should_cancel=should_cancel,
     )
-    decide_activation(ctx, collection_id, row, cfg, adapter_test["t2i_r1"], baseline_test["t2i_r1"], baseline_name)
+    decide_activation(ctx, collection_id, row, cfg, adapter_test[SELECTION_METRIC], baseline_test[SELECTION_METRIC],
+                      baseline_name)
     return row
 
 
 def decide_activation(ctx: ServiceContext, collection_id: int, row: AdapterVersion, cfg: TuningConfig,
                       r1: float, baseline_r1: float, baseline_name: str) -> None:
     versus = f"test R@1 {r1:.3f} vs {baseline_r1:.3f} of {baseline_name} (min_gain {cfg.min_gain})"
-    if cfg.activation == "never":
+    if cfg.activation == Activation.NEVER:
         note, activate = f"kept inactive: activation=never; {versus}", False
-    elif cfg.activation == "always":
+    elif cfg.activation == Activation.ALWAYS:
         note, activate = f"activated: activation=always; {versus}", True
     elif r1 >= baseline_r1 + cfg.min_gain:
         note, activate = f"activated: not worse than the active one; {versus}", True

@@ -31,6 +31,20 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 OPEN_STATES = (JobState.QUEUED, JobState.RUNNING)
 
 
+class Stage(StrEnum):
+    """Where a job is, as its progress reports it (the last one is its final state)."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    LOADING = "loading"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    INDEXING = "indexing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 class Method(StrEnum):
     """Which prompts an adapter learns."""
 

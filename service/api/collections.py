@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 
 from service import collections as ops
 from service.api.deps import ContextDep
@@ -14,6 +13,7 @@ router = APIRouter(prefix="/collections", tags=["collections"])
 
 
 def collection_out(ctx: ServiceContext, collection: Collection, image_count: int) -> CollectionOut:
+    """A collection with what lives beside its row: its image count, index states and backbone."""
     statuses = ctx.indexes.status(collection.id, ctx.served_spaces(collection.id))
     return CollectionOut(
         id=collection.id, name=collection.name, description=collection.description,
@@ -31,18 +31,12 @@ def create_collection(body: CollectionCreate, ctx: ContextDep) -> CollectionOut:
 
 @router.get("", response_model=list[CollectionOut])
 def list_collections(ctx: ContextDep) -> list[CollectionOut]:
-    with ctx.session() as session:
-        collections = list(session.scalars(select(Collection).order_by(Collection.id)))
-        counts = {c.id: ops.image_count(session, c.id) for c in collections}
-    return [collection_out(ctx, c, counts[c.id]) for c in collections]
+    return [collection_out(ctx, c, count) for c, count in ops.list_collections(ctx)]
 
 
 @router.get("/{collection_id}", response_model=CollectionOut)
 def get_collection(collection_id: int, ctx: ContextDep) -> CollectionOut:
-    with ctx.session() as session:
-        collection = ops.get_collection(session, collection_id)
-        count = ops.image_count(session, collection_id)
-    return collection_out(ctx, collection, count)
+    return collection_out(ctx, *ops.load_collection(ctx, collection_id))
 
 
 @router.delete("/{collection_id}", status_code=204)

@@ -1,20 +1,19 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
-from sqlalchemy import func, select
 
 from service.api.deps import ContextDep
-from service.models import Collection, ImageRecord
+from service.collections import totals
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz(ctx: ContextDep) -> dict:
+def healthz(ctx: ContextDep) -> dict[str, Any]:
     backbone = ctx.backbone
-    with ctx.session() as session:
-        collections = session.scalar(select(func.count(Collection.id))) or 0
-        images = session.scalar(select(func.count(ImageRecord.id))) or 0
+    collections, images = totals(ctx)
     return {
         "status": "ok",
         "backbone": backbone.identity.to_dict(),

@@ -7,31 +7,18 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from service import collections as ops
-from service.api.deps import ContextDep
+from service.api.deps import CollectionDep, ContextDep
 from service.errors import Gone, Invalid, TooLarge
 from service.imaging import thumbnail_jpeg
 from service.ingest import IngestItem, ingest
 from service.manifest import load_manifest
-from service.models import ImageRecord
 from service.schemas import ImageMetadata, ImageOut, ImagePage, ImportRequest, IngestResponse
 
 router = APIRouter(prefix="/collections/{collection_id}/images", tags=["images"])
 
 _metadata_list = TypeAdapter(list[ImageMetadata])
-
-
-def image_out(record: ImageRecord) -> ImageOut:
-    base = f"/collections/{record.collection_id}/images/{record.id}"
-    return ImageOut(
-        id=record.id, collection_id=record.collection_id, filename=record.filename, sha256=record.sha256,
-        content_type=record.content_type, width=record.width, height=record.height, size_bytes=record.size_bytes,
-        captions=record.caption_texts, category=record.category, attributes=record.attributes or [],
-        meta=record.meta or {}, created_at=record.created_at, url=f"{base}/file", thumbnail_url=f"{base}/thumbnail",
-    )
 
 
 def parse_metadata(raw: str | None, file_count: int) -> list[ImageMetadata]:
@@ -53,13 +40,12 @@ def parse_metadata(raw: str | None, file_count: int) -> list[ImageMetadata]:
 
 @router.post("", response_model=IngestResponse)
 async def upload_images(
-    collection_id: int,
+    collection_id: CollectionDep,
     ctx: ContextDep,
     files: Annotated[list[UploadFile], File(description="One or more image files")],
     metadata: Annotated[str | None, Form(description="JSON list aligned with files")] = None,
 ) -> IngestResponse:
     settings = ctx.settings
-    await run_in_threadpool(ops.require_collection, ctx, collection_id)
     if len(files) > settings.max_files_per_upload:
         raise TooLarge("too_many_files", f"at most {settings.max_files_per_upload} files per upload")
     entries = parse_metadata(metadata, len(files))
@@ -76,8 +62,7 @@ async def upload_images(
 
 
 @router.post("/import", response_model=IngestResponse)
-async def import_images(collection_id: int, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
-    await run_in_threadpool(ops.require_collection, ctx, collection_id)
+async def import_images(collection_id: CollectionDep, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
     items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest, ctx.settings.max_upload_bytes)
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
     return IngestResponse(accepted=result.accepted, rejected=result.rejected)
@@ -85,32 +70,23 @@ async def import_images(collection_id: int, body: ImportRequest, ctx: ContextDep
 
 @router.get("", response_model=ImagePage)
 def list_images(
-    collection_id: int,
+    collection_id: CollectionDep,
     ctx: ContextDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ImagePage:
-    with ctx.session() as session:
-        ops.get_collection(session, collection_id)
-        total = ops.image_count(session, collection_id)
-        records = session.scalars(
-            select(ImageRecord).options(selectinload(ImageRecord.captions))
-            .where(ImageRecord.collection_id == collection_id)
-            .order_by(ImageRecord.id).offset(offset).limit(limit)
-        ).all()
-        return ImagePage(total=total, offset=offset, limit=limit, items=[image_out(r) for r in records])
+    total, records = ops.list_images(ctx, collection_id, offset, limit)
+    return ImagePage(total=total, offset=offset, limit=limit, items=[ImageOut.model_validate(r) for r in records])
 
 
 @router.get("/{image_id}", response_model=ImageOut)
 def get_image(collection_id: int, image_id: int, ctx: ContextDep) -> ImageOut:
-    with ctx.session() as session:
-        return image_out(ops.get_image(session, collection_id, image_id))
+    return ImageOut.model_validate(ops.load_image(ctx, collection_id, image_id))
 
 
 @router.get("/{image_id}/file")
 def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileResponse:
-    with ctx.session() as session:
-        record = ops.get_image(session, collection_id, image_id)
+    record = ops.load_image(ctx, collection_id, image_id)
     path = ctx.store.path(collection_id, record.sha256)
     if not path.exists():
         raise Gone("file_missing", f"the file of image {image_id} is missing from storage")
@@ -121,8 +97,7 @@ def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileRespon
 def image_thumbnail(
     collection_id: int, image_id: int, ctx: ContextDep, size: Annotated[int, Query(ge=16, le=1024)] = 256
 ) -> Response:
-    with ctx.session() as session:
-        record = ops.get_image(session, collection_id, image_id)
+    record = ops.load_image(ctx, collection_id, image_id)
     data = thumbnail_jpeg(ctx.store.read(collection_id, record.sha256), size)
     return Response(content=data, media_type="image/jpeg")
 

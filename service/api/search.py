@@ -3,9 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service import adapter_versions
-from service import collections as ops
 from service import search as searching
-from service.api.deps import ContextDep
+from service.api.deps import CollectionDep, ContextDep
 from service.errors import Invalid
 from service.schemas import SearchHit, SearchRequest, SearchResponse
 
@@ -13,12 +12,10 @@ router = APIRouter(tags=["search"])
 
 
 @router.post("/collections/{collection_id}/search", response_model=SearchResponse)
-def search(collection_id: int, body: SearchRequest, ctx: ContextDep) -> SearchResponse:
+def search(collection_id: CollectionDep, body: SearchRequest, ctx: ContextDep) -> SearchResponse:
     # A sync handler: FastAPI runs it in its thread pool, so encoding never blocks the event loop.
     if not 1 <= body.k <= ctx.settings.max_k:
         raise Invalid("bad_k", f"k must be between 1 and {ctx.settings.max_k}")
-    with ctx.session() as session:
-        ops.get_collection(session, collection_id)
     batch = isinstance(body.query, list)
     queries = searching.validate_queries(ctx, body.query if batch else [body.query])
     who = adapter_versions.resolve(ctx, collection_id, body.adapter)

@@ -1,0 +1,33 @@
+"""What a running tuning job reports, typed; stored (merged into the job row) and served as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from service.vocabulary import Stage
+
+
+class Progress(BaseModel):
+    """One progress update. Only the fields a caller sets are written (a set None is written as null)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Stage | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    loss: float | None = None
+    val: dict[str, Any] | None = None  # held-out metrics of the prompts so far
+    val_zero_shot: dict[str, Any] | None = None  # ... and of the backbone alone
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+
+    def as_update(self) -> dict[str, Any]:
+        """The keys this update sets, ready to merge into the stored progress."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def ends_an_epoch(self) -> bool:
+        return self.step is not None and self.step == self.total_steps

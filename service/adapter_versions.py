@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import select, update
 
 from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, read_adapter_info
@@ -95,7 +96,8 @@ def encode_images(ctx: ServiceContext, collection_id: int, prompted: PromptedCLI
         query = query.where(ImageRecord.id.in_(image_ids))
     with ctx.session() as session:
         rows = session.execute(query.order_by(ImageRecord.id)).all()
-    ids, chunks = [], []
+    ids: list[int] = []
+    chunks: list[np.ndarray] = []
     step = ctx.settings.batch_size * 4
     for start in range(0, len(rows), step):
         if should_cancel is not None and should_cancel():
@@ -164,7 +166,7 @@ def delete(ctx: ServiceContext, collection_id: int, version: int, force: bool) -
             raise Conflict("adapter_active", f"adapter {version_space(version)} is active; activate another "
                                              f"(or '{ZERO_SHOT}') first, or pass force=true")
         space = row.space
-        writer.session.execute(Embedding.__table__.delete().where(
+        writer.session.execute(sql_delete(Embedding).where(
             Embedding.collection_id == collection_id, Embedding.space == version_space(version)))
         writer.session.delete(row)
         # Searches that already resolved this version hold its encoder and index objects and finish.

@@ -25,20 +25,20 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        def start() -> ServiceContext:
+        def start() -> tuple[ServiceContext, JobRunner]:
             ctx = ServiceContext(settings, backbone)
             ctx.recover()
-            ctx.jobs = JobRunner(ctx)
-            ctx.jobs.start()
-            return ctx
+            runner = ctx.jobs = JobRunner(ctx)
+            runner.start()
+            return ctx, runner
 
-        ctx = await run_in_threadpool(start)
+        ctx, runner = await run_in_threadpool(start)
         app.state.context = ctx
         log.info("serving data dir %s", settings.data_dir)
         try:
             yield
         finally:
-            await run_in_threadpool(ctx.jobs.stop)
+            await run_in_threadpool(runner.stop)
             ctx.close()
 
     app = FastAPI(

@@ -44,13 +44,15 @@ class TextBatcher:
                     break
                 with self._guard:
                     queue = self._queues[key]
-                    batch, taken = [], 0
+                    batch: list[_Pending] = []
+                    taken = 0
                     while queue and (not batch or taken + len(queue[0].texts) <= self.max_batch):
                         batch.append(queue.pop(0))
                         taken += len(batch[-1].texts)
                 self._run(encoder, batch)
         if mine.error is not None:
             raise mine.error
+        assert mine.result is not None  # done without an error means encoded
         return mine.result
 
     @staticmethod

@@ -120,11 +120,11 @@ def cmd_ingest(settings: Settings, directory: Path, collection_name: str, captio
                 items.append(IngestItem(filename=rel, data=path.read_bytes(), captions=row.get("captions", []),
                                         category=row.get("category"), attributes=row.get("attributes", [])))
             result = ingest(ctx, collection.id, items)
-            accepted += sum(not a["duplicate"] for a in result.accepted)
-            duplicates += sum(a["duplicate"] for a in result.accepted)
+            accepted += sum(not a.duplicate for a in result.accepted)
+            duplicates += sum(a.duplicate for a in result.accepted)
             rejected += len(result.rejected)
             for r in result.rejected:
-                tqdm.write(f"rejected {r['filename']}: {r['reason']}")
+                tqdm.write(f"rejected {r.filename}: {r.reason}")
             bar.update(len(items))
     print(f"collection {collection.name} (id {collection.id}): {accepted} added, {duplicates} duplicates, "
           f"{rejected} rejected")

@@ -72,9 +72,10 @@ class VectorIndex:
         if len(ids) >= ann_threshold:
             nlist = ivf_list_count(len(ids))
             quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(vectors)
-            index.nprobe = min(nprobe, nlist)
+            ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf.train(vectors)
+            ivf.nprobe = min(nprobe, nlist)
+            index: faiss.Index = ivf
         else:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         if len(ids):
@@ -147,6 +148,7 @@ def stored_ids(index: faiss.Index) -> np.ndarray:
         return faiss.vector_to_array(index.id_map).astype(np.int64)
     ivf = faiss.extract_index_ivf(index)
     lists = ivf.invlists
+    assert lists is not None  # an IVF index always has its inverted lists
     parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
              for i in range(ivf.nlist) if lists.list_size(i)]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)

@@ -41,9 +41,25 @@ class IngestItem:
 
 
 @dataclass
+class Accepted:
+    index: int  # position in the request
+    id: int
+    filename: str
+    sha256: str
+    duplicate: bool  # the same bytes were already stored (or came twice): no new image
+
+
+@dataclass
+class Rejected:
+    index: int
+    filename: str
+    reason: str
+
+
+@dataclass
 class IngestResult:
-    accepted: list[dict] = field(default_factory=list)
-    rejected: list[dict] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 def clean_captions(captions: list[str]) -> list[str]:
@@ -72,7 +88,7 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
             item.captions = clean_captions(item.captions)
             decoded = decode_image(item.data, settings.max_upload_bytes, settings.max_image_pixels)
         except ImageRejected as exc:
-            result.rejected.append({"index": position, "filename": item.filename, "reason": str(exc)})
+            result.rejected.append(Rejected(index=position, filename=item.filename, reason=str(exc)))
             continue
         valid.append((position, item, decoded))
     if not valid:
@@ -151,11 +167,9 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
     duplicate_positions = {position for position, _, _ in duplicates}
     for position, item, decoded in valid:
         record = merged_into[decoded.sha256]
-        result.accepted.append({
-            "index": position, "id": record.id, "filename": item.filename,
-            "sha256": decoded.sha256, "duplicate": position in duplicate_positions,
-        })
-    result.accepted.sort(key=lambda a: a["index"])
-    result.rejected.sort(key=lambda r: r["index"])
+        result.accepted.append(Accepted(index=position, id=record.id, filename=item.filename,
+                                        sha256=decoded.sha256, duplicate=position in duplicate_positions))
+    result.accepted.sort(key=lambda a: a.index)
+    result.rejected.sort(key=lambda r: r.index)
     return result
 

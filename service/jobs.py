@@ -12,8 +12,9 @@ import logging
 import threading
 import time
 import traceback
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from adapters.train import TrainingCancelled
 from service.collections import get_collection
@@ -144,11 +145,11 @@ class JobRunner:
                                      .order_by(TuningJob.id).limit(8)).all()
             for job_id in queued:
                 # Conditional, so a cancel that landed after the read above is never overwritten.
-                claimed = session.execute(
+                claimed = cast(CursorResult, session.execute(
                     update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == JobState.QUEUED)
                     .values(state=JobState.RUNNING, started_at=utcnow(),
                             progress=Progress(stage=Stage.STARTING).as_update())
-                ).rowcount
+                )).rowcount
                 session.commit()
                 if claimed:
                     return job_id

@@ -58,14 +58,14 @@ async def upload_images(
             attributes=meta.attributes, meta=meta.meta,
         ))
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
-    return IngestResponse(accepted=result.accepted, rejected=result.rejected)
+    return IngestResponse.model_validate(result, from_attributes=True)
 
 
 @router.post("/import", response_model=IngestResponse)
 async def import_images(collection_id: CollectionDep, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
     items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest, ctx.settings.max_upload_bytes)
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
-    return IngestResponse(accepted=result.accepted, rejected=result.rejected)
+    return IngestResponse.model_validate(result, from_attributes=True)
 
 
 @router.get("", response_model=ImagePage)

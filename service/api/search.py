@@ -17,7 +17,7 @@ def search(collection_id: CollectionDep, body: SearchRequest, ctx: ContextDep) -
     if not 1 <= body.k <= ctx.settings.max_k:
         raise Invalid("bad_k", f"k must be between 1 and {ctx.settings.max_k}")
     batch = isinstance(body.query, list)
-    queries = searching.validate_queries(ctx, body.query if batch else [body.query])
+    queries = searching.validate_queries(ctx, body.query if isinstance(body.query, list) else [body.query])
     who = adapter_versions.resolve(ctx, collection_id, body.adapter)
     hits = searching.search(ctx, collection_id, queries, body.k, who)
     results = [[SearchHit(**vars(h)) for h in row] for row in hits]

@@ -43,12 +43,15 @@ def reembed_all(settings: Settings) -> int:
             session.add(BackboneState(id=1, identity=ctx.backbone.identity.to_dict()))
         else:
             state.identity = ctx.backbone.identity.to_dict()
-        # After the commit: a crash before it keeps the old state whole.
+        # Index files are a cache of the stored vectors: removed before the commit, so that a crash on
+        # either side of it never serves the old backbone's vectors (the next start rebuilds them).
+        for cid in collection_ids:
+            ctx.indexes.drop(cid)
+            ctx.store.delete_collection_indexes(cid)
+        # Adapter files go after the commit: a crash before it keeps the old state whole.
         for cid, version in dropped:
             writer.after_commit(partial(ctx.adapters.delete, cid, version))
         for cid in collection_ids:
-            writer.after_commit(partial(ctx.indexes.drop, cid))
-            writer.after_commit(partial(ctx.store.delete_collection_indexes, cid))
             writer.after_commit(partial(ctx.indexes.rebuild, cid, ZERO_SHOT))
         writer.commit()
     ctx.close()

@@ -1,4 +1,4 @@
-"""Helpers the tests share: deterministic images and upload calls."""
+"""Helpers the tests share: the test backbone's name, deterministic images and adapters, upload calls."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from contextlib import contextmanager
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
+
+TEST_BACKBONE = "tiny-vit-test"  # the project's tiny model config (random init, offline)
+COLOURS = ["red", "green", "blue", "yellow"]
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG") -> bytes:
@@ -25,6 +28,23 @@ def upload(client: TestClient, collection_id: int, blobs: list[tuple[str, bytes]
     files = [("files", (name, data, "application/octet-stream")) for name, data in blobs]
     data = {"metadata": json.dumps(metadata)} if metadata is not None else None
     return client.post(f"/collections/{collection_id}/images", files=files, data=data)
+
+
+def fill(client: TestClient, n: int = 24, name: str = "c") -> int:
+    """A new collection of ``n`` distinct images, each with a caption naming its colour category."""
+    cid = client.post("/collections", json={"name": name}).json()["id"]
+    meta = [{"captions": [f"a {COLOURS[i % 4]} thing number {i}"], "category": COLOURS[i % 4]} for i in range(n)]
+    response = upload(client, cid, [(f"{i}.png", png_bytes(i)) for i in range(n)], meta)
+    assert response.status_code == 200, response.text
+    return cid
+
+
+def adapter_blob(backbone) -> bytes:
+    """An untrained adapter artifact with text and visual prompts, valid for ``backbone``."""
+    from adapters.artifact import serialize_adapter
+    from adapters.prompted import PromptConfig, PromptedCLIP
+
+    return serialize_adapter(PromptedCLIP.from_backbone(backbone, PromptConfig(text_tokens=2, visual_tokens=2)))
 
 
 @contextmanager

@@ -43,8 +43,7 @@ def test_real_photos_over_http_survive_restart(make_client, photo_dir):
     assert response.status_code == 200 and len(response.json()["accepted"]) == len(names)
     query = {"query": ["a cat", "coffee"], "k": 3}
     before = client.post(f"/collections/{cid}/search", json=query).json()
-    client.__exit__(None, None, None)
-    again = make_client().post(f"/collections/{cid}/search", json=query).json()
+    again = make_client.restart(client).post(f"/collections/{cid}/search", json=query).json()
     assert again == before
 
 

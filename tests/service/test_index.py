@@ -21,7 +21,7 @@ def test_ann_recall_against_exact():
     assert exact.kind == "flat" and approx.kind == "ivf"
     _, truth = exact.search(queries, 10)
     _, found = approx.search(queries, 10)
-    recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
+    recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)])
     assert recall >= 0.95, recall
 
 

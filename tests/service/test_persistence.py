@@ -4,17 +4,9 @@ import pytest
 
 from adapters.backbone import load_backbone
 from service.context import BackboneMismatch
-from tests.support import png_bytes, upload
+from tests.support import adapter_blob, fill, png_bytes, upload
 
 QUERIES = ["a red square", "a dog", "the sea"]
-
-
-def fill(client, n=12):
-    cid = client.post("/collections", json={"name": "c"}).json()["id"]
-    response = upload(client, cid, [(f"{i}.png", png_bytes(i)) for i in range(n)],
-                      [{"captions": [f"caption {i}"]} for i in range(n)])
-    assert response.status_code == 200
-    return cid
 
 
 def results(client, cid):
@@ -24,10 +16,10 @@ def results(client, cid):
 
 def test_restart_gives_identical_results(make_client, tmp_path):
     first = make_client()
-    cid = fill(first)
+    cid = fill(first, n=12)
     before = results(first, cid)
     listing = first.get(f"/collections/{cid}/images").json()
-    first.__exit__(None, None, None)
+    make_client.stop(first)
 
     second = make_client()
     assert results(second, cid) == before
@@ -37,17 +29,17 @@ def test_restart_gives_identical_results(make_client, tmp_path):
 @pytest.mark.parametrize("damage", ["delete", "stale"])
 def test_damaged_index_is_rebuilt_from_stored_vectors(make_client, tmp_path, damage, caplog):
     first = make_client()
-    cid = fill(first)
+    cid = fill(first, n=12)
     before = results(first, cid)
     index_file = tmp_path / "data" / "collections" / str(cid) / "indexes" / "none.faiss"
     if damage == "stale":
         stale = index_file.read_bytes()  # an index saved before the last image arrived
         upload(first, cid, [("late.png", png_bytes(999))])
         before = results(first, cid)
-        first.__exit__(None, None, None)
+        make_client.stop(first)
         index_file.write_bytes(stale)
     else:
-        first.__exit__(None, None, None)
+        make_client.stop(first)
         index_file.unlink()
 
     # Rebuilding must not need the backbone to encode any image again.
@@ -65,7 +57,7 @@ def test_damaged_index_is_rebuilt_from_stored_vectors(make_client, tmp_path, dam
 def test_orphan_files_and_temp_files_are_swept_at_start(make_client, tmp_path):
     first = make_client()
     cid = fill(first, n=2)
-    first.__exit__(None, None, None)
+    make_client.stop(first)
     images_dir = tmp_path / "data" / "collections" / str(cid) / "images"
     orphan = images_dir / "ab" / ("ab" + "0" * 62)
     orphan.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +75,7 @@ def test_orphan_files_and_temp_files_are_swept_at_start(make_client, tmp_path):
 def test_other_backbone_on_same_data_dir_is_refused(make_client, tmp_path):
     first = make_client()
     fill(first, n=2)
-    first.__exit__(None, None, None)
+    make_client.stop(first)
     other = load_backbone("miniworld-vit")  # random init: another vector space
     with pytest.raises(BackboneMismatch, match="reembed"):
         make_client(backbone=other)
@@ -95,7 +87,7 @@ def test_reembed_moves_data_dir_to_new_backbone(make_client, tmp_path, database_
 
     first = make_client()
     cid = fill(first, n=3)
-    first.__exit__(None, None, None)
+    make_client.stop(first)
     count = reembed_all(Settings(data_dir=tmp_path / "data", backbone_model="miniworld-vit",
                                  database_url=database_url))
     assert count == 3
@@ -105,18 +97,16 @@ def test_reembed_moves_data_dir_to_new_backbone(make_client, tmp_path, database_
 
 
 def test_reembed_drops_the_old_backbones_adapters(make_client, tmp_path, database_url):
-    from adapters.artifact import serialize_adapter
-    from adapters.prompted import PromptConfig, PromptedCLIP
     from service.config import Settings
     from service.reembed import reembed_all
 
     first = make_client()
     cid = fill(first, n=3)
-    prompts = PromptedCLIP.from_backbone(first.app.state.context.backbone, PromptConfig(text_tokens=2, visual_tokens=2))
-    uploaded = first.post(f"/collections/{cid}/adapters", files={"file": ("a.safetensors", serialize_adapter(prompts))},
+    blob = adapter_blob(first.app.state.context.backbone)
+    uploaded = first.post(f"/collections/{cid}/adapters", files={"file": ("a.safetensors", blob)},
                           data={"activate": "true"})
     assert uploaded.status_code == 201, uploaded.text
-    first.__exit__(None, None, None)
+    make_client.stop(first)
     reembed_all(Settings(data_dir=tmp_path / "data", backbone_model="miniworld-vit", database_url=database_url))
     assert not list((tmp_path / "data").rglob("*.safetensors")) and not list((tmp_path / "data").rglob("v1.*"))
 
@@ -141,7 +131,7 @@ def test_index_files_are_written_behind_uploads_and_at_shutdown(make_client, tmp
     assert first.get(f"/collections/{cid}").json()["indexes"][0]["size"] == 4  # searches see it now
     assert json.loads(sidecar.read_text())["count"] == written_before  # the file waits
     before = results(first, cid)
-    first.__exit__(None, None, None)
+    make_client.stop(first)
     assert json.loads(sidecar.read_text())["count"] == 4  # written at shutdown
 
     with caplog.at_level(logging.INFO, logger="service.index"):

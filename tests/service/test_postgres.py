@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.test_tuning import QUICK, fill, ranking, start_job, wait
-from tests.support import fresh_postgres_database, png_bytes, upload
+from tests.service.test_tuning import QUICK, ranking, start_job, wait
+from tests.support import fill, fresh_postgres_database, png_bytes, upload
 
 INITDB = shutil.which("initdb")
 PG_CTL = shutil.which("pg_ctl")
@@ -60,11 +60,11 @@ def test_collection_lifecycle_on_postgres(make_client, postgres_server, tmp_path
         assert job["state"] == "succeeded", job["error"]
         tuned = ranking(client, cid)
         assert tuned[0] == "v1"
-        client.__exit__(None, None, None)
+        make_client.stop(client)
 
         client = make_client(database_url=url)
         assert ranking(client, cid) == tuned
         assert client.delete(f"/collections/{cid}").status_code == 204
         assert client.get("/collections").json() == []
-        client.__exit__(None, None, None)
+        make_client.stop(client)
         time.sleep(0.1)  # let pooled connections close before the database is dropped

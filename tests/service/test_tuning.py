@@ -11,18 +11,10 @@ from adapters.artifact import serialize_adapter
 from adapters.backbone import load_backbone
 from adapters.prompted import PromptConfig, PromptedCLIP
 from service.models import AdapterVersion, Embedding, TuningJob
-from tests.support import png_bytes, upload
+from tests.support import fill, png_bytes, upload
 
-COLOURS = ["red", "green", "blue", "yellow"]
 QUICK = {"epochs": 2, "batch_size": 8, "text_tokens": 2, "visual_tokens": 2}
 SLOW = {"epochs": 200, "batch_size": 2, "text_tokens": 2, "visual_tokens": 2, "patience": None}
-
-
-def fill(client, n=24, name="c"):
-    cid = client.post("/collections", json={"name": name}).json()["id"]
-    meta = [{"captions": [f"a {COLOURS[i % 4]} thing number {i}"], "category": COLOURS[i % 4]} for i in range(n)]
-    assert upload(client, cid, [(f"{i}.png", png_bytes(i)) for i in range(n)], meta).status_code == 200
-    return cid
 
 
 def wait(client, job_id, until=("succeeded", "failed", "cancelled"), timeout=120):
@@ -74,12 +66,10 @@ def test_tune_search_roll_back_restart(make_client):
     # Roll back to zero-shot, then forward again; each state survives a restart.
     client.post(f"/collections/{cid}/adapters/none/activate")
     assert ranking(client, cid) == zero_shot
-    client.__exit__(None, None, None)
-    client = make_client()
+    client = make_client.restart(client)
     assert ranking(client, cid) == zero_shot
     assert client.post(f"/collections/{cid}/adapters/1/activate").status_code == 200
-    client.__exit__(None, None, None)
-    client = make_client()
+    client = make_client.restart(client)
     assert ranking(client, cid) == tuned
 
 
@@ -143,9 +133,7 @@ def test_restart_during_a_job_keeps_nothing(make_client, tmp_path):
     cid = fill(client)
     job_id = start_job(client, cid, **SLOW)
     wait(client, job_id, until=("running",))
-    client.__exit__(None, None, None)  # a shutdown in the middle of training
-
-    client = make_client()
+    client = make_client.restart(client)  # a shutdown in the middle of training
     job = client.get(f"/jobs/{job_id}").json()
     assert job["state"] == "failed" and "interrupted" in job["error"]
     assert client.get(f"/collections/{cid}/adapters").json() == []
@@ -155,8 +143,7 @@ def test_restart_during_a_job_keeps_nothing(make_client, tmp_path):
     with ctx.session() as session:
         session.add(TuningJob(collection_id=cid, state="running", config={}, split={}, progress={}))
         session.commit()
-    client.__exit__(None, None, None)
-    client = make_client()
+    client = make_client.restart(client)
     crashed = client.get(f"/collections/{cid}/tuning-jobs").json()[-1]
     assert crashed["state"] == "failed" and "restart" in crashed["error"]
     assert not list((tmp_path / "data").rglob("*.safetensors"))

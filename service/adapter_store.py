@@ -21,7 +21,7 @@ from adapters.backbone import Backbone
 from adapters.features import preprocess_images
 from adapters.prompted import PromptedCLIP
 from service.storage import atomic_write
-from service.vocabulary import version_space
+from service.vocabulary import is_version_space, space_version, version_space
 
 
 class AdapterEncoder:
@@ -95,4 +95,4 @@ class AdapterStore:
         folder = self.root / str(collection_id) / "adapters"
         if not folder.exists():
             return set()
-        return {int(p.stem[1:]) for p in folder.glob("v*.safetensors") if p.stem[1:].isdigit()}
+        return {space_version(p.stem) for p in folder.glob("v*.safetensors") if is_version_space(p.stem)}

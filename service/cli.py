@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.config import Settings
+from service.vocabulary import ACTIVE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 SETTING_FLAGS = {
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("collection", help="collection id or name")
     search.add_argument("query")
     search.add_argument("-k", type=int, default=10)
-    search.add_argument("--adapter", default="active")
+    search.add_argument("--adapter", default=ACTIVE)
     sub.add_parser("reembed", parents=[common], help="re-encode every image with the configured backbone")
     return parser
 

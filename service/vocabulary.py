@@ -77,9 +77,13 @@ def version_space(version: int) -> str:
     return f"v{version}"
 
 
+def is_version_space(space: str) -> bool:
+    return space.startswith("v") and space[1:].isdigit()
+
+
 def space_version(space: str) -> int:
     """The adapter version of a space other than ZERO_SHOT."""
-    if space == ZERO_SHOT or not space.startswith("v") or not space[1:].isdigit():
+    if not is_version_space(space):
         raise ValueError(f"{space!r} is not an adapter space")
     return int(space[1:])
 

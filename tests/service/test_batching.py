@@ -53,7 +53,8 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows():
 def test_a_lone_request_is_encoded_alone():
     encoder = SlowEncoder()
     out = TextBatcher().encode_texts(encoder, ["x", "yy"])
-    assert encoder.calls == [["x", "yy"]] and out.shape == (2, 2)
+    assert encoder.calls == [["x", "yy"]]
+    assert out.shape == (2, 2)
 
 
 def test_a_failure_reaches_every_request_of_its_batch_and_nobody_hangs():

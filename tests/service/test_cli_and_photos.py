@@ -40,13 +40,15 @@ def test_real_photos_over_http_survive_restart(make_client, photo_dir):
     names = list(PHOTOS)
     response = upload(client, cid, [(n, (folder / n).read_bytes()) for n in names],
                       [{"captions": [PHOTOS[n]]} for n in names])
-    assert response.status_code == 200 and len(response.json()["accepted"]) == len(names)
+    assert response.status_code == 200
+    assert len(response.json()["accepted"]) == len(names)
     query = {"query": ["a cat", "coffee"], "k": 3}
     before = client.post(f"/collections/{cid}/search", json=query).json()
     again = make_client.restart(client).post(f"/collections/{cid}/search", json=query).json()
     assert again == before
 
 
+@pytest.mark.slow
 def test_cli_ingest_then_search(photo_dir, tmp_path, capsys, monkeypatch):
     folder, captions = photo_dir
     data_dir = tmp_path / "cli-data"
@@ -60,7 +62,8 @@ def test_cli_ingest_then_search(photo_dir, tmp_path, capsys, monkeypatch):
 
     assert main(["search", "mine", "a cup of coffee", "-k", "3", *common]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "adapter: none" and len(lines) == 4
+    assert lines[0] == "adapter: none"
+    assert len(lines) == 4
 
     assert main(["search", "no-such-collection", "x", *common]) == 2
     assert "not found" in capsys.readouterr().err

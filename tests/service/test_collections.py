@@ -5,7 +5,8 @@ def test_create_list_get(client):
     created = client.post("/collections", json={"name": "shop", "description": "products"})
     assert created.status_code == 201
     body = created.json()
-    assert body["name"] == "shop" and body["image_count"] == 0
+    assert body["name"] == "shop"
+    assert body["image_count"] == 0
     assert body["indexes"] == [{"space": "none", "kind": "flat", "size": 0}]
     assert body["backbone"]["model_name"] == "tiny-vit-test"
     assert body["created_at"].endswith("Z") or "+00:00" in body["created_at"]

@@ -13,12 +13,14 @@ def test_list_get_file_thumbnail(client, collection):
     blobs = [(f"{i}.png", png_bytes(i, size=(300, 200))) for i in range(5)]
     accepted = upload(client, cid, blobs).json()["accepted"]
     page = client.get(f"/collections/{cid}/images", params={"offset": 1, "limit": 2}).json()
-    assert page["total"] == 5 and [i["id"] for i in page["items"]] == [a["id"] for a in accepted[1:3]]
+    assert page["total"] == 5
+    assert [i["id"] for i in page["items"]] == [a["id"] for a in accepted[1:3]]
 
     image = client.get(f"/collections/{cid}/images/{accepted[0]['id']}").json()
     assert (image["width"], image["height"], image["content_type"]) == (300, 200, "image/png")
     original = client.get(image["url"])
-    assert original.content == blobs[0][1] and original.headers["content-type"] == "image/png"
+    assert original.content == blobs[0][1]
+    assert original.headers["content-type"] == "image/png"
 
     thumb = client.get(image["thumbnail_url"], params={"size": 64})
     assert thumb.headers["content-type"] == "image/jpeg"
@@ -31,7 +33,8 @@ def test_bad_paging_and_unknown_image(client, collection):
     assert client.get(f"/collections/{cid}/images", params={"offset": -1}).status_code == 422
     for path in ("", "/file", "/thumbnail"):
         response = client.get(f"/collections/{cid}/images/424242{path}")
-        assert response.status_code == 404 and response.json()["code"] == "not_found"
+        assert response.status_code == 404
+        assert response.json()["code"] == "not_found"
     assert client.delete(f"/collections/{cid}/images/424242").status_code == 404
 
 
@@ -80,7 +83,8 @@ def test_import_from_manifest(make_client, tmp_path):
     assert {r["filename"]: r["reason"] for r in body["rejected"]}["pics/missing.png"] == "file not found"
     body = client.post(f"/collections/{cid}/images/import", json={"manifest": str(root / "m.csv")}).json()
     image = client.get(f"/collections/{cid}/images/{body['accepted'][0]['id']}").json()
-    assert image["captions"] == ["two", "deux"] and image["category"] == "num"
+    assert image["captions"] == ["two", "deux"]
+    assert image["category"] == "num"
 
 
 def test_import_outside_root_is_refused(make_client, tmp_path):
@@ -111,4 +115,5 @@ def test_import_outside_root_is_refused(make_client, tmp_path):
 
 def test_import_disabled_without_root(client, collection):
     response = client.post(f"/collections/{collection['id']}/images/import", json={"manifest": "/etc/passwd"})
-    assert response.status_code == 403 and response.json()["code"] == "import_disabled"
+    assert response.status_code == 403
+    assert response.json()["code"] == "import_disabled"

@@ -46,12 +46,15 @@ def test_upload_with_metadata_and_duplicates(client, collection, tmp_path):
 
     image = client.get(f"/collections/{cid}/images/{accepted[0]['id']}").json()
     assert image["captions"] == ["a red apple", "fruit on a table", "the apple again, new caption"]
-    assert image["category"] == "fruit" and image["attributes"] == ["red"]
+    assert image["category"] == "fruit"
+    assert image["attributes"] == ["red"]
     assert client.get(f"/collections/{cid}/images/{accepted[1]['id']}").json()["meta"] == {"source": "phone"}
 
     again = upload(client, cid, [("x.png", png_bytes(1))]).json()
-    assert again["accepted"][0]["duplicate"] and again["accepted"][0]["id"] == accepted[0]["id"]
-    assert count_rows(client, ImageRecord) == 2 and count_rows(client, Embedding) == 2
+    assert again["accepted"][0]["duplicate"]
+    assert again["accepted"][0]["id"] == accepted[0]["id"]
+    assert count_rows(client, ImageRecord) == 2
+    assert count_rows(client, Embedding) == 2
     assert client.get(f"/collections/{cid}").json()["indexes"][0]["size"] == 2
 
 
@@ -76,7 +79,8 @@ def test_bad_files_are_rejected_per_item(make_client, tmp_path):
     assert "not a decodable image" in reasons["text.png"]
     assert reasons["empty.png"] == "empty file"
     assert "truncated" in reasons["truncated.png"] or "corrupt" in reasons["truncated.png"]
-    assert "over the limit" in reasons["bomb.png"] and "decompression bomb" in reasons["bomb.png"]
+    assert "over the limit" in reasons["bomb.png"]
+    assert "decompression bomb" in reasons["bomb.png"]
     assert "over the limit of 20000" in reasons["big.png"]
     assert "1100x1000 pixels, over the limit of 1000000" in reasons["many.gif"]
     assert count_rows(client, ImageRecord) == 1
@@ -94,7 +98,8 @@ def test_bad_metadata_refuses_whole_upload(client, collection, tmp_path, metadat
     response = client.post(f"/collections/{collection['id']}/images", files=files, data={"metadata": metadata})
     assert response.status_code == 422
     assert response.json()["code"] == code
-    assert count_rows(client, ImageRecord) == 0 and stored_files(tmp_path) == []
+    assert count_rows(client, ImageRecord) == 0
+    assert stored_files(tmp_path) == []
 
 
 def test_upload_without_files_is_422(client, collection):
@@ -106,9 +111,11 @@ def test_too_many_files_and_body_too_large(make_client):
     client = make_client(max_files_per_upload=2, max_upload_bytes=1000)
     cid = client.post("/collections", json={"name": "c"}).json()["id"]
     too_many = upload(client, cid, [(f"{i}.png", b"x") for i in range(3)])
-    assert too_many.status_code == 413 and too_many.json()["code"] == "too_many_files"
+    assert too_many.status_code == 413
+    assert too_many.json()["code"] == "too_many_files"
     big = upload(client, cid, [("a.png", b"\0" * 3_500_000)])
-    assert big.status_code == 413 and big.json()["code"] == "body_too_large"
+    assert big.status_code == 413
+    assert big.json()["code"] == "body_too_large"
 
 
 def test_failure_while_committing_leaves_no_orphan_file(client, collection, tmp_path, monkeypatch):
@@ -122,7 +129,8 @@ def test_failure_while_committing_leaves_no_orphan_file(client, collection, tmp_
         upload(client, collection["id"], [("a.png", png_bytes(1)), ("b.png", png_bytes(2))])
     monkeypatch.undo()
     assert stored_files(tmp_path) == []
-    assert count_rows(client, ImageRecord) == 0 and count_rows(client, Caption) == 0
+    assert count_rows(client, ImageRecord) == 0
+    assert count_rows(client, Caption) == 0
     assert client.get(f"/collections/{collection['id']}").json()["indexes"][0]["size"] == 0
 
 

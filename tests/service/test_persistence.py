@@ -68,10 +68,13 @@ def test_orphan_files_and_temp_files_are_swept_at_start(make_client, tmp_path):
     ghost_collection.mkdir()
 
     second = make_client()
-    assert not orphan.exists() and not temp.exists() and not ghost_collection.exists()
+    assert not orphan.exists()
+    assert not temp.exists()
+    assert not ghost_collection.exists()
     assert second.get(f"/collections/{cid}").json()["image_count"] == 2
 
 
+@pytest.mark.slow
 def test_other_backbone_on_same_data_dir_is_refused(make_client, tmp_path):
     first = make_client()
     fill(first, n=2)
@@ -81,6 +84,7 @@ def test_other_backbone_on_same_data_dir_is_refused(make_client, tmp_path):
         make_client(backbone=other)
 
 
+@pytest.mark.slow
 def test_reembed_moves_data_dir_to_new_backbone(make_client, tmp_path, database_url):
     from service.config import Settings
     from service.reembed import reembed_all
@@ -96,6 +100,7 @@ def test_reembed_moves_data_dir_to_new_backbone(make_client, tmp_path, database_
     assert len(second.post(f"/collections/{cid}/search", json={"query": "x", "k": 3}).json()["results"]) == 3
 
 
+@pytest.mark.slow
 def test_reembed_drops_the_old_backbones_adapters(make_client, tmp_path, database_url):
     from service.config import Settings
     from service.reembed import reembed_all
@@ -108,14 +113,17 @@ def test_reembed_drops_the_old_backbones_adapters(make_client, tmp_path, databas
     assert uploaded.status_code == 201, uploaded.text
     make_client.stop(first)
     reembed_all(Settings(data_dir=tmp_path / "data", backbone_model="miniworld-vit", database_url=database_url))
-    assert not list((tmp_path / "data").rglob("*.safetensors")) and not list((tmp_path / "data").rglob("v1.*"))
+    assert not list((tmp_path / "data").rglob("*.safetensors"))
+    assert not list((tmp_path / "data").rglob("v1.*"))
 
     second = make_client(backbone=load_backbone("miniworld-vit"))
     assert second.get(f"/collections/{cid}/adapters").json() == []
     found = second.post(f"/collections/{cid}/search", json={"query": "x", "k": 3}).json()
-    assert found["adapter"] == "none" and len(found["results"]) == 3
+    assert found["adapter"] == "none"
+    assert len(found["results"]) == 3
     added = upload(second, cid, [("new.png", png_bytes(99))])
-    assert added.status_code == 200 and len(added.json()["accepted"]) == 1
+    assert added.status_code == 200
+    assert len(added.json()["accepted"]) == 1
 
 
 def test_index_files_are_written_behind_uploads_and_at_shutdown(make_client, tmp_path, caplog):

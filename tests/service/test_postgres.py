@@ -47,6 +47,7 @@ def postgres_server():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_collection_lifecycle_on_postgres(make_client, postgres_server, tmp_path):
     with fresh_postgres_database(postgres_server) as url:
         client = make_client(database_url=url)

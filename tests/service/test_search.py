@@ -57,7 +57,8 @@ def test_hits_carry_captions_and_urls(client, filled):
 def test_batch_query_returns_a_list_per_query(client, filled):
     cid, ids, _ = filled
     body = client.post(f"/collections/{cid}/search", json={"query": ["dog", "cat", "car"], "k": 3}).json()
-    assert len(body["results"]) == 3 and all(len(row) == 3 for row in body["results"])
+    assert len(body["results"]) == 3
+    assert all(len(row) == 3 for row in body["results"])
     single = client.post(f"/collections/{cid}/search", json={"query": "cat", "k": 3}).json()["results"]
     assert [h["image_id"] for h in body["results"][1]] == [h["image_id"] for h in single]
 

@@ -116,6 +116,7 @@ def assert_consistent(ctx, data_dir: Path) -> None:
             assert sorted(ctx.indexes.get(cid, space).ids.tolist()) == ids, space
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash is simulated in a forked child")
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("path", PATHS)

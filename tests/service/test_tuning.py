@@ -10,7 +10,10 @@ from sqlalchemy import func, select
 from adapters.artifact import serialize_adapter
 from adapters.backbone import load_backbone
 from adapters.prompted import PromptConfig, PromptedCLIP
+from adapters.train import TrainConfig
 from service.models import AdapterVersion, Embedding, TuningJob
+from service.schemas import DcarOptions, TuningConfig
+from service.tuning import SERVICE_FIELDS, to_train_config
 from tests.support import fill, png_bytes, upload
 
 QUICK = {"epochs": 2, "batch_size": 8, "text_tokens": 2, "visual_tokens": 2}
@@ -300,3 +303,27 @@ def test_deleting_a_collection_removes_its_adapters_and_jobs(client, tmp_path):
     with client.app.state.context.session() as session:
         assert session.scalar(select(func.count()).select_from(TuningJob)) == 0
         assert session.scalar(select(func.count()).select_from(AdapterVersion)) == 0
+
+
+def test_the_http_defaults_are_the_training_recipe():
+    """One recipe: every training field of a default job config is TrainConfig's default, field for field."""
+    recipe = TrainConfig()
+    converted = to_train_config(TuningConfig(), device="cpu")
+    for name in TuningConfig.model_fields.keys() - SERVICE_FIELDS:
+        assert getattr(converted, name) == getattr(recipe, name), name
+    for name in DcarOptions.model_fields:
+        assert getattr(converted, name) == getattr(recipe, name), name
+    assert converted.device == "cpu"
+
+
+def test_every_job_setting_reaches_training():
+    config = TuningConfig(method="text", epochs=3, lr=0.5, batch_size=4, text_tokens=3, visual_tokens=5,
+                          visual_start=2, visual_deep_from=None, text_init="random", patience=2, seed=7,
+                          dcar={"same_category_weight": 0.5, "hard_negatives": 2, "attribute_reweighting": True})
+    converted = to_train_config(config, device="cpu")
+    assert converted.method == "text"
+    assert (converted.epochs, converted.lr, converted.batch_size, converted.patience, converted.seed) == (3, 0.5, 4, 2, 7)
+    assert (converted.text_tokens, converted.visual_tokens, converted.visual_start) == (3, 5, 2)
+    assert converted.visual_deep_from is None
+    assert converted.text_init == "random"
+    assert (converted.same_category_weight, converted.hard_negatives, converted.attribute_reweighting) == (0.5, 2, True)

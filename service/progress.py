@@ -31,3 +31,37 @@ class Progress(BaseModel):
 
     def ends_an_epoch(self) -> bool:
         return self.step is not None and self.step == self.total_steps
+
+
+# Retrieval metrics as adapters.evaluate returns them ("t2i_r1", "i2t_r5", "n_images", ...).
+Metrics = dict[str, int | float]
+
+
+class StoredMetrics(BaseModel):
+    """``AdapterVersion.metrics`` of a tuned version: both measured on the job's held-out test pairs."""
+
+    test: Metrics
+    test_zero_shot: Metrics
+
+
+class HeldOutComparison(BaseModel):
+    """The held-out test pairs through the new adapter, the backbone alone, and what was active."""
+
+    adapter: Metrics
+    zero_shot: Metrics
+    baseline: Metrics
+    baseline_name: str
+
+
+class TuningReport(BaseModel):
+    """``AdapterVersion.report`` of a tuned version (served as the adapter's ``report``)."""
+
+    split_sizes: dict[str, int]
+    test: HeldOutComparison
+    training: dict[str, Any]  # TrainResult.summary()
+    loss_curve: list[float]
+    epochs: list[dict[str, Any]]
+    param_count: int
+    size_bytes: int
+    config: dict[str, Any]
+    train_and_eval_wall_time_s: float

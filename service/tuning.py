@@ -22,7 +22,7 @@ from service import adapter_versions
 from service.context import ServiceContext
 from service.errors import Invalid
 from service.models import AdapterVersion, Caption, ImageRecord
-from service.progress import Progress
+from service.progress import Progress, StoredMetrics, HeldOutComparison, TuningReport
 from service.schemas import TuningConfig
 from service.vocabulary import ACTIVE, Activation, Method, Stage
 
@@ -145,32 +145,33 @@ def run_tuning(
     baseline_test = zero_shot_test if baseline_prompts is None else evaluate(ctx.backbone, test,
                                                                            adapter=baseline_prompts)
     blob = serialize_adapter(result.prompted, train_config=train_cfg.to_dict(), metrics={"test": adapter_test})
-    train_report = {
-        "split_sizes": {"train": len(train), "val": len(val), "test": len(test)},
-        "test": {"adapter": adapter_test, "zero_shot": zero_shot_test, "baseline": baseline_test,
-                 "baseline_name": baseline_name},
-        "training": result.summary(),
-        "loss_curve": result.history.get("loss", []),
-        "epochs": result.history.get("epochs", []),
-        "param_count": result.prompted.num_parameters(),
-        "size_bytes": len(blob),
-        "config": cfg.model_dump(),
-        "train_and_eval_wall_time_s": round(time.perf_counter() - started, 3),
-    }
+    comparison = HeldOutComparison(adapter=adapter_test, zero_shot=zero_shot_test, baseline=baseline_test,
+                                baseline_name=baseline_name)
+    train_report = TuningReport(
+        split_sizes={"train": len(train), "val": len(val), "test": len(test)},
+        test=comparison,
+        training=result.summary(),
+        loss_curve=result.history.get("loss", []),
+        epochs=result.history.get("epochs", []),
+        param_count=result.prompted.num_parameters(),
+        size_bytes=len(blob),
+        config=cfg.model_dump(mode="json"),
+        train_and_eval_wall_time_s=round(time.perf_counter() - started, 3),
+    )
     report(Progress(stage=Stage.INDEXING))
     row = adapter_versions.register(
         ctx, collection_id, result.prompted, blob, method=cfg.method, job_id=job_id,
-        metrics={"test": adapter_test, "test_zero_shot": zero_shot_test}, report=train_report,
-        should_cancel=should_cancel,
+        metrics=StoredMetrics(test=adapter_test, test_zero_shot=zero_shot_test).model_dump(mode="json"),
+        report=train_report.model_dump(mode="json"), should_cancel=should_cancel,
     )
-    decide_activation(ctx, collection_id, row, cfg, adapter_test[SELECTION_METRIC], baseline_test[SELECTION_METRIC],
-                      baseline_name)
+    decide_activation(ctx, collection_id, row, cfg, comparison)
     return row
 
 
 def decide_activation(ctx: ServiceContext, collection_id: int, row: AdapterVersion, cfg: TuningConfig,
-                      r1: float, baseline_r1: float, baseline_name: str) -> None:
-    versus = f"test R@1 {r1:.3f} vs {baseline_r1:.3f} of {baseline_name} (min_gain {cfg.min_gain})"
+                      comparison: HeldOutComparison) -> None:
+    r1, baseline_r1 = comparison.adapter[SELECTION_METRIC], comparison.baseline[SELECTION_METRIC]
+    versus = f"test R@1 {r1:.3f} vs {baseline_r1:.3f} of {comparison.baseline_name} (min_gain {cfg.min_gain})"
     if cfg.activation == Activation.NEVER:
         note, activate = f"kept inactive: activation=never; {versus}", False
     elif cfg.activation == Activation.ALWAYS:

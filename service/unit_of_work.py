@@ -73,15 +73,20 @@ class CollectionWriter:
                  tb: TracebackType | None) -> None:
         try:
             if not self._committed:
-                self.session.rollback()
-                for undo in reversed(self._undo):
-                    try:
-                        undo()
-                    except Exception:  # the first error is the one the caller must see
-                        log.exception("could not undo a staged write; start-up recovery removes it")
+                self._roll_back()
         finally:
             self._session = None
             self._stack.close()
+
+    def _roll_back(self) -> None:
+        try:
+            self.session.rollback()
+        finally:  # staged files go even if the database is unreachable (nothing was committed)
+            for undo in reversed(self._undo):
+                try:
+                    undo()
+                except Exception:  # the caller must see the error that started the rollback
+                    log.exception("could not undo a staged write; start-up recovery removes it")
 
     # --- what a write path declares --------------------------------------------------------------
 

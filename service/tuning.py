@@ -22,7 +22,7 @@ from service import adapter_versions
 from service.context import ServiceContext
 from service.errors import Invalid
 from service.models import AdapterVersion, Caption, ImageRecord
-from service.progress import Progress, StoredMetrics, HeldOutComparison, TuningReport
+from service.progress import HeldOutComparison, Progress, StoredMetrics, TuningReport
 from service.schemas import TuningConfig
 from service.vocabulary import ACTIVE, Activation, Method, Stage
 

@@ -42,7 +42,7 @@ def make_client(tmp_path, tiny_backbone, database_url):
         if database_url is not None:
             overrides.setdefault("database_url", database_url)
         settings = Settings(data_dir=data_dir or tmp_path / "data", **overrides)
-        client = TestClient(create_app(settings, backbone or tiny_backbone))
+        client = TestClient(create_app(settings, backbone or tiny_backbone), base_url="http://localhost")
         client.__enter__()
         opened.append(client)
         return client

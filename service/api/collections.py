@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from service import collections as ops
 from service.api.deps import ContextDep
+from service.auth import PrincipalDep
 from service.context import ServiceContext
 from service.models import Collection
 from service.schemas import CollectionCreate, CollectionOut, IndexOut
@@ -30,9 +31,9 @@ def create_collection(body: CollectionCreate, ctx: ContextDep) -> CollectionOut:
 
 
 @router.get("", response_model=list[CollectionOut])
-def list_collections(ctx: ContextDep) -> list[CollectionOut]:
+def list_collections(ctx: ContextDep, principal: PrincipalDep) -> list[CollectionOut]:
     with ctx.session() as session:
-        collections = list(session.scalars(select(Collection).order_by(Collection.id)))
+        collections = [c for c in session.scalars(select(Collection).order_by(Collection.id)) if principal.sees(c.id)]
         counts = {c.id: ops.image_count(session, c.id) for c in collections}
     return [collection_out(ctx, c, counts[c.id]) for c in collections]
 

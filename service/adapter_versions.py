@@ -33,7 +33,7 @@ class Resolved:
 
 def parse_version(selector: str) -> int | None:
     raw = selector[1:] if selector[:1] in ("v", "V") else selector
-    return int(raw) if raw.isdigit() else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
 
 
 def get_version(session, collection_id: int, version: int) -> AdapterVersion:
@@ -90,9 +90,15 @@ def encode_images(ctx: ServiceContext, collection_id: int, prompted: PromptedCLI
     for start in range(0, len(rows), step):
         if should_cancel is not None and should_cancel():
             raise TrainingCancelled("cancelled while indexing")
-        batch = rows[start : start + step]
-        chunks.append(encoder.encode_images([ctx.store.open_rgb(collection_id, sha) for _, sha in batch]))
-        ids.extend(image_id for image_id, _ in batch)
+        batch = []
+        for image_id, sha in rows[start : start + step]:
+            try:
+                batch.append((image_id, ctx.store.open_rgb(collection_id, sha)))
+            except FileNotFoundError:  # deleted meanwhile: simply not in the new index
+                continue
+        if batch:
+            chunks.append(encoder.encode_images([image for _, image in batch]))
+            ids.extend(image_id for image_id, _ in batch)
     dim = ctx.backbone.identity.embed_dim
     return np.array(ids, dtype=np.int64), (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32))
 
@@ -184,5 +190,5 @@ def read_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
         raise ApiError(422, "adapter_incompatible", str(exc), fields=exc.fields)
     except AdapterError as exc:
         raise ApiError(422, "bad_adapter_file", str(exc))
-    except Exception as exc:  # a file that is not safetensors at all
-        raise ApiError(422, "bad_adapter_file", f"not a readable adapter file: {exc}")
+    except Exception:  # a file that is not safetensors at all
+        raise ApiError(422, "bad_adapter_file", "not a readable adapter file (expected .safetensors)")

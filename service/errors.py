@@ -40,8 +40,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):
         log.exception("unhandled error", exc_info=exc)
+        # Connection: close, because the server drops the connection after a 500 (clients then reconnect).
         return JSONResponse({"detail": "internal error; nothing was half-written, the request can be retried",
-                             "code": "internal_error"}, status_code=500)
+                             "code": "internal_error"}, status_code=500, headers={"Connection": "close"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 
 from sqlalchemy import select, update
 
 from adapters.train import TrainingCancelled
 from service.context import ServiceContext
+from service.input_rules import public_error
 from service.models import AdapterVersion, TuningJob, utcnow
 from service.schemas import TuningConfig
 from service.tuning import run_tuning
@@ -173,8 +173,7 @@ class JobRunner:
                 self._finish(job_id, "failed", "interrupted by a service shutdown; start a new job")
         except Exception as exc:
             log.exception("tuning job %s failed", job_id)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self._finish(job_id, "failed", detail)
+            self._finish(job_id, "failed", public_error(exc))
         else:
             self._finish(job_id, "succeeded", version=row.version)
         finally:

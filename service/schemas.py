@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from service.input_rules import bounded_json, printable_name
 
 
 class CollectionCreate(BaseModel):
@@ -20,7 +22,7 @@ class CollectionCreate(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("name must not be blank")
-        return value
+        return printable_name(value)
 
 
 class IndexOut(BaseModel):
@@ -44,10 +46,10 @@ class ImageMetadata(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    captions: list[str] = Field(default_factory=list)
-    category: str | None = Field(None, max_length=200)
-    attributes: list[str] = Field(default_factory=list, max_length=64)
-    meta: dict[str, Any] = Field(default_factory=dict)
+    captions: list[Annotated[str, Field(max_length=2000)]] = Field(default_factory=list, max_length=64)
+    category: Annotated[str, AfterValidator(printable_name)] | None = Field(None, max_length=200)
+    attributes: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=64)
+    meta: Annotated[dict[str, Any], AfterValidator(bounded_json)] = Field(default_factory=dict)
 
 
 class AcceptedImage(BaseModel):
@@ -105,7 +107,7 @@ class SearchRequest(BaseModel):
 
     query: str | list[str]
     k: int = Field(10, description="Results per query, 1..max_k")
-    adapter: str = Field("active", description='"active", "none" or an adapter version')
+    adapter: str = Field("active", max_length=24, description='"active", "none" or an adapter version')
 
 
 class SearchHit(BaseModel):
@@ -142,14 +144,14 @@ class TuningConfig(BaseModel):
     batch_size: int = Field(32, ge=2, le=1024)
     text_tokens: int = Field(4, ge=1, le=32)
     visual_tokens: int = Field(8, ge=1, le=64)
-    visual_start: int = Field(1, ge=0, description="First image block that receives prompts (earlier ones are cached)")
-    visual_deep_from: int | None = Field(1, ge=0, description="Fresh prompts at every block from here (VPT-deep); "
+    visual_start: int = Field(1, ge=0, le=64, description="First image block that receives prompts (earlier ones are cached)")
+    visual_deep_from: int | None = Field(1, ge=0, le=64, description="Fresh prompts at every block from here (VPT-deep); "
                                                               "null: shallow prompts only")
-    text_init: str = Field("a photo of a", min_length=1, max_length=200)
-    patience: int | None = Field(4, ge=1, description="Epochs without held-out improvement before stopping")
+    text_init: Annotated[str, AfterValidator(printable_name)] = Field("a photo of a", min_length=1, max_length=200)
+    patience: int | None = Field(4, ge=1, le=200, description="Epochs without held-out improvement before stopping")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Held-out pairs for early stopping")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Held-out pairs for the final comparison")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     dcar: DcarOptions = Field(default_factory=DcarOptions)
     activation: Literal["if_not_worse", "always", "never"] = "if_not_worse"
     min_gain: float = Field(0.0, ge=-1, le=1, description="Test R@1 gain over the active one needed to activate")

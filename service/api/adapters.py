@@ -10,6 +10,7 @@ from sqlalchemy import select
 from service import adapter_versions
 from service import collections as ops
 from service.api.deps import ContextDep
+from service.api.params import AdapterSelector, CollectionId
 from service.errors import ApiError
 from service.models import AdapterVersion
 from service.schemas import AdapterDetail, AdapterOut
@@ -35,7 +36,7 @@ def version_of(selector: str) -> int:
 
 
 @router.get("", response_model=list[AdapterOut])
-def list_adapters(collection_id: int, ctx: ContextDep) -> list[AdapterOut]:
+def list_adapters(collection_id: CollectionId, ctx: ContextDep) -> list[AdapterOut]:
     with ctx.session() as session:
         ops.get_collection(session, collection_id)
         rows = session.scalars(select(AdapterVersion).where(AdapterVersion.collection_id == collection_id)
@@ -44,14 +45,14 @@ def list_adapters(collection_id: int, ctx: ContextDep) -> list[AdapterOut]:
 
 
 @router.get("/{version}", response_model=AdapterDetail)
-def get_adapter(collection_id: int, version: str, ctx: ContextDep) -> AdapterDetail:
+def get_adapter(collection_id: CollectionId, version: AdapterSelector, ctx: ContextDep) -> AdapterDetail:
     with ctx.session() as session:
         ops.get_collection(session, collection_id)
         return adapter_out(adapter_versions.get_version(session, collection_id, version_of(version)), detail=True)
 
 
 @router.post("/{version}/activate", response_model=list[AdapterOut])
-def activate_adapter(collection_id: int, version: str, ctx: ContextDep) -> list[AdapterOut]:
+def activate_adapter(collection_id: CollectionId, version: AdapterSelector, ctx: ContextDep) -> list[AdapterOut]:
     """Make a version the active one; `none` goes back to zero-shot (a roll back)."""
     with ctx.session() as session:
         ops.get_collection(session, collection_id)
@@ -61,7 +62,7 @@ def activate_adapter(collection_id: int, version: str, ctx: ContextDep) -> list[
 
 
 @router.delete("/{version}", status_code=204)
-async def delete_adapter(collection_id: int, version: str, ctx: ContextDep,
+async def delete_adapter(collection_id: CollectionId, version: AdapterSelector, ctx: ContextDep,
                          force: Annotated[bool, Query()] = False) -> Response:
     await run_in_threadpool(ops.require_collection, ctx, collection_id)
     await run_in_threadpool(adapter_versions.delete, ctx, collection_id, version_of(version), force)
@@ -69,16 +70,18 @@ async def delete_adapter(collection_id: int, version: str, ctx: ContextDep,
 
 
 @router.get("/{version}/file")
-def adapter_file(collection_id: int, version: str, ctx: ContextDep) -> FileResponse:
+def adapter_file(collection_id: CollectionId, version: AdapterSelector, ctx: ContextDep) -> FileResponse:
     with ctx.session() as session:
         row = adapter_versions.get_version(session, collection_id, version_of(version))
+    if not ctx.adapters.path(collection_id, row.version).exists():  # deleted since the row was read
+        raise ApiError(404, "adapter_not_found", f"adapter v{row.version} of collection {collection_id} was deleted")
     return FileResponse(ctx.adapters.path(collection_id, row.version), media_type="application/octet-stream",
                         filename=f"collection{collection_id}-v{row.version}.safetensors")
 
 
 @router.post("", status_code=201, response_model=AdapterOut)
 async def upload_adapter(
-    collection_id: int,
+    collection_id: CollectionId,
     ctx: ContextDep,
     file: Annotated[UploadFile, File(description="An adapter artifact (.safetensors)")],
     activate: Annotated[bool, Form()] = False,

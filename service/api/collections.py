@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from service import collections as ops
 from service.api.deps import ContextDep
+from service.api.params import CollectionId
 from service.auth import PrincipalDep
 from service.context import ServiceContext
 from service.models import Collection
@@ -39,7 +40,7 @@ def list_collections(ctx: ContextDep, principal: PrincipalDep) -> list[Collectio
 
 
 @router.get("/{collection_id}", response_model=CollectionOut)
-def get_collection(collection_id: int, ctx: ContextDep) -> CollectionOut:
+def get_collection(collection_id: CollectionId, ctx: ContextDep) -> CollectionOut:
     with ctx.session() as session:
         collection = ops.get_collection(session, collection_id)
         count = ops.image_count(session, collection_id)
@@ -47,6 +48,6 @@ def get_collection(collection_id: int, ctx: ContextDep) -> CollectionOut:
 
 
 @router.delete("/{collection_id}", status_code=204)
-async def delete_collection(collection_id: int, ctx: ContextDep) -> Response:
+async def delete_collection(collection_id: CollectionId, ctx: ContextDep) -> Response:
     await run_in_threadpool(ops.delete_collection, ctx, collection_id)
     return Response(status_code=204)

@@ -12,9 +12,11 @@ from sqlalchemy.orm import selectinload
 
 from service import collections as ops
 from service.api.deps import ContextDep
+from service.api.params import CollectionId, ImageId, Offset
 from service.errors import ApiError
 from service.imaging import thumbnail_jpeg
 from service.ingest import IngestItem, ingest
+from service.input_rules import check_filename
 from service.manifest import load_manifest
 from service.models import ImageRecord
 from service.schemas import ImageMetadata, ImageOut, ImagePage, ImportRequest, IngestResponse
@@ -41,6 +43,8 @@ def parse_metadata(raw: str | None, file_count: int) -> list[ImageMetadata]:
         entries = _metadata_list.validate_python(json.loads(raw))
     except json.JSONDecodeError as exc:
         raise ApiError(422, "bad_metadata", f"metadata is not valid JSON: {exc.msg}")
+    except RecursionError:
+        raise ApiError(422, "bad_metadata", "metadata is nested too deeply")
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -51,9 +55,16 @@ def parse_metadata(raw: str | None, file_count: int) -> list[ImageMetadata]:
     return entries
 
 
+def ingest_response(result) -> IngestResponse:
+    """200 when at least one file was taken; 422 with the same body when every file was rejected."""
+    if result.rejected and not result.accepted:
+        raise ApiError(422, "all_rejected", "every file was rejected", accepted=[], rejected=result.rejected)
+    return IngestResponse(accepted=result.accepted, rejected=result.rejected)
+
+
 @router.post("", response_model=IngestResponse)
 async def upload_images(
-    collection_id: int,
+    collection_id: CollectionId,
     ctx: ContextDep,
     files: Annotated[list[UploadFile], File(description="One or more image files")],
     metadata: Annotated[str | None, Form(description="JSON list aligned with files")] = None,
@@ -63,6 +74,9 @@ async def upload_images(
     if len(files) > settings.max_files_per_upload:
         raise ApiError(413, "too_many_files", f"at most {settings.max_files_per_upload} files per upload")
     entries = parse_metadata(metadata, len(files))
+    for upload in files:
+        if (refusal := check_filename(upload.filename or "")) is not None:
+            raise ApiError(422, "bad_filename", refusal)
     items = []
     for upload, meta in zip(files, entries):
         # Read one byte past the limit: enough to know it is too big without holding all of it.
@@ -72,22 +86,22 @@ async def upload_images(
             attributes=meta.attributes, meta=meta.meta,
         ))
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
-    return IngestResponse(accepted=result.accepted, rejected=result.rejected)
+    return ingest_response(result)
 
 
 @router.post("/import", response_model=IngestResponse)
-async def import_images(collection_id: int, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
+async def import_images(collection_id: CollectionId, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
     await run_in_threadpool(ops.require_collection, ctx, collection_id)
     items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest, ctx.settings.max_upload_bytes)
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
-    return IngestResponse(accepted=result.accepted, rejected=result.rejected)
+    return ingest_response(result)
 
 
 @router.get("", response_model=ImagePage)
 def list_images(
-    collection_id: int,
+    collection_id: CollectionId,
     ctx: ContextDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ImagePage:
     with ctx.session() as session:
@@ -102,13 +116,13 @@ def list_images(
 
 
 @router.get("/{image_id}", response_model=ImageOut)
-def get_image(collection_id: int, image_id: int, ctx: ContextDep) -> ImageOut:
+def get_image(collection_id: CollectionId, image_id: ImageId, ctx: ContextDep) -> ImageOut:
     with ctx.session() as session:
         return image_out(ops.get_image(session, collection_id, image_id))
 
 
 @router.get("/{image_id}/file")
-def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileResponse:
+def image_file(collection_id: CollectionId, image_id: ImageId, ctx: ContextDep) -> FileResponse:
     with ctx.session() as session:
         record = ops.get_image(session, collection_id, image_id)
     path = ctx.store.path(collection_id, record.sha256)
@@ -119,15 +133,18 @@ def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileRespon
 
 @router.get("/{image_id}/thumbnail")
 def image_thumbnail(
-    collection_id: int, image_id: int, ctx: ContextDep, size: Annotated[int, Query(ge=16, le=1024)] = 256
+    collection_id: CollectionId, image_id: ImageId, ctx: ContextDep, size: Annotated[int, Query(ge=16, le=1024)] = 256
 ) -> Response:
     with ctx.session() as session:
         record = ops.get_image(session, collection_id, image_id)
-    data = thumbnail_jpeg(ctx.store.read(collection_id, record.sha256), size)
+    try:
+        data = thumbnail_jpeg(ctx.store.read(collection_id, record.sha256), size)
+    except FileNotFoundError:
+        raise ApiError(410, "file_missing", f"the file of image {image_id} is missing from storage")
     return Response(content=data, media_type="image/jpeg")
 
 
 @router.delete("/{image_id}", status_code=204)
-async def delete_image(collection_id: int, image_id: int, ctx: ContextDep) -> Response:
+async def delete_image(collection_id: CollectionId, image_id: ImageId, ctx: ContextDep) -> Response:
     await run_in_threadpool(ops.delete_image, ctx, collection_id, image_id)
     return Response(status_code=204)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from service import collections as ops
 from service import tuning
 from service.api.deps import ContextDep
+from service.api.params import CollectionId, JobId
 from service.context import ServiceContext
 from service.errors import not_found
 from service.jobs import TERMINAL
@@ -38,7 +39,7 @@ def load_job(ctx: ServiceContext, job_id: int) -> TuningJob:
 
 
 @router.post("/collections/{collection_id}/tuning-jobs", status_code=202, response_model=JobOut)
-def create_job(collection_id: int, ctx: ContextDep, config: TuningConfig | None = None) -> JobOut:
+def create_job(collection_id: CollectionId, ctx: ContextDep, config: TuningConfig | None = None) -> JobOut:
     config = config or TuningConfig()
     with ctx.session() as session:
         ops.get_collection(session, collection_id)
@@ -54,7 +55,7 @@ def create_job(collection_id: int, ctx: ContextDep, config: TuningConfig | None 
 
 
 @router.get("/collections/{collection_id}/tuning-jobs", response_model=list[JobOut])
-def list_jobs(collection_id: int, ctx: ContextDep) -> list[JobOut]:
+def list_jobs(collection_id: CollectionId, ctx: ContextDep) -> list[JobOut]:
     with ctx.session() as session:
         ops.get_collection(session, collection_id)
         jobs = session.scalars(select(TuningJob).where(TuningJob.collection_id == collection_id)
@@ -63,19 +64,19 @@ def list_jobs(collection_id: int, ctx: ContextDep) -> list[JobOut]:
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: int, ctx: ContextDep) -> JobOut:
+def get_job(job_id: JobId, ctx: ContextDep) -> JobOut:
     return job_out(load_job(ctx, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: int, ctx: ContextDep) -> JobOut:
+def cancel_job(job_id: JobId, ctx: ContextDep) -> JobOut:
     load_job(ctx, job_id)
     ctx.jobs.cancel(job_id)
     return job_out(load_job(ctx, job_id))
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events(job_id: int, request: Request, ctx: ContextDep) -> StreamingResponse:
+async def job_events(job_id: JobId, request: Request, ctx: ContextDep) -> StreamingResponse:
     """Server-sent events: one `progress` event per change, a final `end` event at a terminal state."""
     await run_in_threadpool(load_job, ctx, job_id)
 

@@ -6,6 +6,7 @@ from service import adapter_versions
 from service import collections as ops
 from service import search as searching
 from service.api.deps import ContextDep
+from service.api.params import CollectionId
 from service.errors import ApiError
 from service.schemas import SearchHit, SearchRequest, SearchResponse
 
@@ -13,7 +14,7 @@ router = APIRouter(tags=["search"])
 
 
 @router.post("/collections/{collection_id}/search", response_model=SearchResponse)
-def search(collection_id: int, body: SearchRequest, ctx: ContextDep) -> SearchResponse:
+def search(collection_id: CollectionId, body: SearchRequest, ctx: ContextDep) -> SearchResponse:
     # A sync handler: FastAPI runs it in its thread pool, so encoding never blocks the event loop.
     if not 1 <= body.k <= ctx.settings.max_k:
         raise ApiError(422, "bad_k", f"k must be between 1 and {ctx.settings.max_k}")

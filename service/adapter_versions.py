@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import select, update
 
-from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, read_adapter_info
 from adapters.prompted import PromptedCLIP
 from adapters.train import TrainingCancelled
 from service.context import ServiceContext, vector_bytes
@@ -178,17 +177,3 @@ def delete(ctx: ServiceContext, collection_id: int, version: int, force: bool) -
         if space != ZERO_SHOT:
             ctx.indexes.drop(collection_id, space)
 
-
-def read_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
-    """Validate an uploaded artifact against the running backbone."""
-    if not blob:
-        raise ApiError(422, "bad_adapter_file", "the adapter file is empty")
-    try:
-        read_adapter_info(blob)
-        return load_adapter(blob, ctx.backbone)
-    except AdapterIncompatible as exc:
-        raise ApiError(422, "adapter_incompatible", str(exc), fields=exc.fields)
-    except AdapterError as exc:
-        raise ApiError(422, "bad_adapter_file", str(exc))
-    except Exception:  # a file that is not safetensors at all
-        raise ApiError(422, "bad_adapter_file", "not a readable adapter file (expected .safetensors)")

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from service import adapter_versions
 from service import collections as ops
+from service.adapter_upload import check_adapter_upload
 from service.api.deps import ContextDep
 from service.api.params import AdapterSelector, CollectionId
 from service.errors import ApiError
@@ -87,12 +88,12 @@ async def upload_adapter(
     activate: Annotated[bool, Form()] = False,
 ) -> AdapterOut:
     await run_in_threadpool(ops.require_collection, ctx, collection_id)
-    blob = await file.read(ctx.settings.max_upload_bytes + 1)
-    if len(blob) > ctx.settings.max_upload_bytes:
-        raise ApiError(413, "file_too_large", f"adapter file over {ctx.settings.max_upload_bytes} bytes")
+    blob = await file.read(ctx.settings.max_adapter_bytes + 1)
+    if len(blob) > ctx.settings.max_adapter_bytes:
+        raise ApiError(413, "file_too_large", f"adapter file over {ctx.settings.max_adapter_bytes} bytes")
 
     def store():
-        prompted = adapter_versions.read_upload(ctx, blob)
+        prompted = check_adapter_upload(ctx, blob)
         method = ("dual" if prompted.config.text_tokens and prompted.visual_layers
                   else "visual" if prompted.visual_layers else "text")
         row = adapter_versions.register(ctx, collection_id, prompted, blob, method=method, job_id=None,

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from adapters.backbone import Backbone
 from service import api_keys
 from service.api import adapters, collections, health, images, jobs, search
+from service.api.error_schema import install_error_schema
 from service.auth import ExposureRefused, check_exposure
 from service.config import Settings
 from service.context import ServiceContext
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_error_schema(app)
 
     install_front_door(app, settings)
 

@@ -25,6 +25,13 @@ def printable_name(value: str) -> str:
     return value
 
 
+def printable_text(value: str | None) -> str | None:
+    """Free text (a description): line breaks and tabs are fine, other control characters are not."""
+    if value is not None and has_control_chars(value.replace("\n", "").replace("\r", "").replace("\t", "")):
+        raise ValueError("must not contain control characters other than line breaks and tabs")
+    return value
+
+
 def check_filename(name: str) -> str | None:
     """Why an uploaded file's name is refused, or None."""
     if has_control_chars(name):

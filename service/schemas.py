@@ -7,14 +7,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from service.input_rules import bounded_json, printable_name
+from service.input_rules import bounded_json, printable_name, printable_text
 
 
 class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    description: str | None = Field(None, max_length=5000)
+    description: Annotated[str | None, AfterValidator(printable_text)] = Field(None, max_length=5000)
 
     @field_validator("name")
     @classmethod
@@ -74,7 +74,7 @@ class IngestResponse(BaseModel):
 class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    manifest: str = Field(min_length=1, description="Path of a .jsonl or .csv manifest under the import root")
+    manifest: str = Field(min_length=1, max_length=4096, description="Path of a .jsonl or .csv manifest under the import root")
 
 
 class ImageOut(BaseModel):

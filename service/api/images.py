@@ -92,7 +92,11 @@ async def upload_images(
 @router.post("/import", response_model=IngestResponse)
 async def import_images(collection_id: CollectionId, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
     await run_in_threadpool(ops.require_collection, ctx, collection_id)
-    items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest, ctx.settings.max_upload_bytes)
+    try:
+        items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest,
+                                        ctx.settings.max_upload_bytes)
+    except (OSError, ValueError):  # a name the OS refuses (too long, NUL) or a manifest that is not UTF-8
+        raise ApiError(422, "bad_manifest", "the manifest, or a path it lists, cannot be read")
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
     return ingest_response(result)
 

@@ -87,6 +87,26 @@ def test_control_characters_and_invisible_queries(filled):
     assert client.get(f"/collections/{cid}").json()["image_count"] == 1
 
 
+def test_unreadable_import_manifests(make_client, tmp_path):
+    root = tmp_path / "imports"
+    root.mkdir()
+    (root / "binary.jsonl").write_bytes(b"\xff\xfe\x00 not utf-8")
+    (root / "long.jsonl").write_text('{"path": "' + "y" * 300 + '.png"}\n')
+    client = make_client(import_root=root)
+    cid = client.post("/collections", json={"name": "c"}).json()["id"]
+    for manifest in ("a" * 1000 + ".jsonl", "binary.jsonl", "long.jsonl", "x" * 5000):
+        body = clean_4xx(client.post(f"/collections/{cid}/images/import", json={"manifest": manifest}), 422)
+        assert str(root) not in body["detail"]
+    for manifest in ("\x00.jsonl", "../outside.jsonl", "/etc/passwd"):
+        clean_4xx(client.post(f"/collections/{cid}/images/import", json={"manifest": manifest}), 403)
+    assert client.get(f"/collections/{cid}").json()["image_count"] == 0
+
+
+def test_description_with_control_characters_is_refused(client):
+    clean_4xx(client.post("/collections", json={"name": "a", "description": "nul\x00"}), 422)
+    assert client.post("/collections", json={"name": "b", "description": "two\nlines\tand a tab"}).status_code == 201
+
+
 def test_missing_file_gives_410_for_file_and_thumbnail(filled, tmp_path):
     client, cid, image = filled
     sha = client.get(f"/collections/{cid}/images/{image}").json()["sha256"]

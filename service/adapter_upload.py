@@ -57,8 +57,8 @@ def check_adapter_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
         raise _refuse("bad_adapter_file", "the adapter's metadata is unreadable") from None
     differing = info.backbone.mismatch(ctx.backbone.identity)
     if differing:
-        exc = AdapterIncompatible(differing, info.backbone, ctx.backbone.identity)
-        raise ApiError(422, "adapter_incompatible", str(exc), fields=exc.fields)
+        mismatch = AdapterIncompatible(differing, info.backbone, ctx.backbone.identity)
+        raise ApiError(422, "adapter_incompatible", str(mismatch), fields=mismatch.fields)
 
     config = info.prompt_config
     context = ctx.backbone.identity.context_length

@@ -101,7 +101,7 @@ class AccessGuard:
             return await self.app(scope, receive, send)
 
         ctx = getattr(scope["app"].state, "context", None)
-        principal = OPEN
+        principal: Principal | None = OPEN
         if ctx is not None and not self.settings.auth_disabled and await run_in_threadpool(self._keys_exist, ctx):
             token = _bearer(headers.get("authorization", ""))
             if token is None:

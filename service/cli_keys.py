@@ -56,11 +56,11 @@ def run_keys_command(settings, args: argparse.Namespace) -> int:
                 print(f"{row.id}\t{row.name}\t{row.scope}\tcollections={where}\t{row.hint}…\t{state}")
             return 0
         if args.keys_command == "revoke":
-            row = api_keys.revoke_key(session, args.key_id)
-            if row is None:
+            revoked = api_keys.revoke_key(session, args.key_id)
+            if revoked is None:
                 print(f"error: key {args.key_id} not found", file=sys.stderr)
                 return 2
-            print(f"key {row.id} ({row.name}) is revoked")
+            print(f"key {revoked.id} ({revoked.name}) is revoked")
             return 0
         return 1
     finally:

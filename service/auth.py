@@ -120,7 +120,7 @@ class AccessGuard:
     def _host_allowed(self, host: str) -> bool:
         if "*" in self.allowed_hosts:
             return True
-        name = urlsplit(f"//{host}").hostname if host else None
+        name = host_name(host)
         return name is not None and name.lower() in self.allowed_hosts
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
@@ -169,6 +169,19 @@ class AccessGuard:
             if job is not None and not principal.sees(job.collection_id):
                 return 404, "not_found", f"job {job_id} not found"
         return None
+
+
+def host_name(host: str) -> str | None:
+    """The name in a Host header ("name", "name:port", "[v6]:port"), or None when it is not that shape."""
+    if host.startswith("["):
+        end = host.find("]")
+        name, rest = (host[1:end], host[end + 1:]) if end > 0 else ("", "")
+    else:
+        name, colon, port = host.partition(":")
+        rest = colon + port
+    if not name or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+        return None
+    return name
 
 
 def _bearer(value: str) -> str | None:

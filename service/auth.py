@@ -101,21 +101,29 @@ class AccessGuard:
             return await self.app(scope, receive, send)
 
         ctx = getattr(scope["app"].state, "context", None)
-        principal: Principal | None = OPEN
-        if ctx is not None and not self.settings.auth_disabled and await run_in_threadpool(self._keys_exist, ctx):
-            token = _bearer(headers.get("authorization", ""))
-            if token is None:
-                return await reply(send, 401, "unauthorized", "an API key is required: Authorization: Bearer <key>",
-                                   {"www-authenticate": "Bearer"})
-            principal = await run_in_threadpool(self._authenticate, ctx, token)
-            if principal is None:
-                return await reply(send, 401, "unauthorized", "invalid or revoked API key",
-                                   {"www-authenticate": "Bearer"})
-            refusal = await run_in_threadpool(self._authorize, ctx, scope, principal)
-            if refusal is not None:
-                return await reply(send, *refusal)
+        principal = OPEN
+        if ctx is not None and not self.settings.auth_disabled:
+            # One trip to the thread pool for the database work of the whole check.
+            outcome = await run_in_threadpool(self._check_key, ctx, scope, headers.get("authorization", ""))
+            if not isinstance(outcome, Principal):
+                return await reply(send, *outcome)
+            principal = outcome
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+    def _check_key(self, ctx, scope: Scope, authorization: str) -> Principal | tuple:
+        """The caller's principal, or (status, code, detail, headers) to refuse with."""
+        if not self._keys_exist(ctx):
+            return OPEN
+        challenge = {"www-authenticate": "Bearer"}
+        token = _bearer(authorization)
+        if token is None:
+            return 401, "unauthorized", "an API key is required: Authorization: Bearer <key>", challenge
+        principal = self._authenticate(ctx, token)
+        if principal is None:
+            return 401, "unauthorized", "invalid or revoked API key", challenge
+        refusal = self._authorize(ctx, scope, principal)
+        return principal if refusal is None else refusal
 
     def _host_allowed(self, host: str) -> bool:
         if "*" in self.allowed_hosts:

@@ -15,9 +15,9 @@ import numpy as np
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select, update
 
-from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, read_adapter_info
 from adapters.prompted import PromptedCLIP
 from adapters.train import TrainingCancelled
+from service.adapter_upload import check_adapter_upload
 from service.context import ServiceContext, vector_bytes
 from service.encoders import Encoder
 from service.errors import Conflict, Invalid, NotFound, not_found
@@ -102,9 +102,15 @@ def encode_images(ctx: ServiceContext, collection_id: int, prompted: PromptedCLI
     for start in range(0, len(rows), step):
         if should_cancel is not None and should_cancel():
             raise TrainingCancelled("cancelled while indexing")
-        batch = rows[start : start + step]
-        chunks.append(encoder.encode_images([ctx.store.open_rgb(collection_id, sha) for _, sha in batch]))
-        ids.extend(image_id for image_id, _ in batch)
+        batch = []
+        for image_id, sha in rows[start : start + step]:
+            try:
+                batch.append((image_id, ctx.store.open_rgb(collection_id, sha)))
+            except FileNotFoundError:  # deleted meanwhile: simply not in the new index
+                continue
+        if batch:
+            chunks.append(encoder.encode_images([image for _, image in batch]))
+            ids.extend(image_id for image_id, _ in batch)
     dim = ctx.backbone.identity.embed_dim
     return np.array(ids, dtype=np.int64), (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32))
 
@@ -176,25 +182,10 @@ def delete(ctx: ServiceContext, collection_id: int, version: int, force: bool) -
         writer.commit()
 
 
-def read_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
-    """Validate an uploaded artifact against the running backbone."""
-    if not blob:
-        raise Invalid("bad_adapter_file", "the adapter file is empty")
-    try:
-        read_adapter_info(blob)
-        return load_adapter(blob, ctx.backbone)
-    except AdapterIncompatible as exc:
-        raise Invalid("adapter_incompatible", str(exc), fields=exc.fields) from exc
-    except AdapterError as exc:
-        raise Invalid("bad_adapter_file", str(exc)) from exc
-    except Exception as exc:  # a file that is not safetensors at all
-        raise Invalid("bad_adapter_file", f"not a readable adapter file: {exc}") from exc
-
-
 def register_upload(ctx: ServiceContext, collection_id: int, blob: bytes, filename: str | None,
                     activate_now: bool) -> AdapterVersion:
     """An uploaded artifact becomes a new version (its method read from the prompts it carries)."""
-    prompted = read_upload(ctx, blob)
+    prompted = check_adapter_upload(ctx, blob)
     method = Method.of(has_text=bool(prompted.config.text_tokens), has_visual=bool(prompted.visual_layers))
     row = register(ctx, collection_id, prompted, blob, method=method, job_id=None,
                    metrics={}, report={"source": "upload", "filename": filename})

@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from adapters.backbone import Backbone
+from service import api_keys
 from service.api import adapters, collections, health, images, jobs, search
+from service.api.error_schema import install_error_schema
 from service.api.errors import install_error_handlers
+from service.auth import ExposureRefused, check_exposure
 from service.config import Settings
 from service.context import ServiceContext
+from service.data_lock import hold_data_dir
+from service.front_door import install_front_door, spool_under
 from service.jobs import JobRunner
 
 log = logging.getLogger(__name__)
@@ -27,19 +31,26 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
     async def lifespan(app: FastAPI):
         def start() -> tuple[ServiceContext, JobRunner]:
             ctx = ServiceContext(settings, backbone)
+            try:
+                with ctx.session() as session:
+                    check_exposure(settings.host, settings.auth_disabled, api_keys.keys_exist(session))
+            except ExposureRefused:
+                ctx.close()
+                raise
             ctx.recover()
             runner = ctx.jobs = JobRunner(ctx)
             runner.start()
             return ctx, runner
 
-        ctx, runner = await run_in_threadpool(start)
-        app.state.context = ctx
-        log.info("serving data dir %s", settings.data_dir)
-        try:
-            yield
-        finally:
-            await run_in_threadpool(runner.stop)
-            ctx.close()
+        with hold_data_dir(settings.data_dir, "the server"), spool_under(settings.data_dir):
+            ctx, runner = await run_in_threadpool(start)
+            app.state.context = ctx
+            log.info("serving data dir %s", settings.data_dir)
+            try:
+                yield
+            finally:
+                await run_in_threadpool(runner.stop)
+                ctx.close()
 
     app = FastAPI(
         title="Prompt-adapter retrieval service",
@@ -48,17 +59,9 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_error_schema(app)
 
-    # Refuse oversized bodies from their Content-Length, before anything is spooled to disk.
-    max_body = settings.max_upload_bytes * settings.max_files_per_upload + 1024 * 1024
-
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            return JSONResponse({"detail": f"request body over {max_body} bytes", "code": "body_too_large"},
-                                status_code=413)
-        return await call_next(request)
+    install_front_door(app, settings)
 
     for module in (health, collections, images, search, jobs, adapters):
         app.include_router(module.router)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from service.cli_keys import add_keys_commands, check_serving_exposure, run_keys_command
 from service.config import Settings
 from service.vocabulary import ACTIVE
 
@@ -35,7 +36,8 @@ SETTING_FLAGS = {
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None}
+    names = [*SETTING_FLAGS, "auth_disabled"]
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return Settings(**overrides)
 
 
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         field = Settings.model_fields[name]
         kind = int if field.annotation is int else str
         common.add_argument(flag, dest=name, type=kind, default=None, help=field.description)
+    common.add_argument("--no-auth", dest="auth_disabled", action="store_const", const=True, default=None,
+                        help="serve without API keys even on a non-loopback address (PAS_AUTH_DISABLED)")
 
     parser = argparse.ArgumentParser(prog="prompt-adapters", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10)
     search.add_argument("--adapter", default=ACTIVE)
     sub.add_parser("reembed", parents=[common], help="re-encode every image with the configured backbone")
+    add_keys_commands(sub, common)
     return parser
 
 
@@ -68,10 +73,12 @@ def cmd_serve(settings: Settings) -> None:
 
     from service.app import create_app
     from service.context import load_configured_backbone
+    from service.http_limits import uvicorn_options
 
+    check_serving_exposure(settings)
     # Load before serving, so a bad backbone setting ends with one clear line, not a traceback.
     backbone = load_configured_backbone(settings)
-    uvicorn.run(create_app(settings, backbone), host=settings.host, port=settings.port)
+    uvicorn.run(create_app(settings, backbone), host=settings.host, port=settings.port, **uvicorn_options(settings))
 
 
 def cmd_migrate(settings: Settings) -> None:
@@ -165,25 +172,36 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
     from adapters.backbone import BackboneError
+    from service.auth import ExposureRefused
     from service.context import BackboneMismatch
+    from service.data_lock import DataDirBusy, hold_data_dir
     from service.errors import DomainError
 
     try:
-        if args.command == "serve":
-            cmd_serve(settings)
-            return 0
-        if args.command == "migrate":
-            cmd_migrate(settings)
-            return 0
-        if args.command == "ingest":
-            return cmd_ingest(settings, args.directory, args.collection, args.captions)
-        if args.command == "search":
-            return cmd_search(settings, args.collection, args.query, args.k, args.adapter)
-        if args.command == "reembed":
-            return cmd_reembed(settings)
-    except (DomainError, BackboneMismatch, BackboneError) as exc:
+        if args.command == "keys":
+            return run_keys_command(settings, args)
+        if args.command in ("ingest", "search", "reembed"):
+            with hold_data_dir(settings.data_dir, f"prompt-adapters {args.command}"):
+                return run_command(args, settings)
+        return run_command(args, settings)
+    except (DomainError, BackboneMismatch, BackboneError, DataDirBusy, ExposureRefused) as exc:
         print(f"error: {getattr(exc, 'detail', exc)}", file=sys.stderr)
         return 2
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        cmd_serve(settings)
+        return 0
+    if args.command == "migrate":
+        cmd_migrate(settings)
+        return 0
+    if args.command == "ingest":
+        return cmd_ingest(settings, args.directory, args.collection, args.captions)
+    if args.command == "search":
+        return cmd_search(settings, args.collection, args.query, args.k, args.adapter)
+    if args.command == "reembed":
+        return cmd_reembed(settings)
     return 1
 
 

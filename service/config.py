@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # Exposure (README "Security"): keys, browsers, bounded requests.
+    auth_disabled: bool = Field(False, description="Serve without API keys even on a non-loopback address")
+    allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="Comma-separated Host names served "
+                                                                     "(against DNS rebinding); * = any")
+    cors_origins: str = Field("", description="Comma-separated browser origins allowed to call the API (CORS)")
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest request body, counted as it streams")
+    max_adapter_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest uploaded adapter file")
+    header_timeout_s: float = Field(10.0, gt=0, description="Time for a request line and headers")
+    body_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the next piece of a request body")
+    keep_alive_s: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this")
+    max_connections: int = Field(256, ge=1, description="Concurrent connections; more get 503")
+
     @field_validator("database_url", "backbone_model", "backbone_pretrained", "import_root", mode="before")
     @classmethod
     def _blank_is_unset(cls, value):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from typing import cast
 
 from sqlalchemy import CursorResult, select, update
@@ -20,6 +19,7 @@ from adapters.train import TrainingCancelled
 from service.collections import get_collection
 from service.context import ServiceContext
 from service.errors import not_found
+from service.input_rules import public_error
 from service.models import AdapterVersion, TuningJob, utcnow
 from service.progress import Progress
 from service.schemas import TuningConfig
@@ -206,8 +206,7 @@ class JobRunner:
                 self._finish(job_id, JobState.FAILED, "interrupted by a service shutdown; start a new job")
         except Exception as exc:
             log.exception("tuning job %s failed", job_id)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self._finish(job_id, JobState.FAILED, detail)
+            self._finish(job_id, JobState.FAILED, public_error(exc))
         else:
             self._finish(job_id, JobState.SUCCEEDED, version=row.version)
         finally:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, computed_field, field_validator
 
 from adapters.train import TrainConfig
+from service.input_rules import bounded_json, printable_name, printable_text
 from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobState, Method
 
 # The training recipe has one home, adapters.train.TrainConfig: the API's defaults are read from it.
@@ -22,7 +23,7 @@ class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    description: str | None = Field(None, max_length=5000)
+    description: Annotated[str | None, AfterValidator(printable_text)] = Field(None, max_length=5000)
 
     @field_validator("name")
     @classmethod
@@ -30,7 +31,7 @@ class CollectionCreate(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("name must not be blank")
-        return value
+        return printable_name(value)
 
 
 class IndexOut(BaseModel):
@@ -54,10 +55,10 @@ class ImageMetadata(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    captions: list[str] = Field(default_factory=list)
-    category: str | None = Field(None, max_length=200)
-    attributes: list[str] = Field(default_factory=list, max_length=64)
-    meta: dict[str, Any] = Field(default_factory=dict)
+    captions: list[Annotated[str, Field(max_length=2000)]] = Field(default_factory=list, max_length=64)
+    category: Annotated[str, AfterValidator(printable_name)] | None = Field(None, max_length=200)
+    attributes: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=64)
+    meta: Annotated[dict[str, Any], AfterValidator(bounded_json)] = Field(default_factory=dict)
 
 
 class AcceptedImage(BaseModel):
@@ -82,7 +83,7 @@ class IngestResponse(BaseModel):
 class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    manifest: str = Field(min_length=1, description="Path of a .jsonl or .csv manifest under the import root")
+    manifest: str = Field(min_length=1, max_length=4096, description="Path of a .jsonl or .csv manifest under the import root")
 
 
 class ImageOut(BaseModel):
@@ -125,7 +126,7 @@ class SearchRequest(BaseModel):
 
     query: str | list[str]
     k: int = Field(10, description="Results per query, 1..max_k")
-    adapter: str = Field(ACTIVE, description=f'"{ACTIVE}", "{ZERO_SHOT}" or an adapter version')
+    adapter: str = Field(ACTIVE, max_length=24, description=f'"{ACTIVE}", "{ZERO_SHOT}" or an adapter version')
 
 
 class SearchHit(BaseModel):
@@ -165,17 +166,17 @@ class TuningConfig(BaseModel):
     batch_size: int = Field(RECIPE.batch_size, ge=2, le=1024)
     text_tokens: int = Field(RECIPE.text_tokens, ge=1, le=32)
     visual_tokens: int = Field(RECIPE.visual_tokens, ge=1, le=64)
-    visual_start: int = Field(RECIPE.visual_start, ge=0,
+    visual_start: int = Field(RECIPE.visual_start, ge=0, le=64,
                               description="First image block that receives prompts (earlier ones are cached)")
-    visual_deep_from: int | None = Field(RECIPE.visual_deep_from, ge=0,
+    visual_deep_from: int | None = Field(RECIPE.visual_deep_from, ge=0, le=64,
                                          description="Fresh prompts at every block from here (VPT-deep); "
                                                      "null: shallow prompts only")
-    text_init: str = Field(RECIPE.text_init, min_length=1, max_length=200)
-    patience: int | None = Field(RECIPE.patience, ge=1,
+    text_init: Annotated[str, AfterValidator(printable_name)] = Field(RECIPE.text_init, min_length=1, max_length=200)
+    patience: int | None = Field(RECIPE.patience, ge=1, le=200,
                                  description="Epochs without held-out improvement before stopping")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Held-out pairs for early stopping")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Held-out pairs for the final comparison")
-    seed: int = Field(RECIPE.seed, ge=0)
+    seed: int = Field(RECIPE.seed, ge=0, le=2**32 - 1)
     dcar: DcarOptions = Field(default_factory=DcarOptions)
     activation: Activation = Activation.IF_NOT_WORSE
     min_gain: float = Field(0.0, ge=-1, le=1, description="Test R@1 gain over the active one needed to activate")

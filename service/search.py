@@ -10,6 +10,7 @@ from sqlalchemy.orm import selectinload
 from service.adapter_versions import Resolved
 from service.context import ServiceContext
 from service.errors import Invalid
+from service.input_rules import visible_text
 from service.models import ImageRecord
 
 
@@ -30,7 +31,7 @@ def validate_queries(ctx: ServiceContext, queries: list[str]) -> list[str]:
         raise Invalid("too_many_queries", f"at most {settings.max_batch_queries} queries per request")
     cleaned = []
     for text in queries:
-        text = " ".join(text.split())
+        text = visible_text(text)
         if not text:
             raise Invalid("empty_query", "query text is empty")
         if len(text) > settings.max_query_chars:

@@ -103,7 +103,10 @@ def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int]) ->
     for record in records:
         if not record.captions:
             continue
-        image = ctx.store.open_rgb(collection_id, record.sha256)
+        try:
+            image = ctx.store.open_rgb(collection_id, record.sha256)
+        except FileNotFoundError:  # deleted since the rows were read
+            continue
         items.append(PairedItem(image=image, captions=record.caption_texts, category=record.category,
                                 attributes=list(record.attributes or []), key=str(record.id)))
     return items

@@ -78,7 +78,7 @@ def version_space(version: int) -> str:
 
 
 def is_version_space(space: str) -> bool:
-    return space.startswith("v") and space[1:].isdigit()
+    return space.startswith("v") and space[1:].isascii() and space[1:].isdigit()
 
 
 def space_version(space: str) -> int:
@@ -89,6 +89,9 @@ def space_version(space: str) -> int:
 
 
 def parse_version(selector: str) -> int | None:
-    """'3' or 'v3' (or 'V3') -> 3; anything else -> None."""
+    """'3' or 'v3' (or 'V3') -> 3; anything else -> None.
+
+    ASCII digits only ("v²" passes str.isdigit but not int()), and at most 18 of them (a BIGINT).
+    """
     raw = selector[1:] if selector[:1] in ("v", "V") else selector
-    return int(raw) if raw.isdigit() else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None

@@ -62,7 +62,8 @@ class Apps:
             overrides.setdefault("database_url", self.database_url)
         settings = Settings(data_dir=data_dir or self.data_dir, **overrides)
         own = ExitStack()
-        client = own.enter_context(TestClient(create_app(settings, backbone or self.backbone)))
+        client = own.enter_context(TestClient(create_app(settings, backbone or self.backbone),
+                                                  base_url="http://localhost"))
         self.stack.callback(own.close)
         self._running[id(client)] = (own, {"data_dir": data_dir, "backbone": backbone, **overrides})
         return client
@@ -89,7 +90,7 @@ def start_app(tiny_backbone: Backbone):
 
     def start(data_dir: Path, **overrides: Any) -> AbstractContextManager[TestClient]:
         settings = Settings(data_dir=data_dir, backbone_model=TEST_BACKBONE, **overrides)
-        return TestClient(create_app(settings, tiny_backbone))
+        return TestClient(create_app(settings, tiny_backbone), base_url="http://localhost")
 
     return start
 

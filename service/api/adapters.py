@@ -8,7 +8,8 @@ from fastapi.responses import FileResponse
 
 from service import adapter_versions
 from service.api.deps import CollectionDep, ContextDep
-from service.errors import Invalid, TooLarge
+from service.api.params import AdapterSelector
+from service.errors import Invalid, NotFound, TooLarge
 from service.schemas import AdapterDetail, AdapterOut
 from service.vocabulary import ZERO_SHOT, parse_version, version_space
 
@@ -28,12 +29,12 @@ def list_adapters(collection_id: CollectionDep, ctx: ContextDep) -> list[Adapter
 
 
 @router.get("/{version}", response_model=AdapterDetail)
-def get_adapter(collection_id: CollectionDep, version: str, ctx: ContextDep) -> AdapterDetail:
+def get_adapter(collection_id: CollectionDep, version: AdapterSelector, ctx: ContextDep) -> AdapterDetail:
     return AdapterDetail.model_validate(adapter_versions.load_version(ctx, collection_id, version_of(version)))
 
 
 @router.post("/{version}/activate", response_model=list[AdapterOut])
-def activate_adapter(collection_id: CollectionDep, version: str, ctx: ContextDep) -> list[AdapterOut]:
+def activate_adapter(collection_id: CollectionDep, version: AdapterSelector, ctx: ContextDep) -> list[AdapterOut]:
     """Make a version the active one; `none` goes back to zero-shot (a roll back)."""
     target = None if version == ZERO_SHOT else version_of(version)
     adapter_versions.activate(ctx, collection_id, target, note="activated by request" if target else None)
@@ -41,15 +42,18 @@ def activate_adapter(collection_id: CollectionDep, version: str, ctx: ContextDep
 
 
 @router.delete("/{version}", status_code=204)
-async def delete_adapter(collection_id: CollectionDep, version: str, ctx: ContextDep,
+async def delete_adapter(collection_id: CollectionDep, version: AdapterSelector, ctx: ContextDep,
                          force: Annotated[bool, Query()] = False) -> Response:
     await run_in_threadpool(adapter_versions.delete, ctx, collection_id, version_of(version), force)
     return Response(status_code=204)
 
 
 @router.get("/{version}/file")
-def adapter_file(collection_id: int, version: str, ctx: ContextDep) -> FileResponse:
+def adapter_file(collection_id: CollectionDep, version: AdapterSelector, ctx: ContextDep) -> FileResponse:
     row = adapter_versions.load_version(ctx, collection_id, version_of(version))
+    if not ctx.adapters.path(collection_id, row.version).exists():  # deleted since the row was read
+        raise NotFound("adapter_not_found",
+                       f"adapter {version_space(row.version)} of collection {collection_id} was deleted")
     return FileResponse(ctx.adapters.path(collection_id, row.version), media_type="application/octet-stream",
                         filename=f"collection{collection_id}-{version_space(row.version)}.safetensors")
 
@@ -61,7 +65,7 @@ async def upload_adapter(
     file: Annotated[UploadFile, File(description="An adapter artifact (.safetensors)")],
     activate: Annotated[bool, Form()] = False,
 ) -> AdapterOut:
-    limit = ctx.settings.max_upload_bytes
+    limit = ctx.settings.max_adapter_bytes
     blob = await file.read(limit + 1)
     if len(blob) > limit:
         raise TooLarge("file_too_large", f"adapter file over {limit} bytes")

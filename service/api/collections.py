@@ -5,6 +5,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from service import collections as ops
 from service.api.deps import ContextDep
+from service.api.params import CollectionId
+from service.auth import PrincipalDep
 from service.context import ServiceContext
 from service.models import Collection
 from service.schemas import CollectionCreate, CollectionOut, IndexOut
@@ -30,16 +32,17 @@ def create_collection(body: CollectionCreate, ctx: ContextDep) -> CollectionOut:
 
 
 @router.get("", response_model=list[CollectionOut])
-def list_collections(ctx: ContextDep) -> list[CollectionOut]:
-    return [collection_out(ctx, c, count) for c, count in ops.list_collections(ctx)]
+def list_collections(ctx: ContextDep, principal: PrincipalDep) -> list[CollectionOut]:
+    """The collections the caller's key may see (all of them for an unrestricted key or an open server)."""
+    return [collection_out(ctx, c, count) for c, count in ops.list_collections(ctx) if principal.sees(c.id)]
 
 
 @router.get("/{collection_id}", response_model=CollectionOut)
-def get_collection(collection_id: int, ctx: ContextDep) -> CollectionOut:
+def get_collection(collection_id: CollectionId, ctx: ContextDep) -> CollectionOut:
     return collection_out(ctx, *ops.load_collection(ctx, collection_id))
 
 
 @router.delete("/{collection_id}", status_code=204)
-async def delete_collection(collection_id: int, ctx: ContextDep) -> Response:
+async def delete_collection(collection_id: CollectionId, ctx: ContextDep) -> Response:
     await run_in_threadpool(ops.delete_collection, ctx, collection_id)
     return Response(status_code=204)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.api.params import CollectionId
 from service.collections import get_collection
 from service.context import ServiceContext
 
@@ -17,7 +18,7 @@ def get_context(request: Request) -> ServiceContext:
 ContextDep = Annotated[ServiceContext, Depends(get_context)]
 
 
-def existing_collection(collection_id: int, ctx: ContextDep) -> int:
+def existing_collection(collection_id: CollectionId, ctx: ContextDep) -> int:
     """The path's collection id, once it is known to exist (404 otherwise)."""
     with ctx.session() as session:
         get_collection(session, collection_id)

@@ -58,7 +58,8 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse(error_body("internal_error",
                                        "internal error; nothing was half-written, the request can be retried"),
-                            status_code=500)
+                            # Connection: close, because the server drops the connection after a 500.
+                            status_code=500, headers={"Connection": "close"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -10,9 +10,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from service import collections as ops
 from service.api.deps import CollectionDep, ContextDep
+from service.api.params import ImageId, Offset
 from service.errors import Gone, Invalid, TooLarge
 from service.imaging import thumbnail_jpeg
-from service.ingest import IngestItem, ingest
+from service.ingest import IngestItem, IngestResult, ingest
+from service.input_rules import check_filename
 from service.manifest import load_manifest
 from service.schemas import ImageMetadata, ImageOut, ImagePage, ImportRequest, IngestResponse
 
@@ -28,6 +30,8 @@ def parse_metadata(raw: str | None, file_count: int) -> list[ImageMetadata]:
         entries = _metadata_list.validate_python(json.loads(raw))
     except json.JSONDecodeError as exc:
         raise Invalid("bad_metadata", f"metadata is not valid JSON: {exc.msg}") from exc
+    except RecursionError as exc:
+        raise Invalid("bad_metadata", "metadata is nested too deeply") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -36,6 +40,14 @@ def parse_metadata(raw: str | None, file_count: int) -> list[ImageMetadata]:
         raise Invalid("metadata_mismatch",
                        f"metadata lists {len(entries)} entries but {file_count} files were sent")
     return entries
+
+
+def ingest_response(result: IngestResult) -> IngestResponse:
+    """200 when at least one file was taken; 422 with the same body when every file was rejected."""
+    response = IngestResponse.model_validate(result, from_attributes=True)
+    if response.rejected and not response.accepted:
+        raise Invalid("all_rejected", "every file was rejected", **response.model_dump(mode="json"))
+    return response
 
 
 @router.post("", response_model=IngestResponse)
@@ -49,6 +61,9 @@ async def upload_images(
     if len(files) > settings.max_files_per_upload:
         raise TooLarge("too_many_files", f"at most {settings.max_files_per_upload} files per upload")
     entries = parse_metadata(metadata, len(files))
+    for upload in files:
+        if (refusal := check_filename(upload.filename or "")) is not None:
+            raise Invalid("bad_filename", refusal)
     items = []
     for upload, meta in zip(files, entries, strict=True):
         # Read one byte past the limit: enough to know it is too big without holding all of it.
@@ -58,21 +73,25 @@ async def upload_images(
             attributes=meta.attributes, meta=meta.meta,
         ))
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
-    return IngestResponse.model_validate(result, from_attributes=True)
+    return ingest_response(result)
 
 
 @router.post("/import", response_model=IngestResponse)
 async def import_images(collection_id: CollectionDep, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
-    items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest, ctx.settings.max_upload_bytes)
+    try:
+        items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest,
+                                        ctx.settings.max_upload_bytes)
+    except (OSError, ValueError) as exc:  # a name the OS refuses (too long, NUL) or a manifest that is not UTF-8
+        raise Invalid("bad_manifest", "the manifest, or a path it lists, cannot be read") from exc
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
-    return IngestResponse.model_validate(result, from_attributes=True)
+    return ingest_response(result)
 
 
 @router.get("", response_model=ImagePage)
 def list_images(
     collection_id: CollectionDep,
     ctx: ContextDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ImagePage:
     total, records = ops.list_images(ctx, collection_id, offset, limit)
@@ -80,12 +99,12 @@ def list_images(
 
 
 @router.get("/{image_id}", response_model=ImageOut)
-def get_image(collection_id: int, image_id: int, ctx: ContextDep) -> ImageOut:
+def get_image(collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep) -> ImageOut:
     return ImageOut.model_validate(ops.load_image(ctx, collection_id, image_id))
 
 
 @router.get("/{image_id}/file")
-def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileResponse:
+def image_file(collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep) -> FileResponse:
     record = ops.load_image(ctx, collection_id, image_id)
     path = ctx.store.path(collection_id, record.sha256)
     if not path.exists():
@@ -95,14 +114,17 @@ def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileRespon
 
 @router.get("/{image_id}/thumbnail")
 def image_thumbnail(
-    collection_id: int, image_id: int, ctx: ContextDep, size: Annotated[int, Query(ge=16, le=1024)] = 256
+    collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep, size: Annotated[int, Query(ge=16, le=1024)] = 256
 ) -> Response:
     record = ops.load_image(ctx, collection_id, image_id)
-    data = thumbnail_jpeg(ctx.store.read(collection_id, record.sha256), size)
+    try:
+        data = thumbnail_jpeg(ctx.store.read(collection_id, record.sha256), size)
+    except FileNotFoundError as exc:
+        raise Gone("file_missing", f"the file of image {image_id} is missing from storage") from exc
     return Response(content=data, media_type="image/jpeg")
 
 
 @router.delete("/{image_id}", status_code=204)
-async def delete_image(collection_id: int, image_id: int, ctx: ContextDep) -> Response:
+async def delete_image(collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep) -> Response:
     await run_in_threadpool(ops.delete_image, ctx, collection_id, image_id)
     return Response(status_code=204)

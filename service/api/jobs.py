@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from service import jobs
 from service.api.deps import CollectionDep, ContextDep
+from service.api.params import JobId
 from service.schemas import JobOut, TuningConfig
 from service.vocabulary import TERMINAL_STATES
 
@@ -27,12 +28,12 @@ def list_jobs(collection_id: CollectionDep, ctx: ContextDep) -> list[JobOut]:
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: int, ctx: ContextDep) -> JobOut:
+def get_job(job_id: JobId, ctx: ContextDep) -> JobOut:
     return JobOut.model_validate(jobs.get_job(ctx, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: int, ctx: ContextDep) -> JobOut:
+def cancel_job(job_id: JobId, ctx: ContextDep) -> JobOut:
     jobs.get_job(ctx, job_id)
     if ctx.jobs is not None:
         ctx.jobs.cancel(job_id)
@@ -40,7 +41,7 @@ def cancel_job(job_id: int, ctx: ContextDep) -> JobOut:
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events(job_id: int, request: Request, ctx: ContextDep) -> StreamingResponse:
+async def job_events(job_id: JobId, request: Request, ctx: ContextDep) -> StreamingResponse:
     """Server-sent events: one `progress` event per change, a final `end` event at a terminal state."""
     await run_in_threadpool(jobs.get_job, ctx, job_id)
 

@@ -108,7 +108,7 @@ def test_upload_without_files_is_422(client, collection):
 
 
 def test_too_many_files_and_body_too_large(make_client):
-    client = make_client(max_files_per_upload=2, max_upload_bytes=1000)
+    client = make_client(max_files_per_upload=2, max_upload_bytes=1000, max_request_bytes=2_000_000)
     cid = client.post("/collections", json={"name": "c"}).json()["id"]
     too_many = upload(client, cid, [(f"{i}.png", b"x") for i in range(3)])
     assert too_many.status_code == 413

@@ -1,0 +1,16 @@
+"""Bounded path and query parameters: an id or offset no database column can hold is a 422, never a 500."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path, Query
+
+MAX_ID = 2**63 - 1  # BIGINT; SQLite's INTEGER is the same 64 bits
+
+CollectionId = Annotated[int, Path(ge=1, le=MAX_ID, description="A collection id")]
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="An image id")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A tuning job id")]
+AdapterSelector = Annotated[str, Path(min_length=1, max_length=24, pattern=r"^[ -~]+$",
+                                      description="v<N>, <N> (or `none` where it applies)")]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]

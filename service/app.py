@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from adapters.backbone import Backbone
-from service.api import adapters, collections, health, images, jobs, search
+from service.api import adapters, collections, health, images, jobs, search, web
 from service.config import Settings
 from service.context import ServiceContext
 from service.errors import install_error_handlers
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
         description="Per-collection textual + visual prompt adapters on a frozen CLIP backbone, FAISS search.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served offline by service.api.web
     )
     install_error_handlers(app)
 
@@ -60,6 +61,6 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
                                 status_code=413)
         return await call_next(request)
 
-    for module in (health, collections, images, search, jobs, adapters):
+    for module in (health, collections, images, search, jobs, adapters, web):
         app.include_router(module.router)
     return app

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """docs/ui when PAS_UI_SCREENSHOTS=1 (to refresh the README's pictures), else the test's tmp dir."""
+    return Path(__file__).resolve().parents[2] / "docs" / "ui" if os.environ.get("PAS_UI_SCREENSHOTS") else tmp_path
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 210), "yellow": (230, 200, 40)}
 SHAPES = ["square", "circle", "stripe"]
 
@@ -45,14 +49,14 @@ def write_photos(folder: Path, per_colour: int, subfolders: bool) -> list[Path]:
 class Page:
     """What a user does and sees, in a few words per step."""
 
-    def __init__(self, driver, base: str):
+    def __init__(self, driver, base: str, shots: Path | None = None):
         from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
         # The page re-renders parts of itself: an element read while it is being replaced is simply read again.
         self.Wait = partial(WebDriverWait, ignored_exceptions=[StaleElementReferenceException])
-        self.driver, self.base, self.By = driver, base, By
+        self.driver, self.base, self.By, self.shots = driver, base, By, shots
 
     def open(self, path: str = "/"):
         self.driver.get(self.base + path)
@@ -92,14 +96,14 @@ class Page:
         self.wait_for(lambda: all(img.get_attribute("src") for img in self.all(f"{css} img")), message=f"images in {css}")
 
     def shot(self, name: str):
-        """The whole page as docs/ui/<name>.png, reduced to 256 colours to stay small in the repository."""
+        """The whole page as <shots>/<name>.png, reduced to 256 colours to stay small in the repository."""
         self.driver.execute_script("document.getElementById('toast').className = ''")
         width = self.driver.execute_script("return window.innerWidth")
         height = self.driver.execute_script("return document.documentElement.scrollHeight")
         self.driver.set_window_size(width, min(max(height, 600), 2400))
         png = Image.open(io.BytesIO(self.driver.get_screenshot_as_png())).convert("RGB")
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        png.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(SHOTS / f"{name}.png", optimize=True)
+        self.shots.mkdir(parents=True, exist_ok=True)
+        png.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(self.shots / f"{name}.png", optimize=True)
 
     def console_errors(self, allowed: str | None = None) -> list[str]:
         return [e["message"] for e in self.driver.get_log("browser")

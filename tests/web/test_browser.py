@@ -1,14 +1,14 @@
 """The web page driven by headless Chromium against a live server: the whole mission through the page.
 
 Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them); skipped where they are missing.
-Screenshots of the main screens are written to docs/ui/.
+Screenshots of the main screens: PAS_UI_SCREENSHOTS=1 writes them to docs/ui/ (the README shows them).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.web.page import COLOURS, Page, write_photos
+from tests.web.page import COLOURS, Page, screenshot_dir, write_photos
 
 PER_COLOUR = 7
 
@@ -22,8 +22,8 @@ def photo_folder(tmp_path):
     return root
 
 
-def test_whole_mission_through_the_page(serve, browser, photo_folder):
-    page = Page(browser, serve())
+def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
+    page = Page(browser, serve(), screenshot_dir(tmp_path / "shots"))
     images = len(COLOURS) * PER_COLOUR
 
     # Collections: empty at first; create one, create and delete a second one (with confirmation).

@@ -19,14 +19,15 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 @pytest.fixture
 def serve(tmp_path, tiny_backbone):
-    """serve(wrap=None) -> base URL: the real app, optionally wrapped, served by uvicorn in a thread."""
+    """serve(wrap=None, backbone=None) -> base URL: the real app (optionally wrapped; tiny backbone unless
+    another is given) served by uvicorn in a thread."""
     servers = []
 
-    def start(wrap=None) -> str:
+    def start(wrap=None, backbone=None) -> str:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        app = create_app(Settings(data_dir=tmp_path / "data"), tiny_backbone)
+        app = create_app(Settings(data_dir=tmp_path / "data"), backbone or tiny_backbone)
         server = uvicorn.Server(uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=port,
                                                log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+SCREENSHOTS = bool(os.environ.get("PAS_UI_SCREENSHOTS"))
+
 
 def screenshot_dir(tmp_path: Path) -> Path:
     """docs/ui when PAS_UI_SCREENSHOTS=1 (to refresh the README's pictures), else the test's tmp dir."""
-    return Path(__file__).resolve().parents[2] / "docs" / "ui" if os.environ.get("PAS_UI_SCREENSHOTS") else tmp_path
+    return Path(__file__).resolve().parents[2] / "docs" / "ui" if SCREENSHOTS else tmp_path
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 210), "yellow": (230, 200, 40)}
 SHAPES = ["square", "circle", "stripe"]
 
@@ -44,6 +46,17 @@ def write_photos(folder: Path, per_colour: int, subfolders: bool) -> list[Path]:
             written += [target / f"{name}{i}.png", target / f"{name}{i}.txt"]
             seed += 1
     return written
+
+
+def write_scenes(folder: Path, n: int) -> None:
+    """Scenes of the benchmark's miniature world in <category>/ folders, captions beside them: for screenshots
+    taken on the shipped miniworld backbone, whose rankings mean something on these scenes."""
+    from bench.world import generate
+
+    for i, item in enumerate(generate("broad", n, seed=3)):
+        (folder / item.category).mkdir(parents=True, exist_ok=True)
+        item.image.save(folder / item.category / f"scene{i}.png")
+        (folder / item.category / f"scene{i}.txt").write_text("\n".join(item.captions) + "\n")
 
 
 class Page:
@@ -97,8 +110,10 @@ class Page:
 
     def shot(self, name: str):
         """The whole page as <shots>/<name>.png, reduced to 256 colours to stay small in the repository."""
-        self.driver.execute_script("document.getElementById('toast').className = ''")
+        self.driver.execute_script("const t = document.getElementById('toast'); t.style.transition = 'none';"
+                                   "t.className = ''; t.offsetHeight; t.style.transition = ''")
         width = self.driver.execute_script("return window.innerWidth")
+        self.driver.set_window_size(width, 600)  # measure the page's own height, not the last window's
         height = self.driver.execute_script("return document.documentElement.scrollHeight")
         self.driver.set_window_size(width, min(max(height, 600), 2400))
         png = Image.open(io.BytesIO(self.driver.get_screenshot_as_png())).convert("RGB")

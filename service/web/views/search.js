@@ -15,7 +15,7 @@ function hitList(hits, otherRanks) {
       h("div", { class: "meta" },
         h("span", { class: "score", title: "cosine similarity" }, fmt.score(hit.score)), move,
         hit.category ? h("span", { class: "badge" }, hit.category) : null,
-        h("span", { class: "caption" }, hit.captions[0] || `image ${hit.image_id}`)));
+        h("span", { class: "caption", title: hit.captions.join("\n") }, hit.captions[0] || `image ${hit.image_id}`)));
   }));
 }
 

@@ -91,5 +91,9 @@ whenUnauthorized(() => {
   location.hash = "#/sign-in";
 });
 
-window.addEventListener("hashchange", route);
+// After a navigation, keyboard and screen-reader users continue in the new screen, not in the old link.
+window.addEventListener("hashchange", async () => {
+  await route();
+  if (!document.activeElement || document.activeElement === document.body) $("#main").focus({ preventScroll: true });
+});
 route();

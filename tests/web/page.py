@@ -120,6 +120,13 @@ class Page:
         self.shots.mkdir(parents=True, exist_ok=True)
         png.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(self.shots / f"{name}.png", optimize=True)
 
+    def unlabelled_controls(self) -> list[str]:
+        """Form controls a screen reader could not name (no <label>, no aria-label)."""
+        return self.driver.execute_script(
+            "return [...document.querySelectorAll('input, select, textarea, progress')]"
+            ".filter(e => !e.classList.contains('visually-hidden') && !e.labels?.length && !e.getAttribute('aria-label'))"
+            ".map(e => e.id || e.outerHTML)")
+
     def console_errors(self, allowed: str | None = None) -> list[str]:
         return [e["message"] for e in self.driver.get_log("browser")
                 if e["level"] == "SEVERE" and not (allowed and allowed in e["message"])]

@@ -6,6 +6,8 @@ Screenshots of the main screens: PAS_UI_SCREENSHOTS=1 writes them to docs/ui/ (t
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from adapters.backbone import load_backbone
@@ -65,20 +67,31 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.images_loaded("#grid")
     assert len(page.all("#grid .tile")) == 24
     assert {b.text for b in page.all("#grid .badge")} <= categories and len(page.all("#grid .badge")) == 24
+    assert page.unlabelled_controls() == []
     page.shot("images")
     page.button("Next").click()
     page.wait_text("#page-info", "Page 2 of 2")
     assert len(page.all("#grid .tile")) == images - 24
 
-    # Tuning: a tiny job from the advanced settings, watched live until it finishes.
+    # Tuning: a long job shows live progress and is cancelled; then a tiny one is watched until it finishes.
     page.click("#tab-tuning")
     page.find("#advanced summary").click()
-    for field, value in {"epochs": "2", "batch_size": "8", "text_tokens": "2", "visual_tokens": "2"}.items():
+    assert page.unlabelled_controls() == []
+    for field, value in {"epochs": "200", "batch_size": "2", "text_tokens": "2", "visual_tokens": "2", "patience": ""}.items():
+        page.fill(f"#cfg-{field}", value)
+    page.click("#start-custom")
+    page.find("#job-board[data-job='1']")
+    page.wait_text("[data-field=stage]", "training", timeout=60)
+    page.wait_for(lambda: re.fullmatch(r"[1-9]\d* of \d{3,}", page.text("[data-field=step]")), message="no live step count")
+    page.click("#cancel-job")
+    page.wait_for(lambda: page.find("#job-board[data-job='1']").get_attribute("data-state") == "cancelled", timeout=60,
+                  message="the job was not cancelled")
+    assert not page.find("#cancel-job").is_displayed()
+    for field, value in {"epochs": "2", "batch_size": "8", "patience": "4"}.items():
         page.fill(f"#cfg-{field}", value)
     page.find("#cfg-activation option[value=always]").click()
     page.click("#start-custom")
-    page.find("#job-board")
-    page.wait_for(lambda: page.find("#job-board").get_attribute("data-state") in ("succeeded", "failed", "cancelled"),
+    page.wait_for(lambda: page.find("#job-board[data-job='2']").get_attribute("data-state") in ("succeeded", "failed", "cancelled"),
                   timeout=120, message="the tuning job did not finish")
     assert page.find("#job-board").get_attribute("data-state") == "succeeded", page.text("#job-board")
     page.find("#job-test")
@@ -99,6 +112,7 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.button("Details").click()
     page.find("#adapter-test")
     assert len(page.all("#adapter-detail svg")) == 2
+    assert page.unlabelled_controls() == []
     page.shot("adapters")
     page.button("Roll back to zero-shot").click()
     page.wait_text("#serving-state", "zero-shot")
@@ -119,6 +133,7 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     assert "(zero-shot, 10 results)" in page.text("#results-zero-shot h3")
     assert "(v1, 10 results)" in page.text("#results-adapter h3")
     page.images_loaded("#results")
+    assert page.unlabelled_controls() == []
     page.shot("search")
 
     # Back on the list: the count and the adapter state are shown.

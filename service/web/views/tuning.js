@@ -66,7 +66,7 @@ function liveBoard(job) {
     await api("POST", `/jobs/${job.id}/cancel`);
     toast(`Asked job ${job.id} to stop`);
   }) }, "Cancel");
-  const board = h("section", { class: "card", id: "job-board", "aria-labelledby": "job-title" },
+  const board = h("section", { class: "card", id: "job-board", "aria-labelledby": "job-title", dataset: { job: job.id } },
     h("h2", { id: "job-title" }, `Job ${job.id}`), bar, status, cancel, charts, result);
   const losses = new Map();
   const epochs = [];
@@ -171,5 +171,5 @@ export async function tuningView(body, collection, signal) {
     live, history);
   renderHistory(jobs);
   const running = [...jobs].reverse().find((j) => LIVE.includes(j.state));
-  if (running) await start(running);
+  if (running) guarded(start)(running); // not awaited: the screen is ready while the job streams on
 }

@@ -29,8 +29,7 @@ function signInView(main) {
     e.preventDefault();
     setApiKey(input.value.trim());
     renderAccount();
-    location.hash = sessionStorage.getItem("pas-after-sign-in") || "#/";
-    route();
+    location.hash = sessionStorage.getItem("pas-after-sign-in") || "#/"; // the hashchange re-renders
   } },
   h("h1", {}, "Sign in"),
   h("p", {}, "This service asks for an API key. It is kept for this browser tab only."),

@@ -61,5 +61,8 @@ def browser(tmp_path):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.download_dir = tmp_path / "downloads"  # where the page's downloads land
+    driver.download_dir.mkdir()
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(driver.download_dir)})
     yield driver
     driver.quit()

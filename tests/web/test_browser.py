@@ -121,6 +121,19 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.button("Activate").click()
     page.wait_text("#serving-state", "adapter v1")
 
+    # Download v1, upload the file again as v2 (kept inactive), delete v2 after the confirmation.
+    page.button("Download", within="#adapters tr[data-version='1']").click()
+    downloaded = browser.download_dir / "Holiday photos-v1.safetensors"
+    page.wait_for(lambda: downloaded.exists() and downloaded.stat().st_size > 0, message="the adapter was not downloaded")
+    page.find("#adapter-file").send_keys(str(downloaded))
+    page.button("Upload").click()
+    uploaded = page.find("#adapters tr[data-version='2']")
+    assert uploaded.get_attribute("data-active") == "false"
+    page.button("Delete", within="#adapters tr[data-version='2']").click()
+    page.button("Delete", within="#confirm").click()
+    page.wait_for(lambda: not page.all("#adapters tr[data-version='2']"), message="v2 was not deleted")
+    assert page.text("#serving-state") == "Search uses adapter v1."
+
     # Search: zero-shot and the active adapter side by side, ten scored results each.
     page.click("#tab-search")
     page.fill("#query", "a red circle")

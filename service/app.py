@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from adapters.backbone import Backbone
 from service import api_keys
-from service.api import adapters, collections, health, images, jobs, search
+from service.api import adapters, collections, health, images, jobs, search, web
 from service.api.error_schema import install_error_schema
 from service.api.errors import install_error_handlers
 from service.auth import ExposureRefused, check_exposure
@@ -57,12 +57,13 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
         description="Per-collection textual + visual prompt adapters on a frozen CLIP backbone, FAISS search.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served offline by service.api.web
     )
     install_error_handlers(app)
     install_error_schema(app)
 
     install_front_door(app, settings)
 
-    for module in (health, collections, images, search, jobs, adapters):
+    for module in (health, collections, images, search, jobs, adapters, web):
         app.include_router(module.router)
     return app

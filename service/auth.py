@@ -1,7 +1,8 @@
 """The front door: Host allow-list, cross-origin refusal, API keys and what each key may touch.
 
-One ASGI middleware, so that every route (also /docs, /openapi.json and unknown paths) goes through
-the same rules; only /healthz answers without a key. The rules per route:
+One ASGI middleware, so that every route (also unknown paths) goes through the same rules. Only
+/healthz, the web page's shell and assets, and the API docs (which hold no data: the page signs in
+with a key and sends it on every API call) answer without a key. The rules per route:
 
 * GET/HEAD and search need a ``read`` key, creating or deleting a collection ``admin``, anything
   else ``write``;
@@ -27,7 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import api_keys
 from service.api_keys import OPEN, Principal
 
-PUBLIC_PATHS = {"/healthz"}
+PUBLIC_PATHS = {"/healthz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+PUBLIC_PREFIXES = ("/ui/", "/docs-assets/")  # the page's and the docs' static files
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 READ_ONLY_POSTS = {"/collections/{collection_id}/search"}
 ADMIN_ROUTES = {("POST", "/collections"), ("DELETE", "/collections/{collection_id}")}
@@ -97,7 +99,7 @@ class AccessGuard:
         origin = headers.get("origin")
         if origin is not None and method not in SAFE_METHODS and not self._origin_allowed(origin, host):
             return await reply(send, 403, "cross_origin", "cross-origin request refused (see PAS_CORS_ORIGINS)")
-        if scope["path"] in PUBLIC_PATHS:
+        if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIXES):
             return await self.app(scope, receive, send)
 
         ctx = getattr(scope["app"].state, "context", None)

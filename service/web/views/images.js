@@ -1,0 +1,155 @@
+// A collection's images: upload by drag and drop (files or folders; folder names become categories,
+// a sidecar NAME.txt holds captions, one a line) with per-file progress, and a paginated thumbnail grid.
+import { api, blobUrl, forgetBlobs, uploadForm } from "../api.js";
+import { guarded, h } from "../dom.js";
+
+const PAGE = 24;
+const PARALLEL = 3;
+
+export function thumbnail(path, alt) {
+  const img = h("img", { alt, loading: "lazy", width: 160, height: 160 });
+  blobUrl(`${path}?size=192`).then((url) => { img.src = url; }, () => img.classList.add("broken"));
+  return img;
+}
+
+// Files from a folder drop, with their paths relative to the dropped item.
+async function entryFiles(entry, prefix = "") {
+  if (entry.isFile) {
+    const file = await new Promise((ok, fail) => entry.file(ok, fail));
+    return [{ file, path: prefix + entry.name }];
+  }
+  const reader = entry.createReader();
+  const out = [];
+  for (;;) {
+    const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+    if (!batch.length) return out;
+    for (const child of batch) out.push(...await entryFiles(child, `${prefix}${entry.name}/`));
+  }
+}
+
+const stem = (path) => path.replace(/\.[^./]+$/, "");
+
+/** Pairs images with their caption files; the folder an image sits in is its category. */
+async function plan(found) {
+  const visible = found.filter(({ path }) => !path.split("/").some((part) => part.startsWith(".")));
+  const captionFiles = new Map(visible.filter(({ path }) => /\.txt$/i.test(path)).map((f) => [stem(f.path), f.file]));
+  const images = visible.filter(({ path }) => !/\.txt$/i.test(path)).sort((a, b) => a.path.localeCompare(b.path));
+  return Promise.all(images.map(async ({ file, path }) => {
+    const folders = path.split("/").slice(0, -1);
+    const captionFile = captionFiles.get(stem(path));
+    const captions = captionFile ? (await captionFile.text()).split(/\r?\n/).map((s) => s.trim()).filter(Boolean) : [];
+    return { file, path, category: folders.at(-1) || null, captions };
+  }));
+}
+
+function uploadRow(item) {
+  const bar = h("progress", { max: 1, value: 0, "aria-label": `Upload of ${item.path}` });
+  const status = h("span", { class: "status" }, "waiting");
+  const row = h("li", { dataset: { state: "waiting" } },
+    h("span", { class: "path" }, item.path), item.category ? h("span", { class: "badge" }, item.category) : null,
+    item.captions.length ? h("span", { class: "muted" }, `${item.captions.length} caption${item.captions.length > 1 ? "s" : ""}`) : null,
+    bar, status);
+  const set = (state, text) => { row.dataset.state = state; status.textContent = text; };
+  return { row, bar, set };
+}
+
+export async function imagesView(body, collection) {
+  const base = `/collections/${collection.id}/images`;
+  let offset = 0;
+  const grid = h("ul", { class: "grid", id: "grid", "aria-label": "Images" });
+  const pager = h("nav", { class: "pager", "aria-label": "Pages" });
+  const progressList = h("ul", { class: "uploads", id: "uploads", "aria-label": "Uploads" });
+  const summary = h("p", { id: "upload-summary", role: "status" });
+  const rejectedList = h("ul", { id: "rejected", class: "rejected" });
+
+  async function showPage() {
+    const page = await api("GET", `${base}?offset=${offset}&limit=${PAGE}`);
+    const pages = Math.max(1, Math.ceil(page.total / PAGE));
+    const current = Math.floor(offset / PAGE) + 1;
+    grid.replaceChildren(...page.items.map((image) => h("li", { class: "tile", dataset: { image: image.id } },
+      thumbnail(image.thumbnail_url, image.captions[0] || image.filename),
+      h("div", { class: "meta" },
+        image.category ? h("span", { class: "badge" }, image.category) : null,
+        h("span", { class: "caption", title: image.captions.join("\n") }, image.captions[0] || image.filename)))));
+    if (!page.total) grid.replaceChildren(h("li", { class: "muted" }, "No images yet."));
+    pager.replaceChildren(
+      h("button", { class: "secondary", disabled: current <= 1, onclick: guarded(async () => { offset -= PAGE; await showPage(); }) }, "Previous"),
+      h("span", { id: "page-info" }, `Page ${current} of ${pages} · ${page.total} images`),
+      h("button", { class: "secondary", disabled: current >= pages, onclick: guarded(async () => { offset += PAGE; await showPage(); }) }, "Next"));
+  }
+
+  async function upload(found) {
+    const items = await plan(found);
+    const rows = items.map(uploadRow);
+    progressList.replaceChildren(...rows.map((r) => r.row));
+    rejectedList.replaceChildren();
+    const counts = { added: 0, duplicate: 0, rejected: 0 };
+    summary.textContent = `Uploading ${items.length} files…`;
+    const reject = (item, reason) => {
+      counts.rejected += 1;
+      rejectedList.append(h("li", {}, h("strong", {}, item.path), `: ${reason}`));
+      rejectedList.parentElement.open = true;
+    };
+    let next = 0;
+    async function worker() {
+      while (next < items.length) {
+        const i = next++;
+        const { set, bar } = rows[i];
+        const item = items[i];
+        const form = new FormData();
+        form.append("files", item.file, item.file.name);
+        form.append("metadata", JSON.stringify([{ captions: item.captions, category: item.category }]));
+        set("sending", "sending");
+        try {
+          const result = await uploadForm(base, form, (p) => { bar.value = p; });
+          bar.value = 1;
+          const ok = result.accepted[0];
+          if (ok) {
+            counts[ok.duplicate ? "duplicate" : "added"] += 1;
+            set(ok.duplicate ? "duplicate" : "added", ok.duplicate ? `already here as #${ok.id}` : `added as #${ok.id}`);
+          } else {
+            const reason = result.rejected[0]?.reason || "rejected";
+            set("rejected", `rejected: ${reason}`);
+            reject(item, reason);
+          }
+        } catch (err) {
+          if (err.status === 401) throw err;
+          set("rejected", `rejected: ${err.message}`);
+          reject(item, err.message);
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: PARALLEL }, worker));
+    summary.textContent = `${counts.added} added, ${counts.duplicate} already in the collection, ${counts.rejected} rejected.`;
+    forgetBlobs(base);
+    await showPage();
+  }
+
+  const filesInput = h("input", { type: "file", multiple: true, id: "pick-files", class: "visually-hidden", tabindex: -1,
+    onchange: guarded(async (e) => { const files = [...e.target.files].map((f) => ({ file: f, path: f.name })); e.target.value = ""; await upload(files); }) });
+  const folderInput = h("input", { type: "file", multiple: true, webkitdirectory: true, id: "pick-folder", class: "visually-hidden", tabindex: -1,
+    onchange: guarded(async (e) => { const files = [...e.target.files].map((f) => ({ file: f, path: f.webkitRelativePath || f.name })); e.target.value = ""; await upload(files); }) });
+  const drop = h("section", { class: "drop", id: "drop", "aria-labelledby": "drop-title",
+    ondragover: (e) => { e.preventDefault(); drop.classList.add("over"); },
+    ondragleave: () => drop.classList.remove("over"),
+    ondrop: guarded(async (e) => {
+      e.preventDefault();
+      drop.classList.remove("over");
+      const entries = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry?.()).filter(Boolean);
+      const found = entries.length ? (await Promise.all(entries.map((en) => entryFiles(en)))).flat()
+        : [...e.dataTransfer.files].map((f) => ({ file: f, path: f.name }));
+      await upload(found);
+    }) },
+  h("h2", { id: "drop-title" }, "Add images"),
+  h("p", {}, "Drop image files or whole folders here. A folder’s name becomes the category of the images in it; ",
+    "a text file beside an image with the same name (", h("code", {}, "cat1.txt"), " for ", h("code", {}, "cat1.jpg"),
+    ") gives its captions, one per line. Captioned images are what tuning learns from."),
+  h("div", { class: "row" },
+    h("button", { type: "button", onclick: () => filesInput.click() }, "Choose files"),
+    h("button", { type: "button", class: "secondary", onclick: () => folderInput.click() }, "Choose a folder")),
+  filesInput, folderInput, summary, progressList,
+  h("details", { id: "rejected-box" }, h("summary", {}, "Rejected files"), rejectedList));
+
+  body.replaceChildren(drop, h("h2", {}, "Images"), pager, grid);
+  await showPage();
+}

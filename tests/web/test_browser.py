@@ -1,0 +1,182 @@
+"""The web page driven by headless Chromium against a live server: the whole mission through the page.
+
+Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them); skipped where they are missing.
+Screenshots of the main screens: PAS_UI_SCREENSHOTS=1 writes them to docs/ui/ (the README shows them).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from adapters.backbone import load_backbone
+from tests.web.page import SCREENSHOTS, Page, screenshot_dir, write_photos, write_scenes
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """photos/<category>/<n>.png with a caption file beside each, and one file that is not an image.
+
+    Generated coloured shapes on the tiny test model; with PAS_UI_SCREENSHOTS=1 the benchmark's scenes on the
+    shipped miniworld backbone, so that the README's pictures show rankings that mean something."""
+    root = tmp_path / "photos"
+    if SCREENSHOTS:
+        write_scenes(root, 96)  # enough test pairs for the pictures to show a difference
+    else:
+        write_photos(root, per_colour=7, subfolders=True)
+    next(p for p in sorted(root.iterdir()) if p.is_dir()).joinpath("broken.png").write_bytes(b"this is not an image")
+    return root
+
+
+def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
+    page = Page(browser, serve(backbone=load_backbone() if SCREENSHOTS else None), screenshot_dir(tmp_path / "shots"))
+    images = len(list(photo_folder.glob("*/*.png"))) - 1
+    categories = {p.name for p in photo_folder.iterdir()}
+
+    # Collections: empty at first; create one, create and delete a second one (with confirmation).
+    page.open("/")
+    page.wait_text("#main", "No collections yet")
+    page.fill("#new-name", "scratch")
+    page.button("Create collection").click()
+    page.wait_text("#crumbs", "scratch")
+    page.click("#crumbs a")
+    page.fill("#new-name", "Holiday photos")
+    page.fill("#new-description", "Photos sorted into folders")
+    page.button("Create collection").click()
+    page.wait_text("#crumbs", "Holiday photos")
+    page.click("#crumbs a")
+    page.find("#collections")
+    page.find("[aria-label='Delete collection scratch']").click()
+    page.wait_text("#confirm-text", "scratch")
+    page.button("Cancel", within="#confirm").click()
+    assert len(page.all("#collections tbody tr")) == 2
+    page.find("[aria-label='Delete collection scratch']").click()
+    page.button("Delete", within="#confirm").click()
+    page.wait_for(lambda: len(page.all("#collections tbody tr")) == 1, message="scratch was not deleted")
+
+    # Upload a folder: sub-folder names become categories, .txt files captions; the broken file is listed as rejected.
+    page.find("#collections a").click()
+    page.find("#pick-folder").send_keys(str(photo_folder))
+    summary = page.wait_text("#upload-summary", "rejected.", timeout=90)
+    assert summary == f"{images} added, 0 already in the collection, 1 rejected.", summary
+    assert "broken.png" in page.text("#rejected")
+    assert "not a decodable image" in page.text("#rejected")  # the file's own reason, not the request's
+    assert page.find("#rejected-box").get_attribute("open") is not None
+    assert len(page.all("#uploads li[data-state=added]")) == images
+    pages = -(-images // 24)
+    assert page.text("#page-info") == f"Page 1 of {pages} · {images} images"
+    page.images_loaded("#grid")
+    assert len(page.all("#grid .tile")) == 24
+    assert {b.text for b in page.all("#grid .badge")} <= categories and len(page.all("#grid .badge")) == 24
+    assert page.unlabelled_controls() == []
+    page.shot("images")
+    page.button("Next").click()
+    page.wait_text("#page-info", f"Page 2 of {pages}")
+    assert len(page.all("#grid .tile")) == min(24, images - 24)
+
+    # Tuning: a long job shows live progress and is cancelled; then a tiny one is watched until it finishes.
+    page.click("#tab-tuning")
+    page.find("#advanced summary").click()
+    assert page.unlabelled_controls() == []
+    for field, value in {"epochs": "200", "batch_size": "2", "text_tokens": "2", "visual_tokens": "2", "patience": ""}.items():
+        page.fill(f"#cfg-{field}", value)
+    page.click("#start-custom")
+    page.find("#job-board[data-job='1']")
+    page.wait_text("[data-field=stage]", "training", timeout=60)
+    page.wait_for(lambda: re.fullmatch(r"[1-9]\d* of \d{3,}", page.text("[data-field=step]")), message="no live step count")
+    page.click("#cancel-job")
+    page.wait_for(lambda: page.find("#job-board[data-job='1']").get_attribute("data-state") == "cancelled", timeout=60,
+                  message="the job was not cancelled")
+    assert not page.find("#cancel-job").is_displayed()
+    for field, value in {"epochs": "6" if SCREENSHOTS else "2", "batch_size": "8", "patience": "4"}.items():
+        page.fill(f"#cfg-{field}", value)
+    page.find("#cfg-activation option[value=always]").click()
+    page.click("#start-custom")
+    page.wait_for(lambda: page.find("#job-board[data-job='2']").get_attribute("data-state") in ("succeeded", "failed", "cancelled"),
+                  timeout=120, message="the tuning job did not finish")
+    assert page.find("#job-board").get_attribute("data-state") == "succeeded", page.text("#job-board")
+    page.find("#job-test")
+    assert page.text("[data-field=state]") == "succeeded"
+    assert page.text("[data-field=split]") != "– / – / –"
+    r1_cells = page.all("#job-test [data-metric=t2i_r1]")
+    assert len(r1_cells) == 2 and all("%" in c.text for c in r1_cells)
+    assert len(page.all("#job-charts svg path")) >= 3  # loss, R@1, R@5 (and the zero-shot line)
+    assert "v1: active" in page.text("#job-outcome")
+    page.shot("tuning")
+
+    # Adapters: v1 is active; details with test metrics; roll back to zero-shot, activate again.
+    page.click("#tab-adapters")
+    page.wait_text("#serving-state", "adapter v1")
+    row = page.find("#adapters tr[data-version='1']")
+    assert row.get_attribute("data-active") == "true"
+    assert "%" in page.text("#adapters [data-field=r1]") and "%" in page.text("#adapters [data-field=r1-zero-shot]")
+    page.button("Details").click()
+    page.find("#adapter-test")
+    assert len(page.all("#adapter-detail svg")) == 2
+    assert page.unlabelled_controls() == []
+    page.shot("adapters")
+    page.button("Roll back to zero-shot").click()
+    page.wait_text("#serving-state", "zero-shot")
+    assert page.find("#adapters tr[data-version='1']").get_attribute("data-active") == "false"
+    page.button("Activate").click()
+    page.wait_text("#serving-state", "adapter v1")
+
+    # Download v1, upload the file again as v2 (kept inactive), delete v2 after the confirmation.
+    page.button("Download", within="#adapters tr[data-version='1']").click()
+    downloaded = browser.download_dir / "Holiday photos-v1.safetensors"
+    page.wait_for(lambda: downloaded.exists() and downloaded.stat().st_size > 0, message="the adapter was not downloaded")
+    page.find("#adapter-file").send_keys(str(downloaded))
+    page.button("Upload").click()
+    uploaded = page.find("#adapters tr[data-version='2']")
+    assert uploaded.get_attribute("data-active") == "false"
+    page.button("Delete", within="#adapters tr[data-version='2']").click()
+    page.button("Delete", within="#confirm").click()
+    page.wait_for(lambda: not page.all("#adapters tr[data-version='2']"), message="v2 was not deleted")
+    assert page.text("#serving-state") == "Search uses adapter v1."
+
+    # Search: zero-shot and the active adapter side by side, ten scored results each.
+    page.click("#tab-search")
+    page.fill("#query", "a red circle")
+    page.button("Search").click()
+    page.find("#results-adapter")
+    for column in ("#results-zero-shot", "#results-adapter"):
+        hits = page.all(f"{column} .hit")
+        assert len(hits) == 10
+        scores = [float(s.text) for s in page.all(f"{column} .score")]
+        assert scores == sorted(scores, reverse=True)
+    assert "(zero-shot, 10 results)" in page.text("#results-zero-shot h3")
+    assert "(v1, 10 results)" in page.text("#results-adapter h3")
+    page.images_loaded("#results")
+    assert page.unlabelled_controls() == []
+    page.shot("search")
+
+    # Back on the list: the count and the adapter state are shown.
+    page.click("#crumbs a")
+    page.wait_text("#collections [data-field=adapter]", "v1 active")
+    assert page.text("#collections [data-field=images]") == str(images)
+    page.shot("collections")
+
+    # Phone width: nothing wider than the screen.
+    browser.set_window_size(390, 844)
+    page.find("#collections a").click()
+    page.click("#tab-search")
+    page.fill("#query", "a blue square")
+    page.find("#k option[value='5']").click()
+    page.button("Search").click()
+    page.find("#results-adapter .hit")
+    overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
+    assert page.find("#results-adapter").location["x"] > page.find("#results-zero-shot").location["x"]  # still side by side
+    page.shot("search-phone")
+    browser.set_window_size(1280, 900)
+
+    # The only failed request: the broken file, uploaded alone, answers 422 (every file of it rejected).
+    assert page.console_errors(allowed="/images - Failed to load resource: the server responded with a status of 422") == []
+
+    # The API docs work without internet: Swagger UI and ReDoc render from local assets.
+    page.open("/docs")
+    page.wait_text(".swagger-ui .info", "Prompt-adapter retrieval service")
+    page.open("/redoc")
+    page.wait_text("h1", "Prompt-adapter retrieval service")
+    assert page.console_errors() == []

@@ -63,7 +63,7 @@ class AdapterInfo:
 
 
 def _json(value) -> str:
-    if is_dataclass(value):
+    if is_dataclass(value) and not isinstance(value, type):
         value = asdict(value)
     return json.dumps(value, sort_keys=True)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import open_clip
 import torch
@@ -56,8 +57,8 @@ class BackboneIdentity:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BackboneIdentity":
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+    def from_dict(cls, data: dict) -> BackboneIdentity:
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]  # JSON: validated by use
 
     def key(self) -> str:
         """A short stable fingerprint, handy for file names and log lines."""
@@ -68,7 +69,7 @@ class BackboneIdentity:
         source = self.pretrained or f"file sha256:{(self.checkpoint_sha256 or '')[:12]}"
         return f"{self.model_name} ({source}, dim {self.embed_dim})"
 
-    def mismatch(self, other: "BackboneIdentity") -> list[str]:
+    def mismatch(self, other: BackboneIdentity) -> list[str]:
         """Names of the fields that differ, empty when the vector spaces agree."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [k for k in mine if mine[k] != theirs[k]]
@@ -131,7 +132,7 @@ class Backbone:
         out = []
         for start in range(0, len(images), batch_size):
             pixels = self.image_tensor(images[start : start + batch_size])
-            out.append(self.model.encode_image(pixels, normalize=True).float().cpu())
+            out.append(self.model.encode_image(pixels, normalize=True).float().cpu())  # type: ignore[operator]  # open_clip Module attr
         return torch.cat(out) if out else torch.empty(0, self.identity.embed_dim)
 
     @cached_property
@@ -196,7 +197,7 @@ def load_backbone(
     checkpoint_sha = None
     is_file = pretrained is not None and (os.sep in pretrained or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"})
     if is_file:
-        path = Path(pretrained).expanduser()
+        path = Path(str(pretrained)).expanduser()
         if not path.is_file():
             raise BackboneError(f"checkpoint file not found: {path}")
         checkpoint_sha = sha256_file(path)
@@ -207,7 +208,7 @@ def load_backbone(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, device="cpu")
-        tag = f"random-init:seed={RANDOM_INIT_SEED}"
+        tag: str | None = f"random-init:seed={RANDOM_INIT_SEED}"
     else:
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -224,9 +225,10 @@ def load_backbone(
     model = _freeze(model.to(torch_device))
     tokenizer = open_clip.get_tokenizer(model_name)
 
-    vision = model.visual
+    vision: Any = model.visual  # open_clip types its towers as nn.Module
     image_size = vision.image_size[0] if isinstance(vision.image_size, tuple) else int(vision.image_size)
-    embed_dim = int(model.encode_text(tokenizer(["x"]).to(torch_device)).shape[-1])
+    embed_dim = int(model.encode_text(  # type: ignore[operator]  # open_clip Module attr
+        tokenizer(["x"]).to(torch_device)).shape[-1])
     identity = BackboneIdentity(
         model_name=model_name,
         pretrained=tag,

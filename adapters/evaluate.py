@@ -1,14 +1,20 @@
-"""Retrieval metrics: text->image and image->text Recall@K and median rank.
+"""Retrieval metrics: text->image and image->text Recall@K and median rank; category metrics.
 
 COCO-style with several captions per image: every caption is a text->image query whose target
 is its image; for image->text an image's rank is that of its best-ranked correct caption.
 Ties count against the query (a wrong item scoring equal to the target ranks above it), so a
 collapsed embedding cannot look perfect.
+
+Where items have categories, exact-pair recall is not the whole story (a collection captioned
+from class names has many equally right images per query): ``category_metrics`` gives category
+precision@10 and mAP of text->image retrieval, relevant = an image of the query's category.
+The ``per_query_*`` functions return one value per text query, for paired bootstrap intervals
+(``adapters.stats``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -62,6 +68,69 @@ def retrieval_metrics(
         out[f"{name}_medr"] = float(ranks.float().quantile(0.5))
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("t2i", "i2t") for k in ks)
     return out
+
+
+def per_query_t2i_ranks(text_emb: torch.Tensor, image_emb: torch.Tensor, text_to_image: torch.Tensor,
+                        image_ids: torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
+    """1-based text->image rank of each caption's image (ties against the query), one per caption."""
+    text_emb, image_emb = text_emb.float().cpu(), image_emb.float().cpu()
+    text_to_image = torch.as_tensor(text_to_image).long().cpu()
+    ids = torch.arange(len(image_emb)) if image_ids is None else torch.as_tensor(image_ids).cpu()
+    text_ids = ids[text_to_image]
+    out = []
+    for start in range(0, len(text_emb), chunk):
+        sims = text_emb[start : start + chunk] @ image_emb.T
+        out.append(_ranks(sims, text_ids[start : start + chunk, None] == ids[None, :]))
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def per_query_category(text_emb: torch.Tensor, image_emb: torch.Tensor, query_categories: Sequence,
+                       image_categories: Sequence, k: int = 10, chunk: int = 512) -> dict[str, torch.Tensor]:
+    """Per text query: category precision@k and average precision over the full image ranking.
+
+    Relevant = an image whose category equals the query's. Queries without a category (None) or
+    whose category no image has get NaN and are left out of the means. Ties are broken against
+    the query (relevant images sort after equal-scoring irrelevant ones).
+    """
+    codes: dict = {}
+    img_cat = torch.tensor([-1 if c is None else codes.setdefault(c, len(codes)) for c in image_categories])
+    q_cat = torch.tensor([-2 if c is None else codes.get(c, -3) for c in query_categories])
+    text_emb, image_emb = text_emb.float().cpu(), image_emb.float().cpu()
+    p_at_k, ap = [], []
+    kk = min(k, len(image_emb))
+    for start in range(0, len(text_emb), chunk):
+        sims = text_emb[start : start + chunk] @ image_emb.T
+        rel = q_cat[start : start + chunk, None] == img_cat[None, :]
+        # Stable sort by score with irrelevant images placed first: among equal scores a relevant
+        # image never wins the tie.
+        pre = torch.argsort(rel.int(), dim=1, stable=True)
+        order = torch.gather(pre, 1, torch.argsort(torch.gather(sims, 1, pre), dim=1, descending=True, stable=True))
+        rel_sorted = torch.gather(rel, 1, order).float()
+        n_rel = rel_sorted.sum(1)
+        p_at_k.append(rel_sorted[:, :kk].sum(1) / kk)
+        hits = rel_sorted.cumsum(1)
+        prec = hits / torch.arange(1, rel_sorted.shape[1] + 1)
+        ap.append((prec * rel_sorted).sum(1) / n_rel.clamp_min(1))
+        missing = n_rel == 0
+        p_at_k[-1][missing] = float("nan")
+        ap[-1][missing] = float("nan")
+    return {"cat_p10": torch.cat(p_at_k), "cat_map": torch.cat(ap)}
+
+
+def category_metrics(text_emb: torch.Tensor, image_emb: torch.Tensor, query_categories: Sequence,
+                     image_categories: Sequence, k: int = 10) -> dict[str, float]:
+    """Mean category precision@k (key ``cat_p10``) and mAP (``cat_map``) over queries with a category."""
+    per = per_query_category(text_emb, image_emb, query_categories, image_categories, k)
+    return {name: float(torch.nanmean(values)) if (~values.isnan()).any() else float("nan") for name, values in per.items()}
+
+
+def item_category_metrics(backbone, items: Sequence[PairedItem], adapter=None, k: int = 10) -> dict[str, float] | None:
+    """Category P@k and mAP of text->image retrieval on ``items``; None when no item has a category."""
+    if all(item.category is None for item in items):
+        return None
+    image_emb, text_emb, owner = embed_items(backbone, items, adapter)
+    cats = [item.category for item in items]
+    return category_metrics(text_emb, image_emb, [cats[int(i)] for i in owner], cats, k)
 
 
 def flatten_captions(items: Sequence[PairedItem]) -> tuple[list[str], torch.Tensor]:

@@ -16,7 +16,7 @@ batch moves to the model's device, so the memory they take is host memory.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -40,7 +40,12 @@ def _batched(fn, data: torch.Tensor, batch_size: int, device: torch.device) -> t
 
 
 class ImageSide:
-    """Image embeddings for training indices, computing each step only what the prompts change."""
+    """Image embeddings for training indices, computing each step only what the prompts change.
+
+    Embeddings are the adapted ones without zero-shot mixing (training never mixes; the weight is
+    chosen afterwards). Without visual prompts the tower's output is a constant, cached once; the
+    residual map (when present) is applied per call, so it still trains.
+    """
 
     def __init__(self, prompted: PromptedCLIP, pixels: torch.Tensor, cache: bool = True, batch_size: int = 64):
         self.prompted = prompted
@@ -48,10 +53,10 @@ class ImageSide:
         self.frozen = prompted.visual_prompts is None
         self.pixels = pixels
         self.prefix = None
-        self.embeddings = None
+        self.features = None
         with torch.no_grad():
             if self.frozen:
-                self.embeddings = _batched(prompted.encode_image, pixels, batch_size, self.device)
+                self.features = _batched(prompted.image_tower, pixels, batch_size, self.device)
             elif cache:
                 self.prefix = _batched(prompted.image_prefix, pixels, batch_size, self.device)
 
@@ -64,16 +69,15 @@ class ImageSide:
         return len(self.pixels)
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        if self.embeddings is not None:
-            return self.embeddings[index].to(self.device)
+        head = self.prompted.image_head
+        if self.features is not None:
+            return head(self.features[index].to(self.device))
         if self.prefix is not None:
-            return self.prompted.encode_image_from_prefix(self.prefix[index].to(self.device))
-        return self.prompted.encode_image(self.pixels[index].to(self.device))
+            return head(self.prompted.image_tower_from_prefix(self.prefix[index].to(self.device)))
+        return head(self.prompted.image_tower(self.pixels[index].to(self.device)))
 
     def all(self, batch_size: int = 256) -> torch.Tensor:
         """Every embedding without gradients (for evaluation), on the CPU."""
-        if self.embeddings is not None:
-            return self.embeddings
         with torch.no_grad():
             return _batched(lambda i: self(i), torch.arange(len(self)), batch_size, torch.device("cpu"))
 
@@ -86,21 +90,20 @@ class TextSide:
         self.device = prompted.device
         self.frozen = prompted.text_prompts is None
         self.tokens = prompted.tokenize(list(captions)).cpu() if captions else None
-        self.embeddings = None
+        self.features = None
         if self.frozen and self.tokens is not None:
             with torch.no_grad():
-                self.embeddings = _batched(prompted.encode_text, self.tokens, batch_size, self.device)
+                self.features = _batched(prompted.text_features, self.tokens, batch_size, self.device)
 
     def __len__(self) -> int:
         return 0 if self.tokens is None else len(self.tokens)
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        if self.embeddings is not None:
-            return self.embeddings[index].to(self.device)
-        return self.prompted.encode_text(self.tokens[index].to(self.device))
+        if self.features is not None:
+            return self.prompted.text_head(self.features[index].to(self.device))
+        assert self.tokens is not None
+        return self.prompted.text_head(self.prompted.text_features(self.tokens[index].to(self.device)))
 
     def all(self, batch_size: int = 256) -> torch.Tensor:
-        if self.embeddings is not None:
-            return self.embeddings
         with torch.no_grad():
             return _batched(lambda i: self(i), torch.arange(len(self)), batch_size, torch.device("cpu"))

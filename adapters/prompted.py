@@ -7,10 +7,21 @@ them see the prompts alone.
 - Textual prompts (CoOp, "front" position): M vectors spliced into the token-embedding sequence
   right after the start token. Captions are tokenized to ``context_length - M`` so the spliced
   sequence keeps the model's context length, its positional embedding and its causal mask.
+  With ``text_deep`` a fresh set of M vectors replaces those positions before every later text
+  block as well (MaPLe / PromptSRC style deep language prompts).
 - Visual prompts (VPT) for open_clip ViT towers: N tokens appended to the class + patch tokens.
   They enter at block ``visual_start`` and, with ``visual_deep_from`` set, are replaced by fresh
   tokens before every block from that layer on (VPT-deep). They are dropped before pooling, so
   the class token / average / attentional pooling only ever sees image tokens.
+
+Two optional pieces act on the finished embeddings, so an index built with ``encode_image`` and
+a query from ``encode_text`` need nothing else:
+
+- a low-rank residual map per tower, ``e <- normalize(e + U V^T e)`` (U zero-initialised, so an
+  untrained map is the identity): the cheap linear adapter's power, added to the prompts';
+- a mixing weight with the zero-shot embedding, ``normalize(w * adapted + (1 - w) * zero_shot)``
+  (the WiSE-FT idea applied to embeddings), set after training from held-out pairs; ``w = 0`` is
+  exactly zero-shot, which is what makes "never worse than zero-shot on val" reachable.
 
 We compose open_clip's own pieces (``VisionTransformer._embeds`` and ``_pool``, the text
 transformer, ``text_global_pool``) and only run the block loop ourselves, which is what lets
@@ -20,13 +31,26 @@ prompts be injected between blocks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
 from torch import nn
+
+
+class _LowRankResidual(nn.Module):
+    """``x + up(down(x))`` with ``up`` zero-initialised: the identity until trained."""
+
+    def __init__(self, dim: int, rank: int, gen: torch.Generator):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(rank, dim, generator=gen) / math.sqrt(dim))
+        self.up = nn.Parameter(torch.zeros(dim, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (x @ self.down.T) @ self.up.T
 
 
 class PromptsUnsupported(ValueError):
@@ -41,12 +65,15 @@ class PromptConfig:
     visual_deep_from: int | None = None  # fresh prompts before every block >= this (None: shallow)
     text_init: str = "a photo of a"  # a phrase whose token embeddings start the prompts, or "random"
     seed: int = 0
+    text_deep: bool = False  # fresh text prompts before every text block, not only the first
+    residual_rank: int = 0  # rank of the residual map on each tower's output embedding (0: none)
+    zero_shot_mix: bool = False  # carry a weight mixing the adapted with the zero-shot embedding
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PromptConfig":
+    def from_dict(cls, data: dict) -> PromptConfig:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def visual_layers(self, depth: int) -> list[int]:
@@ -65,17 +92,19 @@ class PromptConfig:
 class _TextParts:
     """The pieces of an open_clip text tower; CLIP keeps them on the model, CustomTextCLIP on ``.text``."""
 
-    token_embedding: nn.Embedding
+    # open_clip's modules are typed as plain nn.Module (attribute access yields Tensor | Module for
+    # mypy); the towers' real interfaces are duck-typed, so they are Any here.
+    token_embedding: Any
     positional_embedding: torch.Tensor
-    transformer: nn.Module
-    ln_final: nn.Module
-    text_projection: nn.Module | torch.Tensor | None
+    transformer: Any
+    ln_final: Any
+    text_projection: Any
     pool_type: str
     eos_id: int | None
     attn_mask: torch.Tensor | None
 
 
-def _text_parts(model: nn.Module) -> _TextParts | None:
+def _text_parts(model: Any) -> _TextParts | None:
     """None when the text tower is not one we can splice prompts into (HF encoders, CoCa-style cls)."""
     if hasattr(model, "token_embedding") and hasattr(model, "text_pool_type"):  # open_clip.CLIP
         return _TextParts(
@@ -92,7 +121,7 @@ def _text_parts(model: nn.Module) -> _TextParts | None:
     return None
 
 
-def _is_prompt_capable_vit(visual: nn.Module) -> bool:
+def _is_prompt_capable_vit(visual: Any) -> bool:
     return isinstance(visual, VisionTransformer) and hasattr(visual, "_embeds") and hasattr(visual, "_pool")
 
 
@@ -104,9 +133,15 @@ _PROMPT_TOKEN_ID = -1
 class PromptedCLIP(nn.Module):
     """Prompt parameters plus the code to run a frozen open_clip model with them."""
 
+    clip: Any  # the frozen open_clip model (duck-typed: CLIP or CustomTextCLIP), never a submodule
+    _text: Any  # _TextParts | None; Any because open_clip's attribute types are loose
+    text_prompts: nn.Parameter | None
+    text_deep_prompts: nn.Parameter | None
+    visual_prompts: nn.Parameter | None
+
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,  # an open_clip CLIP or CustomTextCLIP
         config: PromptConfig,
         tokenizer: Callable | None = None,
         identity=None,  # the backbone's BackboneIdentity, recorded in saved artifacts
@@ -122,7 +157,8 @@ class PromptedCLIP(nn.Module):
         self.tokenizer = tokenizer
         self.identity = identity
         self._text = _text_parts(model)
-        self.context_length = int(self._text.positional_embedding.shape[0]) if self._text else None
+        # 0 for a tower that takes no text prompts (an HF encoder): never used there.
+        self.context_length: int = int(self._text.positional_embedding.shape[0]) if self._text else 0
         device = next(model.parameters()).device
         gen = torch.Generator().manual_seed(config.seed)
 
@@ -135,6 +171,14 @@ class PromptedCLIP(nn.Module):
             self.text_prompts = nn.Parameter(self._init_text(M, gen).to(device))
         else:
             self.text_prompts = None
+        self.text_deep_prompts = None
+        if M > 0 and config.text_deep:
+            depth_t = len(self._text.transformer.resblocks)
+            # Later blocks' prompts start as copies of the first set (the phrase's embeddings pass
+            # through the block, so a copy is a neutral start, not an identity).
+            first = self.text_prompts.data.cpu()  # type: ignore[union-attr]  # set just above (M > 0)
+            init_deep = first.unsqueeze(0).repeat(depth_t - 1, 1, 1)
+            self.text_deep_prompts = nn.Parameter(init_deep.to(device))
 
         visual = model.visual
         self.vision_prompt_capable = _is_prompt_capable_vit(visual)
@@ -154,8 +198,24 @@ class PromptedCLIP(nn.Module):
         else:
             self.visual_prompts = None
 
+        self.residual: nn.ModuleDict | None = None
+        if config.residual_rank > 0:
+            dim = int(self._projection_dim(model))
+            self.residual = nn.ModuleDict({side: _LowRankResidual(dim, config.residual_rank, gen) for side in ("image", "text")})
+            self.residual.to(device)
+        # 1.0: the adapted embedding alone; set by training from held-out pairs.
+        self.adapted_weight: torch.Tensor | None = torch.ones(()) if config.zero_shot_mix else None
+
+    @staticmethod
+    def _projection_dim(model: Any) -> int:
+        with torch.no_grad():
+            proj = getattr(model.visual, "proj", None)
+            if isinstance(proj, torch.Tensor):
+                return proj.shape[1]
+            return int(model.visual.output_dim)
+
     @classmethod
-    def from_backbone(cls, backbone, config: PromptConfig) -> "PromptedCLIP":
+    def from_backbone(cls, backbone, config: PromptConfig) -> PromptedCLIP:
         return cls(backbone.model, config, backbone.tokenizer, backbone.identity)
 
     # ---------------------------------------------------------------- parameters
@@ -174,12 +234,19 @@ class PromptedCLIP(nn.Module):
         return init
 
     def prompt_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable tensors, detached float32 on the CPU (what an artifact stores)."""
+        """The learned tensors, detached float32 on the CPU (what an artifact stores)."""
         out = {}
         if self.text_prompts is not None:
             out["text_prompts"] = self.text_prompts.detach().float().cpu().contiguous()
+        if self.text_deep_prompts is not None:
+            out["text_deep_prompts"] = self.text_deep_prompts.detach().float().cpu().contiguous()
         if self.visual_prompts is not None:
             out["visual_prompts"] = self.visual_prompts.detach().float().cpu().contiguous()
+        if self.residual is not None:
+            for name, value in self.residual.state_dict().items():
+                out[f"residual.{name}"] = value.detach().float().cpu().contiguous()
+        if self.adapted_weight is not None:
+            out["adapted_weight"] = self.adapted_weight.detach().float().cpu().reshape(1).contiguous()
         return out
 
     def load_prompt_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -189,11 +256,28 @@ class PromptedCLIP(nn.Module):
         for name, value in tensors.items():
             if tuple(value.shape) != tuple(expected[name].shape):
                 raise ValueError(f"{name}: shape {tuple(value.shape)} != expected {tuple(expected[name].shape)}")
-            with torch.no_grad():
+            self._set_tensor(name, value)
+
+    def _set_tensor(self, name: str, value: torch.Tensor) -> None:
+        with torch.no_grad():
+            if name == "adapted_weight":
+                self.adapted_weight = value.float().reshape(()).clone()
+            elif name.startswith("residual."):
+                assert self.residual is not None
+                self.residual.get_parameter(name[len("residual.") :]).copy_(value)
+            else:
                 getattr(self, name).copy_(value)
 
+    def set_adapted_weight(self, weight: float) -> None:
+        """The share of the adapted embedding in what ``encode_*`` return (needs ``zero_shot_mix``)."""
+        if self.adapted_weight is None:
+            raise ValueError("this adapter was built without zero_shot_mix")
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"adapted weight {weight} outside [0, 1]")
+        self.adapted_weight = torch.tensor(float(weight))
+
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters()) + (1 if self.adapted_weight is not None else 0)
 
     def prompt_shapes(self) -> dict[str, list[int]]:
         return {k: list(v.shape) for k, v in self.prompt_state_dict().items()}
@@ -241,32 +325,86 @@ class PromptedCLIP(nn.Module):
         return tokens.argmax(dim=-1)  # CLIP's BPE: end-of-text is the largest id
 
     def encode_text(self, text: Sequence[str] | torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Unit text embeddings (``normalize`` is kept for open_clip's signature: an adapter's
+        residual map and zero-shot mixing are defined on unit vectors, so the output always is one)."""
         tokens = self.tokenize(text) if not isinstance(text, torch.Tensor) else text.to(self.device)
+        adapted = self.text_head(self.text_features(tokens))
+        if self._mixing():
+            adapted = self._mix(adapted, self.text_features(tokens, prompts=False))
+        return adapted
+
+    def text_features(self, tokens: torch.Tensor, prompts: bool = True) -> torch.Tensor:
+        """Projected (unnormalised) features of token rows of any length up to the context."""
+        tokens = tokens.to(self.device)
         if self._text is None:  # an HF tower (only reachable with M == 0): the backbone's own path
-            return self.clip.encode_text(tokens, normalize=normalize)
-        tokens = self.trim_padding(self.fit_tokens(tokens))
+            return self.clip.encode_text(tokens, normalize=False)
+        return self.text_tower(self.trim_padding(self.fit_tokens(tokens)), prompts=prompts)
+
+    def text_tower(self, tokens: torch.Tensor, prompts: bool = True) -> torch.Tensor:
+        """Projected (unnormalised) text features of fitted, trimmed token rows; ``prompts=False``
+        gives the zero-shot features of the same rows."""
         parts = self._text
         cast = parts.transformer.get_cast_dtype()
         x = parts.token_embedding(tokens).to(cast)
         pool_tokens = tokens
-        if self.text_prompts is not None:
+        M = 0
+        if prompts and self.text_prompts is not None:
             B, M = x.shape[0], self.text_prompts.shape[0]
-            prompts = self.text_prompts.to(cast).unsqueeze(0).expand(B, -1, -1)
-            x = torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)
+            first = self.text_prompts.to(cast).unsqueeze(0).expand(B, -1, -1)
+            x = torch.cat([x[:, :1], first, x[:, 1:]], dim=1)
             # The same splice on the ids moves the end-of-text position by M for the pooling.
             filler = tokens.new_full((B, M), _PROMPT_TOKEN_ID)
             pool_tokens = torch.cat([tokens[:, :1], filler, tokens[:, 1:]], dim=1)
         L = x.shape[1]
         x = x + parts.positional_embedding[:L].to(cast)
         mask = parts.attn_mask[:L, :L] if parts.attn_mask is not None else None
-        x = parts.transformer(x, attn_mask=mask)
+        if M and self.text_deep_prompts is not None:
+            x = self._run_text_blocks_deep(x, mask, cast)
+        else:
+            x = parts.transformer(x, attn_mask=mask)
         x = parts.ln_final(x)
         x = text_global_pool(x, pool_tokens, parts.pool_type, eos_token_id=parts.eos_id)
         if isinstance(parts.text_projection, nn.Linear):
             x = parts.text_projection(x)
         elif parts.text_projection is not None:
             x = x @ parts.text_projection
-        return F.normalize(x, dim=-1) if normalize else x
+        return x
+
+    def _run_text_blocks_deep(self, x: torch.Tensor, mask: torch.Tensor | None, cast: torch.dtype) -> torch.Tensor:
+        transformer = self._text.transformer
+        assert self.text_deep_prompts is not None and self.text_prompts is not None
+        M = self.text_prompts.shape[0]
+        batch_first = getattr(transformer, "batch_first", True)
+        for index, block in enumerate(transformer.resblocks):
+            if index > 0:  # replace the prompt positions with this block's own prompts
+                fresh = self.text_deep_prompts[index - 1].to(cast).unsqueeze(0).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :1], fresh, x[:, 1 + M :]], dim=1)
+            x = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        return x
+
+    def text_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Tower features -> the adapted unit embedding (residual map when present)."""
+        return self._head("text", features)
+
+    def image_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self._head("image", features)
+
+    def _head(self, side: str, features: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(features.float(), dim=-1)
+        if self.residual is not None:
+            x = F.normalize(self.residual[side](x), dim=-1)
+        return x
+
+    def _mixing(self) -> bool:
+        return self.adapted_weight is not None and float(self.adapted_weight) < 1.0
+
+    def _mix(self, adapted: torch.Tensor, zero_features: torch.Tensor) -> torch.Tensor:
+        w = float(self.adapted_weight)  # type: ignore[arg-type]
+        return F.normalize(w * adapted + (1.0 - w) * F.normalize(zero_features.float(), dim=-1), dim=-1)
+
+    def mix_embeddings(self, adapted: torch.Tensor, zero_shot: torch.Tensor, weight: float) -> torch.Tensor:
+        """What ``encode_*`` return for unit embeddings ``adapted`` / ``zero_shot`` at ``weight``."""
+        return F.normalize(weight * adapted.float() + (1.0 - weight) * zero_shot.float(), dim=-1)
 
     # ---------------------------------------------------------------- image
     @property
@@ -286,7 +424,14 @@ class PromptedCLIP(nn.Module):
     def encode_image_from_prefix(
         self, prefix: torch.Tensor, normalize: bool = True, start: int | None = None
     ) -> torch.Tensor:
-        """Finish the image tower from activations entering block ``start``."""
+        """Finish the image tower from activations entering block ``start`` (a unit embedding)."""
+        adapted = self.image_head(self.image_tower_from_prefix(prefix, start))
+        if self._mixing():
+            adapted = self._mix(adapted, self.image_tower_from_prefix(prefix, start, prompts=False))
+        return adapted
+
+    def image_tower_from_prefix(self, prefix: torch.Tensor, start: int | None = None, prompts: bool = True) -> torch.Tensor:
+        """Projected (unnormalised) image features; ``prompts=False``: zero-shot from the same prefix."""
         visual = self.clip.visual
         start = self.image_prefix_layer if start is None else start
         if start > self.image_prefix_layer:
@@ -295,21 +440,31 @@ class PromptedCLIP(nn.Module):
         n_image = x.shape[1]
         blocks = visual.transformer.resblocks
         for index in range(start, len(blocks)):
-            if index in self.visual_layers:
+            if prompts and index in self.visual_layers:
                 x = torch.cat([x[:, :n_image], self._visual_prompt(index, x)], dim=1)
             x = self._run_block(blocks[index], x)
         x = x[:, :n_image]  # prompts never reach pooling
         pooled, _ = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
-        return F.normalize(pooled, dim=-1) if normalize else pooled
+        return pooled
+
+    def image_tower(self, pixels: torch.Tensor, prompts: bool = True) -> torch.Tensor:
+        """Projected (unnormalised) image features of pixels, with or without the visual prompts."""
+        if not self.vision_prompt_capable:
+            return self.clip.encode_image(pixels.to(self.device), normalize=False)
+        return self.image_tower_from_prefix(self.image_prefix(pixels), prompts=prompts)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         if not self.vision_prompt_capable:
-            return self.clip.encode_image(pixels.to(self.device), normalize=normalize)
+            adapted = self.image_head(self.clip.encode_image(pixels.to(self.device), normalize=False))
+            if self._mixing():
+                adapted = self._mix(adapted, self.clip.encode_image(pixels.to(self.device), normalize=False))
+            return adapted
         return self.encode_image_from_prefix(self.image_prefix(pixels), normalize=normalize)
 
     def _visual_prompt(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        assert self.visual_prompts is not None
         prompts = self.visual_prompts[self.visual_layers.index(layer)].to(x.dtype)
         if layer == 0:
             # Image tokens went through ln_pre inside _embeds; the input prompts get the same

@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -39,7 +39,7 @@ class TrainingSet:
     categories: torch.Tensor | None  # (n_items,) codes, -1 unknown
 
     @classmethod
-    def build(cls, items: Sequence[PairedItem], extra_captions: Sequence[Sequence[str]] | None = None) -> "TrainingSet":
+    def build(cls, items: Sequence[PairedItem], extra_captions: Sequence[Sequence[str]] | None = None) -> TrainingSet:
         captions, owner = [], []
         for index, item in enumerate(items):
             texts = list(item.captions) + (list(extra_captions[index]) if extra_captions else [])
@@ -124,8 +124,8 @@ def compose_attribute_captions(
 ) -> list[list[str]]:
     """Captions "<category>, <attr>, <attr>" with attributes drawn by weight, without replacement."""
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for item, w in zip(items, weights):
+    out: list[list[str]] = []
+    for item, w in zip(items, weights, strict=True):
         if not item.attributes or w is None:
             out.append([])
             continue

@@ -17,10 +17,9 @@ the best held-out text->image R@1 (recall sum breaks ties), exactly like ``adapt
 from __future__ import annotations
 
 import copy
-import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,22 +32,7 @@ from adapters.evaluate import flatten_captions, image_ids_of, retrieval_metrics
 from adapters.features import preprocess_images
 from adapters.losses import contrastive_loss, frozen_logit_scale
 from adapters.sampling import BatchSampler, TrainingSet
-
-
-def _score(metrics: dict) -> tuple[float, float]:
-    return metrics["t2i_r1"], metrics["rsum"]
-
-
-def _schedule(total: int, warmup: float) -> Callable[[int], float]:
-    warm = int(warmup if warmup >= 1 else round(warmup * total))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+from adapters.schedule import EarlyStopping, warmup_cosine
 
 
 @dataclass
@@ -129,7 +113,7 @@ class FrozenFeatures:
     image_ids: torch.Tensor  # (n_items,)
 
     @classmethod
-    def encode(cls, backbone, items: Sequence[PairedItem], pixels: torch.Tensor | None = None) -> "FrozenFeatures":
+    def encode(cls, backbone, items: Sequence[PairedItem], pixels: torch.Tensor | None = None) -> FrozenFeatures:
         captions, owner = flatten_captions(items)
         if pixels is None:
             pixels = preprocess_images(backbone, [item.image for item in items])
@@ -170,13 +154,15 @@ def train_feature_adapter(
     sampler = BatchSampler(data, cfg.batch_size, None, 1, cfg.seed)
     total = cfg.epochs * sampler.steps_per_epoch
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg.warmup))
     scale = frozen_logit_scale(backbone.model)
     cats = data.categories
 
-    best = val.metrics(adapter)
-    best_epoch, best_state, bad, step, stopped = 0, copy.deepcopy(adapter.state_dict()), 0, 0, False
-    history = {"epochs": [{"epoch": 0, "metrics": best}]}
+    first = val.metrics(adapter)
+    stopper = EarlyStopping(cfg.patience)
+    stopper.update(0, first, lambda: copy.deepcopy(adapter.state_dict()))
+    step, stopped = 0, False
+    history = {"epochs": [{"epoch": 0, "metrics": first}]}
     for epoch in range(1, cfg.epochs + 1):
         for items, caption_index, slot in sampler.epoch():
             ids = data.image_ids[items]
@@ -194,17 +180,14 @@ def train_feature_adapter(
         history["epochs"].append({"epoch": epoch, "metrics": metrics})
         if on_epoch is not None:
             on_epoch({"epoch": epoch, "epochs": cfg.epochs, "val_r1": metrics["t2i_r1"]})
-        if _score(metrics) > _score(best):
-            best, best_epoch, best_state, bad = metrics, epoch, copy.deepcopy(adapter.state_dict()), 0
-        else:
-            bad += 1
-        if cfg.patience is not None and bad >= cfg.patience and epoch < cfg.epochs:
+        stopper.update(epoch, metrics, lambda: copy.deepcopy(adapter.state_dict()))
+        if stopper.should_stop(epoch, cfg.epochs):
             stopped = True
             break
-    adapter.load_state_dict(best_state)
+    adapter.load_state_dict(stopper.best_state)
     adapter.eval()
     return BaselineResult(
-        adapter, cfg, best_epoch, best, time.perf_counter() - start, step, stopped,
+        adapter, cfg, stopper.best_epoch, stopper.best_metrics, time.perf_counter() - start, step, stopped,
         adapter.num_parameters(), _state_bytes(adapter), history,
     )
 
@@ -332,14 +315,18 @@ def full_finetune(
     sampler = BatchSampler(data, cfg.batch_size, None, 1, cfg.seed)
     total = cfg.epochs * sampler.steps_per_epoch
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg.warmup))
     scale = frozen_logit_scale(backbone.model).to(device)
     cats = data.categories
 
-    best = validate()
-    best_epoch, bad, step, stopped = 0, 0, 0, False
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    history: dict = {"loss": [], "epochs": [{"epoch": 0, "metrics": best}]}
+    def snapshot() -> dict:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    first = validate()
+    stopper = EarlyStopping(cfg.patience)
+    stopper.update(0, first, snapshot)
+    step, stopped = 0, False
+    history: dict = {"loss": [], "epochs": [{"epoch": 0, "metrics": first}]}
     for epoch in range(1, cfg.epochs + 1):
         for items, caption_index, slot in sampler.epoch():
             ids = data.image_ids[items]
@@ -357,20 +344,16 @@ def full_finetune(
                 on_step({"step": step, "total_steps": total, "epoch": epoch, "loss": history["loss"][-1]})
         metrics = validate()
         history["epochs"].append({"epoch": epoch, "metrics": metrics})
-        if _score(metrics) > _score(best):
-            best, best_epoch, bad = metrics, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-        if cfg.patience is not None and bad >= cfg.patience and epoch < cfg.epochs:
+        stopper.update(epoch, metrics, snapshot)
+        if stopper.should_stop(epoch, cfg.epochs):
             stopped = True
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(stopper.best_state)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     n_params = sum(p.numel() for p in params)
     return BaselineResult(
-        FinetunedModel(model, backbone.tokenizer, device), cfg, best_epoch, best,
+        FinetunedModel(model, backbone.tokenizer, device), cfg, stopper.best_epoch, stopper.best_metrics,
         time.perf_counter() - start, step, stopped, n_params, _state_bytes(model), history,
     )

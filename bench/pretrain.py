@@ -30,7 +30,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from adapters.backbone import OFFLINE_CHECKPOINT, load_backbone, register_model_configs
@@ -180,12 +180,51 @@ def write_card(update: dict) -> dict:
     return card
 
 
+def _block_lists(model) -> dict[str, torch.nn.ModuleList]:
+    return {"visual.transformer.resblocks": model.visual.transformer.resblocks, "transformer.resblocks": model.transformer.resblocks}
+
+
+def grow_from(model, checkpoint: Path) -> str:
+    """Initialise a deeper ``model`` from a shallower checkpoint of the same width, function-preserving.
+
+    Old block i becomes new block ``i * factor``; the blocks in between start as copies of it with
+    their residual branches' output projections zeroed, so they are identities at step 0 and the
+    grown model computes exactly what the old one did (checked by the caller's first evaluation);
+    training then gives the new blocks work. This is depth up-scaling ("progressive stacking"),
+    which lets a 30-minute CPU budget start from the previous run instead of from noise.
+    """
+    old = {k: v.float() for k, v in load_file(str(checkpoint)).items()}
+    new = model.state_dict()
+    for prefix, blocks in _block_lists(model).items():
+        old_depth = 1 + max(int(k[len(prefix) + 1 :].split(".")[0]) for k in old if k.startswith(prefix + "."))
+        if len(blocks) % old_depth:
+            raise ValueError(f"{prefix}: {len(blocks)} blocks is not a multiple of the checkpoint's {old_depth}")
+        factor = len(blocks) // old_depth
+        for k in list(old):
+            if not k.startswith(prefix + "."):
+                continue
+            i, rest = k[len(prefix) + 1 :].split(".", 1)
+            value = old.pop(k)
+            for j in range(factor):
+                copy = value.clone()
+                if j > 0 and rest.startswith(("attn.out_proj.", "mlp.c_proj.")):
+                    copy.zero_()
+                new[f"{prefix}.{int(i) * factor + j}.{rest}"] = copy
+    for k, v in old.items():
+        if new[k].shape != v.shape:
+            raise ValueError(f"{k}: checkpoint shape {tuple(v.shape)} != model {tuple(new[k].shape)}")
+        new[k] = v
+    model.load_state_dict(new)
+    return hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
 def train(args) -> None:
     register_model_configs()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, device="cpu")
+    grown_from_sha = grow_from(model, Path(args.grow_from)) if args.grow_from else None
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     mean, std = normalize_stats(preprocess)
 
@@ -198,13 +237,24 @@ def train(args) -> None:
     opt = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = open_clip.ClipLoss()
     warmup = max(1, int(args.warmup * args.steps))
+    state_path = Path(args.state) if args.state else None
+    first_step, losses, elapsed_before = 0, [], 0.0
+    if state_path is not None and state_path.exists():  # resume: same stream, same schedule
+        saved = torch.load(state_path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        first_step, losses, elapsed_before = saved["step"], saved["losses"], saved["elapsed_s"]
+        print(f"resumed from {state_path} at step {first_step}", flush=True)
     loader = torch.utils.data.DataLoader(
-        BroadStream(args.steps, args.batch, args.seed, mean, std), batch_size=None, num_workers=1, prefetch_factor=4
+        BroadStream(args.steps, args.batch, args.seed, mean, std, start=first_step), batch_size=None, num_workers=1, prefetch_factor=4
     )
-    start = time.time()
-    losses = []
-    bar = tqdm(loader, total=args.steps, desc="pretrain", mininterval=5, file=sys.stdout)
-    for step, (pixels, tokens) in enumerate(bar):
+    start = time.time() - elapsed_before
+    bar = tqdm(loader, total=args.steps, initial=first_step, desc="pretrain", mininterval=5, file=sys.stdout)
+    stopped_early = None
+    for step, (pixels, tokens) in enumerate(bar, start=first_step):
+        if args.max_minutes and time.time() - start > 60 * args.max_minutes:
+            stopped_early = step  # the wall-clock budget ran out: keep what was trained, say so
+            break
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, warmup)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -220,8 +270,15 @@ def train(args) -> None:
         losses.append(loss.item())
         if step % 25 == 0 or step == args.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+        if state_path is not None and (step + 1) % args.save_every == 0:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
+                        "losses": losses, "elapsed_s": time.time() - start}, tmp)
+            os.replace(tmp, state_path)
     train_s = time.time() - start
-    print(f"trained {args.steps} steps in {train_s:.0f}s ({args.steps / train_s:.2f} steps/s)", flush=True)
+    steps_done = stopped_early if stopped_early is not None else args.steps
+    print(f"trained {steps_done} steps in {train_s:.0f}s ({steps_done / train_s:.2f} steps/s)", flush=True)
 
     out = Path(args.out)
     save_checkpoint(model.eval(), out)
@@ -235,13 +292,17 @@ def train(args) -> None:
         "command": "python -m bench.pretrain " + " ".join(sys.argv[1:]),
         "seed": args.seed,
         "steps": args.steps,
+        "steps_done": steps_done,
+        "stopped_by_wall_clock_cap": stopped_early is not None,
+        "grown_from_sha256": grown_from_sha,
         "batch_size": args.batch,
-        "pairs_seen": args.steps * args.batch,
+        "pairs_seen": steps_done * args.batch,
         "pretrain_spec": PRETRAIN_SPEC,
         "optimizer": f"AdamW lr {args.lr} wd {args.wd} betas (0.9, 0.98), {warmup} warm-up steps then cosine",
         "precision": "bf16 autocast on CPU" if args.bf16 else "fp32",
         "train_wall_s": round(train_s, 1),
-        "steps_per_s": round(args.steps / train_s, 3),
+        "steps_per_s": round(steps_done / train_s, 3),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "final_loss_mean_last_25": round(float(np.mean(losses[-25:])), 4),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads {args.threads}, CPU shared with other jobs",
         "torch": torch.__version__,
@@ -282,6 +343,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     ap.add_argument("--out", default=str(OFFLINE_CHECKPOINT))
+    ap.add_argument("--grow-from", help="a shallower checkpoint of the same width to start from (see grow_from)")
+    ap.add_argument("--state", help="resumable training state file (outside git, e.g. bench/cache/pretrain_state.pt)")
+    ap.add_argument("--save-every", type=int, default=50)
+    ap.add_argument("--max-minutes", type=float, default=0.0, help="stop early (and say so in the card) after this wall time")
     ap.add_argument("--eval-only", action="store_true", help="only re-evaluate --out and update the card")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

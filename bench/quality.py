@@ -1,26 +1,28 @@
-"""Quality half of the offline benchmark: what per-collection prompts buy on shifted collections.
+"""Quality half of the offline benchmark: what a per-collection adapter buys on shifted collections.
 
-    python -m bench.quality [--quick] [--out docs/bench]
+    python -m bench.quality [--spec PATH ...] [--methods ...] [--seeds ...] [--sizes 1000 5000]
+                            [--levers] [--quick] [--out docs/bench]
 
-For every shift spec (``fine_grained``, ``style``; ``broad``, the pretraining distribution, only
-zero-shot for reference) a collection is drawn deterministically from the miniature world:
+For every shift (a world spec: a name in ``bench/specs`` or any JSON file path) a collection is
+drawn deterministically from the miniature world:
 
-- train: ``generate(spec, 1000, seed=TRAIN_SEED)``, captions as the spec writes them (partial,
-  sometimes wrong, like a real collection's);
-- val: ``generate(spec.clean(), 200, seed=VAL_SEED)``, for early stopping and for choosing the
-  best prompt configuration;
-- test: ``generate(spec.clean(), 500, seed=TEST_SEED)``, never seen by training, early stopping
-  or selection. Every item is drawn from its own RNG seeded by (seed, index), so the three
-  splits are independent draws (different seeds), not overlapping ranges.
+- train: ``generate(spec, size, seed=TRAIN_SEED)``, captions as the spec writes them; the sizes a
+  personal collection has (1,000 and 5,000 pairs; the smaller is a prefix of the larger);
+- val: ``generate(spec.clean(), VAL_SIZE, seed=VAL_SEED)``: early stopping, the zero-shot mixing
+  weight, the baselines' learning rates and the levers are all chosen here;
+- test: ``generate(spec.clean(), TEST_SIZE, seed=TEST_SEED)``: never seen by training, stopping or
+  any choice. Items are drawn from their own RNG seeded by (seed, index): independent draws.
 
-Methods: zero-shot; textual / visual / dual prompts (``adapters.train``); dual + DCAR's losses
-(category-weighted negatives, mined hard negatives, attribute-composed captions); a residual
-linear adapter on frozen features and full fine-tuning (``bench.baselines``). Then one lever at a
-time from the dual recipe (deep prompts, token counts, text init, DCAR's pieces, lr/epochs), the
-best prompt configuration per shift chosen on val and reported on test, and the targets.
+Methods: ``zero-shot``; ``adapter`` (``TrainConfig()``: the service's default recipe); ``dual``
+(dual prompts alone: the recipe without residual map or zero-shot mixing); ``dcar`` (dual + DCAR's
+three parts); ``linear`` (a d x d residual map on frozen embeddings) and ``full-ft`` (every backbone
+weight). The baselines get the recipe's epoch / patience / batch budget and a learning rate chosen on
+val from a sweep of three. ``--levers`` adds one-lever-at-a-time variants of the dual prompts,
+scored on val only. Every R@K, category P@10 / mAP, difference to zero-shot and recovered fraction
+gets a 95 % bootstrap interval over test queries and seeds (``bench.intervals``).
 
-Outputs in ``--out``: quality.json (every run), quality.md (tables, targets), recall_by_method.png,
-recall_vs_params.png. Progress goes to stderr through tqdm.
+Outputs in ``--out``: quality.json (every run, per-query results), quality.md, recall_by_method.png,
+recall_vs_params.png; the README table is printed at the end.
 """
 
 from __future__ import annotations
@@ -28,14 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 
@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from adapters.artifact import serialize_adapter
 from adapters.backbone import OFFLINE_CHECKPOINT, load_backbone
-from adapters.evaluate import flatten_captions, image_ids_of, retrieval_metrics
+from adapters.evaluate import flatten_captions, image_ids_of, per_query_category, per_query_t2i_ranks, retrieval_metrics
 from adapters.features import preprocess_images
 from adapters.train import TrainConfig, train_adapter
 from bench.baselines import (
@@ -56,49 +56,62 @@ from bench.baselines import (
     train_feature_adapter,
     trim_tokens,
 )
-from bench.world import generate, list_specs, load_spec
+from bench.machine import machine_info
+from bench.world import generate, load_spec
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 1001, 2002, 3003
-SHIFTS = ("fine_grained", "style", "vocabulary")
+SHIFTS = ("style", "fine_grained", "composition", "vocabulary")
 REFERENCE = "broad"
-PROMPT_SEEDS = (0, 1, 2)
+TRAIN_SIZES = (1000, 5000)
+VAL_SIZE, TEST_SIZE = 500, 1000
+SEEDS = (0, 1, 2)
 PARAM_BUDGET = 0.005  # <= 0.5 % of the backbone's parameters
-RECOVERY_TARGET = 0.8  # of full fine-tuning's R@1 gain over zero-shot, on the style shift
+RECOVERY_TARGET = 0.8  # of full fine-tuning's R@1 gain over zero-shot
+LINEAR_LRS = (3e-4, 1e-3, 3e-3)
+FT_LRS = (3e-5, 1e-4, 3e-4)
+DCAR = dict(same_category_weight=0.5, hard_negatives=2, attribute_reweighting=True)
+
+# The recipe is TrainConfig's defaults (what the service trains by); never a copy kept here.
+RECIPE = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("seed", "device")}
+# The plain dual prompts: the recipe without the output-side pieces.
+DUAL = dict(RECIPE, method="dual", residual_rank=0, zero_shot_mix=False, consistency_weight=0.0)
+
+
+def budget() -> dict:
+    """The epoch / patience / batch / warm-up budget every method gets (the recipe's)."""
+    return {k: RECIPE[k] for k in ("epochs", "patience", "batch_size", "warmup")}
+
+
+# One lever at a time from the plain dual prompts, scored on val (never on test).
+LEVERS: dict[str, dict] = {
+    "dual prompts (base)": {},
+    "+ prompts at every text block": dict(text_deep=True),
+    "+ consistency to frozen features (w=1)": dict(consistency_weight=1.0),
+    "+ zero-shot mixing chosen on val": dict(zero_shot_mix=True),
+    "+ residual map (rank 32)": dict(residual_rank=32),
+    "+ residual map + mixing": dict(residual_rank=32, zero_shot_mix=True),
+    "+ 2 captions per image per step": dict(captions_per_item=2),
+    "+ category weighting (DCAR, same=0.5)": dict(same_category_weight=0.5),
+    "+ hard negatives (DCAR, k=2)": dict(hard_negatives=2),
+    "+ attribute reweighting (DCAR)": dict(attribute_reweighting=True),
+}
 
 
 @dataclass(frozen=True)
 class Sizes:
-    train: int = 1000
-    val: int = 200
-    test: int = 500
+    train: Sequence[int] = TRAIN_SIZES
+    val: int = VAL_SIZE
+    test: int = TEST_SIZE
 
 
-FULL_SIZES = Sizes()
-
-# The dual-prompt recipe every headline prompt method and every ablation starts from, chosen on
-# *val* pairs of the shipped checkpoint before the measured run (see PRE_RUN_NOTES in report.py):
-# the previous recipe (6 epochs of batch 64 at lr 2e-3) stopped before prompts had learned
-# anything; batch 32 for 12 epochs at lr 1e-2 lifts val R@1 on both style and fine_grained.
-# Visual prompts skip block 0 (it is cached, and untrained prompts there cost the most recall).
-RECIPE = dict(
-    text_tokens=4, visual_tokens=8, visual_start=1, visual_deep_from=1, text_init="a photo of a",
-    epochs=12, lr=1e-2, batch_size=32, warmup=0.1, patience=4,
-)
-DCAR = dict(same_category_weight=0.5, hard_negatives=2, attribute_reweighting=True)
-FT_CONFIG = dict(epochs=6, lr=5e-4, weight_decay=0.05, patience=2)
-LINEAR_CONFIG = dict(hidden=None, epochs=40, lr=1e-3, patience=6)
-BUDGET_MIN = 44.0  # the full run must fit 45 minutes on 2 cores: ablations past this are skipped
-
-# The quick variant (CI): the style shift with the full recipe, one seed, a smaller test set.
 QUICK_SHIFT = "style"
-QUICK_SIZES = Sizes(train=1000, val=150, test=300)
-QUICK_RECIPE = RECIPE
+QUICK_SIZES = Sizes(train=(600,), val=200, test=300)
 
 
 # ====================================================================== data
 @dataclass
-class Shift:
-    """One collection: items, test tensors prepared once, frozen features for the baselines."""
+class Collection:
+    """One shift at one train size: items, and the test tensors prepared once."""
 
     name: str
     train: list
@@ -108,543 +121,354 @@ class Shift:
     test_captions: list[str]
     test_owner: torch.Tensor
     test_ids: torch.Tensor
-    train_pixels: torch.Tensor | None = None
-    val_pixels: torch.Tensor | None = None
+    test_query_categories: list
+    test_image_categories: list
     cache: dict = field(default_factory=dict)
 
     @classmethod
-    def draw(cls, backbone, name: str, sizes: Sizes) -> "Shift":
-        spec = load_spec(name)
-        train = generate(spec, sizes.train, seed=TRAIN_SEED)
+    def draw(cls, backbone, spec_ref: str, train_size: int, sizes: Sizes) -> Collection:
+        spec = load_spec(spec_ref)
+        train = generate(spec, train_size, seed=TRAIN_SEED)
         val = generate(spec.clean(), sizes.val, seed=VAL_SEED)
         test = generate(spec.clean(), sizes.test, seed=TEST_SEED)
         captions, owner = flatten_captions(test)
         pixels = preprocess_images(backbone, [item.image for item in test])
-        return cls(name, train, val, test, pixels, captions, owner, image_ids_of(test))
+        cats = [item.category for item in test]
+        return cls(spec.name, train, val, test, pixels, captions, owner, image_ids_of(test),
+                   [cats[int(i)] for i in owner], cats)
 
     def pixels(self, backbone) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.train_pixels is None:
-            self.train_pixels = preprocess_images(backbone, [item.image for item in self.train])
-            self.val_pixels = preprocess_images(backbone, [item.image for item in self.val])
-        return self.train_pixels, self.val_pixels
+        if "pixels" not in self.cache:
+            self.cache["pixels"] = (preprocess_images(backbone, [i.image for i in self.train]),
+                                    preprocess_images(backbone, [i.image for i in self.val]))
+        return self.cache["pixels"]
 
     def describe(self) -> dict:
-        n_caps = lambda items: sum(len(i.captions) for i in items)  # noqa: E731
-        cats = {i.category for i in self.train}
+        def caps(items):
+            return sum(len(i.captions) for i in items)
+
         return {
-            "train": {"items": len(self.train), "captions": n_caps(self.train), "seed": TRAIN_SEED, "captions_as": "spec"},
-            "val": {"items": len(self.val), "captions": n_caps(self.val), "seed": VAL_SEED, "captions_as": "spec.clean()"},
-            "test": {"items": len(self.test), "captions": n_caps(self.test), "seed": TEST_SEED, "captions_as": "spec.clean()"},
-            "train_categories": len(cats),
+            "train": {"items": len(self.train), "captions": caps(self.train), "seed": TRAIN_SEED},
+            "val": {"items": len(self.val), "captions": caps(self.val), "seed": VAL_SEED},
+            "test": {"items": len(self.test), "captions": caps(self.test), "seed": TEST_SEED},
+            "categories": len({i.category for i in self.test}),
         }
 
 
 @torch.no_grad()
-def test_metrics(shift: Shift, encode_image: Callable, encode_text: Callable, tokenize: Callable) -> dict:
-    """Held-out test metrics with the given encoders (pixels prepared once per shift)."""
-    image = torch.cat([encode_image(shift.test_pixels[s : s + 250]).float().cpu() for s in range(0, len(shift.test_pixels), 250)])
-    tokens = tokenize(shift.test_captions)
-    text = torch.cat([encode_text(trim_tokens(tokens[s : s + 256])).float().cpu() for s in range(0, len(tokens), 256)])
-    return retrieval_metrics(text, image, shift.test_owner, shift.test_ids)
+def test_results(coll: Collection, encode_image: Callable, encode_text_tokens: Callable, tokenize: Callable) -> dict:
+    """Per-query test results (ranks, category P@10 and AP) and their means."""
+    image = torch.cat([encode_image(coll.test_pixels[s : s + 250]).float().cpu() for s in range(0, len(coll.test_pixels), 250)])
+    tokens = tokenize(coll.test_captions)
+    text = torch.cat([encode_text_tokens(trim_tokens(tokens[s : s + 256])).float().cpu() for s in range(0, len(tokens), 256)])
+    ranks = per_query_t2i_ranks(text, image, coll.test_owner, coll.test_ids)
+    cat = per_query_category(text, image, coll.test_query_categories, coll.test_image_categories)
+    full = retrieval_metrics(text, image, coll.test_owner, coll.test_ids)
+    return {
+        "summary": {"t2i_r1": full["t2i_r1"], "t2i_r5": full["t2i_r5"], "t2i_r10": full["t2i_r10"], "i2t_r1": full["i2t_r1"],
+                    "rsum": full["rsum"], "cat_p10": float(torch.nanmean(cat["cat_p10"])),
+                    "cat_map": float(torch.nanmean(cat["cat_map"]))},
+        "per_query": {"rank": ranks.tolist(), "cat_p10": [round(float(x), 3) for x in cat["cat_p10"]],
+                      "cat_ap": [round(float(x), 4) for x in cat["cat_map"]]},
+    }
 
 
-def zero_shot_test(backbone, shift: Shift) -> dict:
-    model = backbone.model
-    return test_metrics(
-        shift,
-        lambda p: model.encode_image(p.to(backbone.device), normalize=True),
-        lambda t: encode_text(model, t.to(backbone.device)),
-        lambda caps: backbone.tokenizer(caps),
-    )
-
-
-# ====================================================================== runs
-def _short(metrics: dict | None) -> dict | None:
-    if metrics is None:
-        return None
-    keep = ("t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "i2t_r1", "i2t_r5", "i2t_r10", "rsum", "n_images", "n_captions")
-    return {k: metrics[k] for k in keep if k in metrics}
+def _val(metrics: dict | None) -> dict | None:
+    return None if metrics is None else {k: metrics[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10", "rsum") if k in metrics}
 
 
 def _backbone_params(backbone) -> int:
     return sum(p.numel() for p in backbone.model.parameters())
 
 
-def config_key(cfg: dict) -> str:
-    """A stable id for a configuration, seeds excluded (runs of one key are seeds of it)."""
-    return json.dumps({k: v for k, v in sorted(cfg.items()) if k != "seed"}, sort_keys=True)
+# ====================================================================== runs
+def run_zero_shot(backbone, coll: Collection) -> dict:
+    model = backbone.model
+    res = test_results(coll, lambda p: model.encode_image(p.to(backbone.device), normalize=True),
+                       lambda t: encode_text(model, t.to(backbone.device)), backbone.tokenizer)
+    return {"method": "zero-shot", "seed": None, "params": 0, "bytes": 0, "wall_time_s": 0.0,
+            "val": _val(FrozenFeatures.encode(backbone, coll.val).metrics()), **res}
 
 
-def run_prompt(backbone, shift: Shift, method: str, label: str, group: str, overrides: dict, seed: int, bar=None) -> dict:
+def run_adapter(backbone, coll: Collection, method: str, overrides: dict, seed: int, with_test: bool = True,
+                bar=None) -> dict:
     cfg = TrainConfig(**{**overrides, "seed": seed})
 
     def progress(info: dict) -> None:
         if bar is not None:
-            bar.set_postfix_str(f"{shift.name} {label} s{seed} ep {info['epoch']}/{info['epochs']} "
-                                f"step {info['step']}/{info['total_steps']} val R@1 {info['metrics']['t2i_r1']:.3f}")
+            bar.set_postfix_str(f"{coll.name}/{len(coll.train)} {method} s{seed} ep {info['epoch']}/{info['epochs']} "
+                                f"val R@1 {info['metrics']['t2i_r1']:.3f}")
 
     torch.manual_seed(seed)
-    result = train_adapter(backbone, shift.train, shift.val, cfg, on_progress=progress)
+    result = train_adapter(backbone, coll.train, coll.val, cfg, on_progress=progress)
     prompted = result.prompted
-    metrics = test_metrics(
-        shift, prompted.encode_image, prompted.encode_text, lambda caps: prompted.tokenize(caps).cpu(),
-    )
-    n_params = prompted.num_parameters()
-    return {
-        "spec": shift.name, "method": method, "label": label, "group": group, "seed": seed,
-        "config": cfg.to_dict(), "config_key": config_key(cfg.to_dict()),
-        "test": _short(metrics), "val": _short(result.best_metrics), "val_zero_shot": _short(result.zero_shot_metrics),
-        "params": n_params, "params_pct_backbone": 100.0 * n_params / _backbone_params(backbone),
-        "bytes": len(serialize_adapter(prompted, cfg)), "wall_time_s": round(result.wall_time_s, 2),
-        "steps": result.steps, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-        "val_r1_by_epoch": [round(e["metrics"]["t2i_r1"], 4) for e in result.history["epochs"]],
-    }
-
-
-def run_zero_shot(backbone, shift: Shift) -> dict:
-    t0 = time.perf_counter()
-    metrics = zero_shot_test(backbone, shift)
-    wall = time.perf_counter() - t0
-    val = FrozenFeatures.encode(backbone, shift.val).metrics()
-    return {
-        "spec": shift.name, "method": "zero-shot", "label": "zero-shot", "group": "headline", "seed": None,
-        "config": {}, "config_key": "{}", "test": _short(metrics), "val": _short(val), "params": 0,
-        "params_pct_backbone": 0.0, "bytes": 0, "wall_time_s": 0.0, "eval_time_s": round(wall, 2),
-    }
-
-
-def run_linear(backbone, shift: Shift, seed: int, bar=None) -> dict:
-    cfg = FeatureAdapterConfig(**{**LINEAR_CONFIG, "seed": seed})
-    t0 = time.perf_counter()
-    if "features" not in shift.cache:  # the frozen encode is the adapter's only backbone work: time it once
-        train_px, val_px = shift.pixels(backbone)
-        shift.cache["features"] = (FrozenFeatures.encode(backbone, shift.train, train_px), FrozenFeatures.encode(backbone, shift.val, val_px))
-        shift.cache["features_s"] = time.perf_counter() - t0
-    train_f, val_f = shift.cache["features"]
-
-    def progress(info: dict) -> None:
-        if bar is not None:
-            bar.set_postfix_str(f"{shift.name} linear s{seed} ep {info['epoch']}/{info['epochs']} val R@1 {info['val_r1']:.3f}")
-
-    result = train_feature_adapter(backbone, shift.train, train_f, val_f, cfg, on_epoch=progress)
-    adapter = result.model
-    model = backbone.model
-    metrics = test_metrics(
-        shift,
-        lambda p: adapter.image(model.encode_image(p.to(backbone.device), normalize=True).float()),
-        lambda t: adapter.text(encode_text(model, t.to(backbone.device)).float()),
-        lambda caps: backbone.tokenizer(caps),
-    )
-    return {
-        "spec": shift.name, "method": "linear adapter", "label": "linear adapter (frozen features)", "group": "headline",
-        "seed": seed, "config": cfg.to_dict(), "config_key": config_key(cfg.to_dict()),
-        "test": _short(metrics), "val": _short(result.best_metrics), "params": result.num_parameters,
-        "params_pct_backbone": 100.0 * result.num_parameters / _backbone_params(backbone), "bytes": result.num_bytes,
-        # Tuning time: the one frozen encode of train+val plus the adapter's own training.
-        "wall_time_s": round(result.wall_time_s + shift.cache["features_s"], 2),
-        "steps": result.steps, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-        "val_r1_by_epoch": [round(e["metrics"]["t2i_r1"], 4) for e in result.history["epochs"]],
-    }
-
-
-def run_full_ft(backbone, shift: Shift, seed: int, overrides: dict, bar=None) -> dict:
-    cfg = FullFinetuneConfig(**{**overrides, "seed": seed})
-    train_px, val_px = shift.pixels(backbone)
-
-    def progress(info: dict) -> None:
-        if bar is not None:
-            bar.set_postfix_str(f"{shift.name} full FT s{seed} ep {info['epoch']} step {info['step']}/{info['total_steps']} loss {info['loss']:.3f}")
-
-    result = full_finetune(backbone, shift.train, shift.val, cfg, train_px, val_px, on_step=progress)
-    ft = result.model
-    metrics = test_metrics(shift, ft.encode_image, ft.encode_text, lambda caps: backbone.tokenizer(caps))
     record = {
-        "spec": shift.name, "method": "full fine-tuning", "label": "full fine-tuning (all params)", "group": "headline",
-        "seed": seed, "config": cfg.to_dict(), "config_key": config_key(cfg.to_dict()),
-        "test": _short(metrics), "val": _short(result.best_metrics), "params": result.num_parameters,
-        "params_pct_backbone": 100.0 * result.num_parameters / _backbone_params(backbone), "bytes": result.num_bytes,
-        "wall_time_s": round(result.wall_time_s, 2), "steps": result.steps, "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "val_r1_by_epoch": [round(e["metrics"]["t2i_r1"], 4) for e in result.history["epochs"]],
+        "method": method, "seed": seed, "config": cfg.to_dict(), "val": _val(result.best_metrics),
+        "val_zero_shot": _val(result.zero_shot_metrics), "params": prompted.num_parameters(),
+        "bytes": len(serialize_adapter(prompted, cfg)), "wall_time_s": round(result.wall_time_s, 1),
+        "best_epoch": result.best_epoch, "steps": result.steps,
+        "adapted_weight": float(prompted.adapted_weight) if prompted.adapted_weight is not None else None,
     }
-    del result, ft
+    if with_test:
+        record.update(test_results(coll, prompted.encode_image, prompted.encode_text, lambda caps: prompted.tokenize(caps).cpu()))
     return record
 
 
-# ====================================================================== the plan
-@dataclass
-class PromptRun:
-    method: str  # headline method name, or the lever for an ablation
-    label: str
-    group: str  # "headline" | "ablation"
-    overrides: dict
-    seeds: Sequence[int]
+def _features(backbone, coll: Collection) -> tuple[FrozenFeatures, FrozenFeatures]:
+    if "features" not in coll.cache:
+        train_px, val_px = coll.pixels(backbone)
+        coll.cache["features"] = (FrozenFeatures.encode(backbone, coll.train, train_px), FrozenFeatures.encode(backbone, coll.val, val_px))
+    return coll.cache["features"]
 
 
-def headline_prompt_runs(recipe: dict, seeds: Sequence[int]) -> list[PromptRun]:
-    return [
-        PromptRun("text prompts", "text prompts", "headline", dict(recipe, method="text"), seeds),
-        PromptRun("visual prompts", "visual prompts", "headline", dict(recipe, method="visual"), seeds),
-        PromptRun("dual prompts", "dual prompts", "headline", dict(recipe, method="dual"), seeds),
-        PromptRun("dual + DCAR", "dual + DCAR (all three)", "headline", dict(recipe, method="dual", **DCAR), seeds),
-    ]
+def run_linear(backbone, coll: Collection, seed: int, lr: float) -> tuple[dict, object]:
+    b = budget()
+    cfg = FeatureAdapterConfig(hidden=None, epochs=b["epochs"], patience=b["patience"], batch_size=b["batch_size"],
+                               warmup=b["warmup"], lr=lr, seed=seed)
+    train_f, val_f = _features(backbone, coll)
+    result = train_feature_adapter(backbone, coll.train, train_f, val_f, cfg)
+    record = {"method": "linear", "seed": seed, "config": cfg.to_dict(), "val": _val(result.best_metrics),
+              "params": result.num_parameters, "bytes": result.num_bytes, "wall_time_s": round(result.wall_time_s, 1),
+              "best_epoch": result.best_epoch, "steps": result.steps}
+    return record, result.model
 
 
-def ablation_runs(recipe: dict, seeds: Sequence[int]) -> list[PromptRun]:
-    """One lever at a time from the dual recipe (whose own runs are the headline's dual prompts)."""
-    base = dict(recipe, method="dual")
-    return [
-        PromptRun("DCAR piece", "+ category weighting (same=0.5)", "ablation", dict(base, same_category_weight=0.5), seeds),
-        PromptRun("DCAR piece", "+ hard negatives (k=2)", "ablation", dict(base, hard_negatives=2), seeds),
-        PromptRun("DCAR piece", "+ attribute reweighting", "ablation", dict(base, attribute_reweighting=True), seeds),
-        PromptRun("depth", "deep from the input (blocks 0-3)", "ablation", dict(base, visual_start=0, visual_deep_from=1), seeds),
-        PromptRun("depth", "shallow (one prompt set, at block 1)", "ablation", dict(base, visual_deep_from=None), seeds),
-        PromptRun("tokens", "M=8, N=16", "ablation", dict(base, text_tokens=8, visual_tokens=16), seeds),
-        PromptRun("schedule", "previous recipe: 6 epochs, batch 64, lr 2e-3", "ablation",
-                  dict(base, epochs=6, batch_size=64, lr=2e-3, patience=2), seeds),
-        PromptRun("temperature", "learned logit scale", "ablation", dict(base, learn_logit_scale=True), seeds),
-        PromptRun("text init", "text init random", "ablation", dict(base, text_init="random"), seeds),
-        PromptRun("depth", "deep, late (blocks 2-3)", "ablation", dict(base, visual_start=2, visual_deep_from=3), seeds),
-        PromptRun("tokens", "M=16, N=32", "ablation", dict(base, text_tokens=16, visual_tokens=32), seeds),
-    ]
+def test_linear(backbone, coll: Collection, adapter) -> dict:
+    model = backbone.model
+    return test_results(coll, lambda p: adapter.image(model.encode_image(p.to(backbone.device), normalize=True).float()),
+                        lambda t: adapter.text(encode_text(model, t.to(backbone.device)).float()), backbone.tokenizer)
 
 
-# ====================================================================== summaries
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {}
-    return {
-        "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values), "max": max(values), "n": len(values),
-    }
+def run_full_ft(backbone, coll: Collection, seed: int, lr: float) -> tuple[dict, object]:
+    b = budget()
+    cfg = FullFinetuneConfig(epochs=b["epochs"], patience=b["patience"], batch_size=b["batch_size"], warmup=b["warmup"],
+                             lr=lr, seed=seed)
+    train_px, val_px = coll.pixels(backbone)
+    result = full_finetune(backbone, coll.train, coll.val, cfg, train_px, val_px)
+    record = {"method": "full-ft", "seed": seed, "config": cfg.to_dict(), "val": _val(result.best_metrics),
+              "params": result.num_parameters, "bytes": result.num_bytes, "wall_time_s": round(result.wall_time_s, 1),
+              "best_epoch": result.best_epoch, "steps": result.steps}
+    return record, result.model
 
 
-def summarize(records: list[dict], spec: str, key: str) -> dict:
-    """Mean/std/min/max over the seeds of the runs with one config key on one spec."""
-    runs = [r for r in records if r["spec"] == spec and r["config_key"] == key and r["method"] != "zero-shot"]
-    out = {"n": len(runs)}
-    for split in ("test", "val"):
-        for metric in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "rsum"):
-            out[f"{split}_{metric}"] = _stats([r[split][metric] for r in runs if r.get(split)])
-    out["wall_time_s"] = _stats([r["wall_time_s"] for r in runs])
-    if runs:
-        out.update(params=runs[0]["params"], params_pct_backbone=runs[0]["params_pct_backbone"], bytes=runs[0]["bytes"])
+def swept(backbone, coll: Collection, method: str, seeds: Sequence[int], bar=None) -> list[dict]:
+    """A baseline: lr chosen on val (seed 0 of the sweep), then every seed at that lr, tested."""
+    run, lrs = (run_linear, LINEAR_LRS) if method == "linear" else (run_full_ft, FT_LRS)
+    sweep = []
+    kept: dict[float, tuple[dict, object]] = {}
+    for lr in lrs:
+        if bar is not None:
+            bar.set_postfix_str(f"{coll.name}/{len(coll.train)} {method} lr sweep {lr:g}")
+        record, model = run(backbone, coll, seeds[0], lr)
+        sweep.append({"lr": lr, "val_t2i_r1": record["val"]["t2i_r1"], "val_rsum": record["val"]["rsum"],
+                      "best_epoch": record["best_epoch"]})
+        best = max(sweep, key=lambda s: (s["val_t2i_r1"], s["val_rsum"]))
+        kept = {lr: (record, model)} if best["lr"] == lr else kept  # keep only the leader's model
+    chosen = max(sweep, key=lambda s: (s["val_t2i_r1"], s["val_rsum"]))["lr"]
+    tester = test_linear if method == "linear" else (lambda bb, c, m: test_results(
+        c, m.encode_image, lambda t: encode_text(m.model, t.to(bb.device)), bb.tokenizer))
+    out = []
+    for seed in seeds:
+        if bar is not None:
+            bar.set_postfix_str(f"{coll.name}/{len(coll.train)} {method} lr {chosen:g} s{seed}")
+        record, model = kept[chosen] if seed == seeds[0] else run(backbone, coll, seed, chosen)
+        record = {**record, **tester(backbone, coll, model), "lr_sweep": sweep, "lr_chosen": chosen}
+        out.append(record)
+        del model
     return out
-
-
-def select_best_prompt(records: list[dict], spec: str, seed: int = 0) -> str | None:
-    """The prompt configuration with the best *val* R@1 of its seed-``seed`` run (val recall sum
-    breaks ties), among those within the parameter budget.
-
-    Every configuration has a run with that seed, so all compete on an equal footing (a mean over
-    however many seeds each happens to have would favour the lucky configurations with one).
-    """
-    runs = [r for r in records if r["spec"] == spec and "method" in r.get("config", {}) and r["seed"] == seed
-            and r["params_pct_backbone"] <= 100 * PARAM_BUDGET]
-    if not runs:
-        return None
-    best = max(runs, key=lambda r: (r["val"]["t2i_r1"], r["val"]["rsum"]))
-    return best["config_key"]
-
-
-# ====================================================================== environment facts
-def machine_info() -> dict:
-    info = {"nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-    try:
-        import open_clip
-
-        info["open_clip"] = open_clip.__version__
-    except Exception:  # pragma: no cover
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["ram_gib"] = round(int(line.split()[1]) / 2**20, 1)
-                break
-        info["loadavg_at_start"] = os.getloadavg()
-    except OSError:
-        pass
-    return info
-
-
-def backbone_card(backbone) -> dict:
-    """The backbone's identity plus whatever describes the shipped checkpoint (sidecar card, header)."""
-    card = {"identity": backbone.identity.to_dict(), "source": backbone.source_note, "parameters": _backbone_params(backbone)}
-    ckpt = OFFLINE_CHECKPOINT
-    if backbone.identity.checkpoint_sha256 and ckpt.exists():
-        card["checkpoint"] = str(ckpt.relative_to(Path(__file__).resolve().parents[1])) if ckpt.is_absolute() else str(ckpt)
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(ckpt), framework="pt") as fh:
-                card["checkpoint_metadata"] = fh.metadata() or {}
-        except Exception as exc:  # pragma: no cover
-            card["checkpoint_metadata_error"] = str(exc)
-        sidecars = sorted(ckpt.parent.glob(ckpt.stem + "*")) + [Path(__file__).parent / "backbone_card.json"]
-        for sidecar in sidecars:
-            if sidecar.exists() and sidecar.suffix in {".json", ".md", ".txt"}:
-                text = sidecar.read_text()
-                try:
-                    card[f"card:{sidecar.name}"] = json.loads(text)
-                except ValueError:
-                    card[f"card:{sidecar.name}"] = text[:4000]
-    return card
 
 
 # ====================================================================== the benchmark
 @dataclass
 class Options:
-    quick: bool = False
     out: Path = Path("docs/bench")
-    shifts: Sequence[str] = SHIFTS
+    specs: Sequence[str] = SHIFTS
+    methods: Sequence[str] = ("zero-shot", "adapter", "dual", "linear", "full-ft")
+    seeds: Sequence[int] = SEEDS
+    sizes: Sizes = Sizes()
+    big_size_methods: Sequence[str] | None = None  # methods also run at sizes after the first (None: all)
+    big_size_seeds: Sequence[int] | None = None
+    levers: bool = False
+    lever_specs: Sequence[str] | None = None  # None: every spec
+    lever_names: Sequence[str] | None = None  # None: every lever
     reference: str | None = REFERENCE
-    seeds: Sequence[int] = PROMPT_SEEDS
-    baseline_seeds: Sequence[int] = (0,)
-    ft_seeds: Sequence[int] = (0,)
-    ablation_seeds: Sequence[int] = (0,)
-    sizes: Sizes = FULL_SIZES
-    recipe: dict = field(default_factory=lambda: dict(RECIPE))
-    ft_config: dict = field(default_factory=lambda: dict(FT_CONFIG))
-    ablations: bool = True
-    budget_min: float | None = BUDGET_MIN  # None: run every planned configuration
-    backbone: str | None = None  # None: the shipped checkpoint (default of load_backbone)
+    quick: bool = False
 
 
 def quick_options(out: Path) -> Options:
-    return Options(
-        quick=True, out=out, shifts=(QUICK_SHIFT,), reference=None, seeds=(0,), baseline_seeds=(), ft_seeds=(),
-        ablation_seeds=(), sizes=QUICK_SIZES, recipe=dict(QUICK_RECIPE), ablations=False, budget_min=None,
-    )
+    return Options(out=out, specs=(QUICK_SHIFT,), methods=("zero-shot", "adapter"), seeds=(0,), sizes=QUICK_SIZES,
+                   reference=None, quick=True)
 
 
-def quick_core(backbone, shift_name: str = QUICK_SHIFT, seeds: Sequence[int] = (0,), sizes: Sizes = QUICK_SIZES,
-               recipe: dict | None = None) -> dict:
-    """The quick variant's core: zero-shot vs dual prompts on one shift's held-out test pairs."""
-    shift = Shift.draw(backbone, shift_name, sizes)
-    out = {"zero_shot": zero_shot_test(backbone, shift), "dual": []}
-    for seed in seeds:
-        out["dual"].append(run_prompt(backbone, shift, "dual prompts", "dual prompts", "headline",
-                                      dict(recipe or QUICK_RECIPE, method="dual"), seed)["test"])
-    return out
+def quick_core(backbone, spec: str = QUICK_SHIFT, seed: int = 0, sizes: Sizes = QUICK_SIZES) -> dict:
+    """The quick variant's core: zero-shot vs the default adapter on one shift's held-out test pairs."""
+    coll = Collection.draw(backbone, spec, sizes.train[0], sizes)
+    return {"zero_shot": run_zero_shot(backbone, coll), "adapter": run_adapter(backbone, coll, "adapter", RECIPE, seed)}
+
+
+def plan_runs(opts: Options) -> list[tuple[str, int, str, object]]:
+    plan: list[tuple[str, int, str, object]] = []
+    for spec in opts.specs:
+        for n, size in enumerate(opts.sizes.train):
+            methods = opts.methods if n == 0 or opts.big_size_methods is None else [m for m in opts.methods if m in opts.big_size_methods]
+            seeds = opts.seeds if n == 0 or opts.big_size_seeds is None else opts.big_size_seeds
+            for method in methods:
+                if method == "zero-shot":
+                    plan.append((spec, size, method, None))
+                elif method in ("linear", "full-ft"):
+                    plan.append((spec, size, method, tuple(seeds)))
+                else:
+                    plan += [(spec, size, method, s) for s in seeds]
+    if opts.levers:
+        size = opts.sizes.train[0]
+        for label in opts.lever_names or LEVERS:
+            for spec in opts.lever_specs or opts.specs:
+                plan.append((spec, size, "lever", label))
+    return plan
+
+
+METHOD_CONFIGS = {"adapter": RECIPE, "dual": DUAL, "dcar": dict(DUAL, **DCAR)}
 
 
 def run_benchmark(opts: Options) -> dict:
     t_start = time.perf_counter()
-    backbone = load_backbone(opts.backbone) if opts.backbone else load_backbone()
-    available = set(list_specs())
-    shifts = [s for s in opts.shifts if s in available]
-    missing = [s for s in opts.shifts if s not in available]
-    if missing:
-        print(f"warning: specs not found, skipped: {missing}", file=sys.stderr)
-
-    # The plan, counted up front so the progress bar has a total: every shift's headline methods
-    # first, then the levers round-robin over shifts (so a time cut trims both alike), then the
-    # val choice per shift, then the reference zero-shot.
-    plan: list[tuple[str, str, object]] = []
-    for name in shifts:
-        plan.append((name, "zero-shot", None))
-        for run in headline_prompt_runs(opts.recipe, opts.seeds):
-            plan += [(name, "prompt", (run, s)) for s in run.seeds]
-        for s in opts.baseline_seeds:
-            plan.append((name, "linear", s))
-        for s in opts.ft_seeds:
-            plan.append((name, "full_ft", s))
-    if opts.ablations:
-        for run in ablation_runs(opts.recipe, opts.ablation_seeds):
-            for name in shifts:
-                plan += [(name, "prompt", (run, s)) for s in run.seeds]
-        for name in shifts:
-            plan.append((name, "best", None))
-    if opts.reference and opts.reference in available and opts.reference not in shifts:
-        plan.append((opts.reference, "zero-shot", None))
-
+    backbone = load_backbone()
+    plan = plan_runs(opts)
     records: list[dict] = []
-    skipped: list[str] = []
-    data: dict[str, Shift] = {}
-    done_keys: set[tuple] = set()
-    chosen: dict[str, str | None] = {}  # the val-chosen prompt configuration per shift
-    budget_s = opts.budget_min * 60 if opts.budget_min else None
-
-    def estimate(name: str) -> float:
-        walls = [r["wall_time_s"] for r in records if r["spec"] == name and r["method"] == "dual prompts"]
-        return 1.3 * (sum(walls) / len(walls)) if walls else 60.0
-
-    def over_budget(name: str, runs_needed: float) -> bool:
-        if budget_s is None:
-            return False
-        reserve = sum(2 * estimate(n) for n in shifts if n not in chosen)  # the val choice's extra seeds
-        return time.perf_counter() - t_start + runs_needed * estimate(name) + reserve > budget_s
-
+    data: dict[tuple[str, int], Collection] = {}
     bar = tqdm(total=len(plan), desc="quality runs", unit="run", file=sys.stderr, dynamic_ncols=True)
-    for name, kind, arg in plan:
-        if name not in data:
-            bar.set_postfix_str(f"{name}: drawing {opts.sizes}")
-            data[name] = Shift.draw(backbone, name, opts.sizes)
-        shift = data[name]
-        if kind == "zero-shot":
-            records.append(run_zero_shot(backbone, shift))
-        elif kind == "prompt":
-            run, seed = arg
-            key = (name, config_key({**opts_cfg(run.overrides)}), seed)
-            if key in done_keys:  # an ablation equal to a headline config: reuse that run
-                bar.update(1)
-                continue
-            if run.group == "ablation" and over_budget(name, 1):
-                skipped.append(f"{name}: {run.method} / {run.label} (seed {seed}) skipped to stay within {opts.budget_min:.0f} min")
-                bar.update(1)
-                continue
-            rec = run_prompt(backbone, shift, run.method, run.label, run.group, run.overrides, seed, bar)
-            done_keys.add(key)
-            records.append(rec)
-        elif kind == "linear":
-            records.append(run_linear(backbone, shift, arg, bar))
-        elif kind == "full_ft":
-            records.append(run_full_ft(backbone, shift, arg, opts.ft_config, bar))
-        elif kind == "best":
-            best = select_best_prompt(records, name, seed=opts.seeds[0])
-            chosen[name] = best
-            have = sorted({r["seed"] for r in records if r["spec"] == name and r["config_key"] == best})
-            template = next(r for r in records if r["spec"] == name and r["config_key"] == best)
-            for seed in opts.seeds:  # the chosen config gets as many seeds as the headline methods
-                if seed in have:
-                    continue
-                if budget_s is not None and time.perf_counter() - t_start + estimate(name) > budget_s + 60:
-                    skipped.append(f"{name}: seed {seed} of the val-chosen configuration skipped (time budget)")
-                    continue
-                cfg = {k: v for k, v in template["config"].items() if k != "seed"}
-                records.append(run_prompt(backbone, shift, template["method"], template["label"], template["group"], cfg, seed, bar))
+    for spec, size, method, arg in plan:
+        key = (spec, size)
+        if key not in data:
+            for old in [k for k in data if k[0] != spec]:  # one shift's tensors in memory at a time
+                del data[old]
+            data[key] = Collection.draw(backbone, spec, size, opts.sizes)
+        coll = data[key]
+        base = {"spec": coll.name, "spec_ref": spec, "train_size": size}
+        if method == "zero-shot":
+            records.append({**base, **run_zero_shot(backbone, coll)})
+        elif method in ("linear", "full-ft"):
+            records += [{**base, **r} for r in swept(backbone, coll, method, arg, bar)]
+        elif method == "lever":
+            overrides = dict(DUAL, **LEVERS[arg])
+            rec = run_adapter(backbone, coll, "lever", overrides, 0, with_test=False, bar=bar)
+            records.append({**base, **rec, "lever": arg})
+        else:
+            records.append({**base, **run_adapter(backbone, coll, method, METHOD_CONFIGS[method], arg, bar=bar)})
         bar.update(1)
         _write_partial(opts, records)
     bar.close()
-    wall = time.perf_counter() - t_start
-    report = build_report(opts, backbone, data, records, wall, chosen)
-    report["skipped"] = skipped
-    return report
+    reference = None
+    if opts.reference:
+        coll = Collection.draw(backbone, opts.reference, 2, opts.sizes)
+        reference = {"spec": opts.reference, **run_zero_shot(backbone, coll)["summary"]}
+    from bench.summary import summarize
+
+    return {
+        "command": None,  # set by main() from its arguments
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - t_start, 1),
+        "machine": machine_info(),
+        "backbone": {"identity": backbone.identity.to_dict(), "parameters": _backbone_params(backbone),
+                     "card": json.loads((Path(__file__).parent / "backbone_card.json").read_text())},
+        "recipe": RECIPE, "dual": DUAL, "dcar": DCAR, "baseline_budget": budget(),
+        "linear_lrs": LINEAR_LRS, "full_ft_lrs": FT_LRS, "levers": LEVERS,
+        "sizes": {"train": list(opts.sizes.train), "val": opts.sizes.val, "test": opts.sizes.test},
+        "collections": {f"{k[0]}/{k[1]}": c.describe() for k, c in data.items()},
+        "seeds": {"world": {"train": TRAIN_SEED, "val": VAL_SEED, "test": TEST_SEED}, "methods": list(opts.seeds)},
+        "reference_zero_shot": reference,
+        "summary": (summary := summarize(records, _backbone_params(backbone))),
+        "notes": notes(opts, summary),
+        "runs": records,
+    }
 
 
-def opts_cfg(overrides: dict) -> dict:
-    """The full TrainConfig dict an override set resolves to (for de-duplicating runs)."""
-    return TrainConfig(**overrides).to_dict()
+def notes(opts: Options, summary: dict) -> list[str]:
+    """What the run left out or could not show, stated from what actually ran."""
+    out = []
+    for key, coll in summary["collections"].items():
+        zero = coll["methods"].get("zero-shot")
+        if zero is not None and not 0.10 <= zero["t2i_r1"]["mean"] <= 0.35:
+            out.append(f"{key}: zero-shot R@1 {100 * zero['t2i_r1']['mean']:.1f} % is outside the 10-35 % range real CLIP users are in.")
+    if len(opts.sizes.train) < 2:
+        out.append(f"Only {opts.sizes.train[0]:,}-pair collections ran (no second train size).")
+    elif opts.big_size_methods is not None or opts.big_size_seeds is not None:
+        out.append(f"At {', '.join(f'{n:,}' for n in opts.sizes.train[1:])} pairs only {list(opts.big_size_methods or opts.methods)} "
+                   f"ran, seeds {list(opts.big_size_seeds or opts.seeds)}.")
+    out.append(f"Baselines' learning rates were swept on seed {opts.seeds[0]} only; the other seeds reuse the chosen rate.")
+    if len(opts.seeds) < 3:
+        out.append(f"Seeds {list(opts.seeds)}: intervals over seeds rest on {len(opts.seeds)} run(s) per method.")
+    missing = [m for m in ("linear", "full-ft", "dcar") if m not in opts.methods]
+    if missing:
+        out.append(f"Not run: {', '.join(missing)} (their comparisons say 'not run').")
+    if not opts.levers:
+        out.append("The lever study (one lever at a time, on val) is not part of this run.")
+    return out
 
 
 def _write_partial(opts: Options, records: list[dict]) -> None:
     """Keep what has been measured so far on disk, so an interrupted run is not lost."""
     opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / ("quality.partial.json" if not opts.quick else "quality-quick.partial.json")).write_text(
-        json.dumps(records, indent=1))
-
-
-def build_report(opts: Options, backbone, data: dict, records: list[dict], wall: float, chosen: dict) -> dict:
-    summary: dict = {}
-    for name in data:
-        spec_records = [r for r in records if r["spec"] == name]
-        keys: dict[str, dict] = {}
-        for r in spec_records:
-            if r["method"] == "zero-shot":
-                continue
-            keys.setdefault(r["config_key"], {"method": r["method"], "label": r["label"], "group": r["group"], "config": {k: v for k, v in r["config"].items() if k != "seed"}})
-        rows = []
-        for key, meta in keys.items():
-            rows.append({**meta, "config_key": key, **summarize(records, name, key)})
-        zero = next((r for r in spec_records if r["method"] == "zero-shot"), None)
-        best_key = chosen.get(name)
-        summary[name] = {"rows": rows, "zero_shot": zero, "best_prompt_key": best_key}
-    targets = compute_targets(summary, backbone)
-    report = {
-        "command": "python -m bench.quality" + (" --quick" if opts.quick else "") + f" --out {opts.out}",
-        "argv": sys.argv,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": round(wall, 1),
-        "machine": machine_info(),
-        "backbone": backbone_card(backbone),
-        "sizes": {name: shift.describe() for name, shift in data.items()},
-        "seeds": {"train": TRAIN_SEED, "val": VAL_SEED, "test": TEST_SEED, "prompt_methods": list(opts.seeds),
-                  "linear": list(opts.baseline_seeds), "full_ft": list(opts.ft_seeds), "ablations": list(opts.ablation_seeds)},
-        "recipe": opts.recipe, "dcar": DCAR, "full_ft_config": opts.ft_config, "linear_config": LINEAR_CONFIG,
-        "summary": summary,
-        "targets": targets,
-        "runs": records,
-    }
-    return report
-
-
-def _mean(row: dict | None, metric: str = "test_t2i_r1") -> float | None:
-    if not row or not row.get(metric):
-        return None
-    return row[metric]["mean"]
-
-
-def compute_targets(summary: dict, backbone) -> dict:
-    out: dict = {"per_shift": {}}
-    total_params = _backbone_params(backbone)
-    for name, s in summary.items():
-        rows = s["rows"]
-        zero = s["zero_shot"]["test"]["t2i_r1"] if s.get("zero_shot") else None
-        by_method = lambda m: next((r for r in rows if r["method"] == m and r["group"] == "headline"), None)  # noqa: E731
-        best = next((r for r in rows if r["config_key"] == s["best_prompt_key"]), None)
-        ft, dual, dcar = by_method("full fine-tuning"), by_method("dual prompts"), by_method("dual + DCAR")
-        entry = {"zero_shot_r1": zero}
-        if best is not None and zero is not None:
-            entry.update(
-                best_prompt_label=best["label"], best_prompt_config=best["config"], best_prompt_r1=_mean(best),
-                best_prompt_r1_min=best["test_t2i_r1"]["min"], best_prompt_seeds=best["n"],
-                best_prompt_params=best["params"], best_prompt_params_pct=best["params_pct_backbone"],
-                beats_zero_shot=_mean(best) > zero, beats_zero_shot_every_seed=best["test_t2i_r1"]["min"] > zero,
-                within_param_budget=best["params"] <= PARAM_BUDGET * total_params,
-            )
-        if ft is not None and best is not None and zero is not None:
-            gain = _mean(ft) - zero
-            entry.update(full_ft_r1=_mean(ft), recovered_fraction=(_mean(best) - zero) / gain if gain > 0 else None)
-        if dual is not None and dcar is not None:
-            entry.update(dual_r1=_mean(dual), dual_std=dual["test_t2i_r1"]["std"], dcar_r1=_mean(dcar), dcar_std=dcar["test_t2i_r1"]["std"],
-                         dcar_minus_dual=_mean(dcar) - _mean(dual))
-            if ft is not None and _mean(ft) > _mean(dual):
-                entry["dcar_gap_closed_fraction"] = (_mean(dcar) - _mean(dual)) / (_mean(ft) - _mean(dual))
-        out["per_shift"][name] = entry
-    style = out["per_shift"].get("style", {})
-    shifts = [n for n in summary if n in SHIFTS]
-    out["style_recovers_80pct"] = (style.get("recovered_fraction") or 0) >= RECOVERY_TARGET if "recovered_fraction" in style else None
-    out["beats_zero_shot_every_shift"] = all(out["per_shift"][n].get("beats_zero_shot", False) for n in shifts) if shifts else None
-    out["within_param_budget_every_shift"] = all(out["per_shift"][n].get("within_param_budget", False) for n in shifts) if shifts else None
-    out["param_budget"] = PARAM_BUDGET * total_params
-    return out
+    (opts.out / ("quality-quick.partial.json" if opts.quick else "quality.partial.json")).write_text(json.dumps(records))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one shift, small sizes, one seed (< 3 minutes)")
-    parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="output folder (default docs/bench)")
-    parser.add_argument("--shifts", nargs="+", default=None, help=f"shift specs (default {' '.join(SHIFTS)})")
-    parser.add_argument("--no-ablations", action="store_true", help="headline methods only")
-    parser.add_argument("--backbone", default=None, help="open_clip model name (random init; development only)")
+    parser.add_argument("--spec", "--shifts", dest="specs", nargs="+", default=None,
+                        help=f"shift specs: names in bench/specs or JSON file paths (default {' '.join(SHIFTS)})")
+    parser.add_argument("--methods", nargs="+", default=None, choices=("zero-shot", "adapter", "dual", "dcar", "linear", "full-ft"))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--sizes", nargs="+", type=int, default=None, help="train sizes (default 1000 5000)")
+    parser.add_argument("--test-size", type=int, default=None)
+    parser.add_argument("--val-size", type=int, default=None)
+    parser.add_argument("--big-size-methods", nargs="+", default=None, help="methods also run at the larger train sizes")
+    parser.add_argument("--big-size-seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--levers", action="store_true", help="add the one-lever-at-a-time study (val only)")
+    parser.add_argument("--lever-specs", nargs="+", default=None)
+    parser.add_argument("--lever-names", nargs="+", default=None, help="a subset of the levers (default all)")
+    parser.add_argument("--quick", action="store_true", help="one shift, small sizes, the default adapter, one seed")
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--from-json", type=Path, default=None, help="rewrite the markdown and plots from a saved quality.json")
     args = parser.parse_args(argv)
-    if args.from_json is not None:
-        from bench.report import write_outputs
+    from bench.report import readme_table, write_outputs
 
+    if args.from_json is not None:
         report = json.loads(args.from_json.read_text())
-        paths = write_outputs(report, args.out, quick="--quick" in report["command"])
+        paths = write_outputs(report, args.out)
         print(f"rewrote {', '.join(str(p) for p in paths)} from {args.from_json}")
+        print(readme_table(report))
         return 0
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    opts = quick_options(args.out) if args.quick else Options(out=args.out)
-    if args.shifts:
-        opts.shifts = tuple(args.shifts)
-    if args.no_ablations:
-        opts.ablations = False
-    opts.backbone = args.backbone
-    if opts.backbone is None and not OFFLINE_CHECKPOINT.exists():
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    out = args.out
+    if args.quick and out == Path("docs/bench"):
+        out = Path("bench/runs/quick")  # a quick run never overwrites the published results
+    opts = quick_options(out) if args.quick else Options(out=out)
+    if args.specs:
+        opts.specs = tuple(args.specs)
+    if args.methods:
+        opts.methods = tuple(args.methods)
+    if args.seeds:
+        opts.seeds = tuple(args.seeds)
+    sizes = opts.sizes
+    if args.sizes:
+        sizes = replace(sizes, train=tuple(args.sizes))
+    if args.test_size:
+        sizes = replace(sizes, test=args.test_size)
+    if args.val_size:
+        sizes = replace(sizes, val=args.val_size)
+    opts.sizes = sizes
+    opts.big_size_methods = args.big_size_methods
+    opts.big_size_seeds = args.big_size_seeds
+    opts.levers = args.levers
+    opts.lever_specs = args.lever_specs
+    opts.lever_names = args.lever_names
+    if not OFFLINE_CHECKPOINT.exists():
         print(f"warning: {OFFLINE_CHECKPOINT} is missing; load_backbone() falls back to a random tiny model", file=sys.stderr)
     report = run_benchmark(opts)
-    from bench.report import write_outputs
-
-    paths = write_outputs(report, opts.out, quick=opts.quick)
+    report["command"] = " ".join(["python -m bench.quality", *(argv if argv is not None else sys.argv[1:])])
+    paths = write_outputs(report, opts.out)
     print(f"wall time {report['wall_time_s']:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    print(readme_table(report))
     return 0
 
 

@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import platform
 import shlex
 import signal
 import statistics
@@ -41,10 +40,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 import faiss  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-import open_clip  # noqa: E402
 import torch  # noqa: E402
 
 from adapters.backbone import OFFLINE_CHECKPOINT, OFFLINE_MODEL_NAME, load_backbone  # noqa: E402
+from bench.machine import machine_info as shared_machine_info  # noqa: E402
 from bench.speed_faiss import run_faiss  # noqa: E402
 from bench.speed_http import (  # noqa: E402
     REPO_ROOT,
@@ -126,28 +125,7 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- machine
 
 def machine_info() -> dict:
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram_gb = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram_gb = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": cpu_model, "ram_gb": ram_gb, "gpu": "none used (CPU only)",
-        "platform": platform.platform(), "python": platform.python_version(),
-        "versions": {"torch": torch.__version__, "faiss": faiss.__version__, "open_clip": open_clip.__version__,
-                     "numpy": np.__version__, "httpx": httpx.__version__},
-    }
+    return shared_machine_info({"faiss": faiss.__version__, "numpy": np.__version__, "httpx": httpx.__version__})
 
 
 def busiest_processes(limit: int = 4) -> list[str]:
@@ -176,7 +154,7 @@ class LoadSampler:
             self.samples.append((round(time.perf_counter() - start, 1), round(os.getloadavg()[0], 2)))
             self._stop.wait(self.period)
 
-    def __enter__(self) -> "LoadSampler":
+    def __enter__(self) -> LoadSampler:
         self._thread.start()
         return self
 
@@ -328,7 +306,7 @@ def search_components(backbone, sizes: Sizes) -> dict:
     encode = {}
     for batch in (1, 8, 32):
         texts = (queries * math.ceil(batch / len(queries)))[:batch]
-        ms = _median_ms(lambda: backbone.encode_texts(texts), repeats)
+        ms = _median_ms(lambda texts=texts: backbone.encode_texts(texts), repeats)
         encode[str(batch)] = {"ms_per_call": ms, "ms_per_query": ms / batch}
     dim = backbone.identity.embed_dim
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
@@ -88,7 +88,7 @@ def _single_query_search(index: VectorIndex, queries: np.ndarray, k: int) -> tup
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     k = truth.shape[1]
-    return np.array([len(set(f[f >= 0].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)])
+    return np.array([len(set(f[f >= 0].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)])
 
 
 def _set_nprobe(index: VectorIndex, nprobe: int) -> int:

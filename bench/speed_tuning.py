@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -33,10 +33,10 @@ class _RecomputeFrozenImages(ImageSide):
         self.frozen = True
         self.pixels = pixels
         self.prefix = None
-        self.embeddings = None
+        self.features = None
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        if self.embeddings is None and self.prefix is None:
+        if self.features is None and self.prefix is None:
             with torch.no_grad():  # frozen: no gradient would flow here anyway
                 return self.prompted.encode_image(self.pixels[index].to(self.device))
         return super().__call__(index)
@@ -86,7 +86,7 @@ def _compare(a, b) -> dict:
     prompt_diff = max((float((sa[k].float() - sb[k].float()).abs().max()) for k in sa), default=0.0)
     metric_diff = max(abs(float(a.best_metrics[k]) - float(b.best_metrics[k])) for k in a.best_metrics)
     la, lb = a.history["loss"], b.history["loss"]
-    loss_diff = max((abs(x - y) for x, y in zip(la, lb)), default=0.0) if len(la) == len(lb) else float("inf")
+    loss_diff = max((abs(x - y) for x, y in zip(la, lb, strict=True)), default=0.0) if len(la) == len(lb) else float("inf")
     return {
         "same_keys": sorted(sa) == sorted(sb),
         "prompt_max_abs_diff": prompt_diff,

@@ -19,10 +19,10 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -79,13 +79,13 @@ class WorldSpec:
     def values(self, dim: str) -> dict:
         return self.data[dim]
 
-    def with_caption(self, **overrides) -> "WorldSpec":
+    def with_caption(self, **overrides) -> WorldSpec:
         """A copy with caption settings changed, e.g. ``with_caption(partial_prob=0, noise_prob=0)``."""
         data = copy.deepcopy(self.data)
         data["caption"].update(overrides)
         return WorldSpec(self.name, data)
 
-    def clean(self) -> "WorldSpec":
+    def clean(self) -> WorldSpec:
         """The same world with every caption complete and correct (for evaluation)."""
         return self.with_caption(partial_prob=0.0, noise_prob=0.0)
 
@@ -191,7 +191,7 @@ def _polygon(primitive: str, cx: float, cy: float, r: float, rot: float) -> list
         return ring(6, r * 1.1, 0.0)
     if primitive == "star":
         outer, inner = ring(5, r * 1.25, -math.pi / 2), ring(5, r * 0.5, -math.pi / 2 + math.pi / 5)
-        return [p for pair in zip(outer, inner) for p in pair]
+        return [p for pair in zip(outer, inner, strict=True) for p in pair]
     if primitive == "cross":
         a, b = r * 1.1, r * 0.38
         pts = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
@@ -281,7 +281,7 @@ class _Sampler:
     def draw(self, dim: str, rng: random.Random, exclude: str | None = None) -> str:
         names, weights = self.tables[dim]
         if exclude is not None and len(names) > 1:
-            pairs = [(n, w) for n, w in zip(names, weights) if n != exclude and w > 0]
+            pairs = [(n, w) for n, w in zip(names, weights, strict=True) if n != exclude and w > 0]
             if pairs:
                 names, weights = [p[0] for p in pairs], [p[1] for p in pairs]
         return rng.choices(names, weights)[0]

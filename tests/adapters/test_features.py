@@ -47,11 +47,12 @@ def test_cached_path_equals_uncached(tiny, pixels, config):
 def test_frozen_sides_are_encoded_once(tiny, pixels):
     prompted = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2))  # text-only
     images = ImageSide(prompted, pixels)
-    assert images.embeddings is not None and images.prefix is None
+    assert images.features is not None
+    assert images.prefix is None
     expected = tiny.model.encode_image(pixels, normalize=True)
     assert torch.allclose(images(torch.arange(5)), expected, atol=1e-6)
     visual_only = PromptedCLIP.from_backbone(tiny, PromptConfig(visual_tokens=2))
     texts = TextSide(visual_only, CAPTIONS)
-    assert texts.embeddings is not None
+    assert texts.features is not None
     assert torch.allclose(texts.all(), tiny.encode_texts(CAPTIONS), atol=1e-6)
     assert not texts(torch.tensor([0])).requires_grad

@@ -13,7 +13,7 @@ from adapters.data import PairedItem
 from bench import world
 from bench.world import generate, list_specs, load_spec, split
 
-SHIFTS = ("fine_grained", "style", "vocabulary")
+SHIFTS = ("composition", "fine_grained", "style", "vocabulary")
 
 
 def _pixels(item: PairedItem) -> np.ndarray:

@@ -1,0 +1,94 @@
+"""The adapter's output-side pieces: deep text prompts, the residual map, zero-shot mixing.
+
+Everything lives inside PromptedCLIP (its state dict and encode path), so an index built with
+``encode_image`` and a query from ``encode_text`` need nothing else from the service.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapters.artifact import load_adapter, save_adapter
+from adapters.prompted import PromptConfig, PromptedCLIP
+from adapters.train import TrainConfig, train_adapter
+from bench.world import generate, load_spec
+
+CAPTIONS = ["a small red striped circle on the left", "two blue squares"]
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@torch.no_grad()
+def test_untrained_residual_map_is_the_identity(tiny, pixels):
+    plain = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2))
+    with_map = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, residual_rank=4))
+    assert _diff(with_map.encode_image(pixels), plain.encode_image(pixels)) < 1e-6
+    assert _diff(with_map.encode_text(CAPTIONS), plain.encode_text(CAPTIONS)) < 1e-6
+
+
+@torch.no_grad()
+def test_adapted_weight_zero_is_exactly_zero_shot(tiny, pixels):
+    prompted = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, visual_tokens=2, residual_rank=4, zero_shot_mix=True))
+    prompted.text_prompts.add_(0.5)  # make the adapted side differ from zero-shot
+    prompted.residual["image"].up.add_(0.1)
+    prompted.set_adapted_weight(0.0)
+    assert _diff(prompted.encode_image(pixels), tiny.model.encode_image(pixels, normalize=True)) < 1e-5
+    assert _diff(prompted.encode_text(CAPTIONS), tiny.model.encode_text(tiny.tokenizer(CAPTIONS), normalize=True)) < 1e-5
+
+
+@torch.no_grad()
+def test_adapted_weight_one_ignores_zero_shot(tiny, pixels):
+    mixed = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, zero_shot_mix=True))
+    plain = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2))
+    assert _diff(mixed.encode_text(CAPTIONS), plain.encode_text(CAPTIONS)) < 1e-6
+
+
+def test_adapted_weight_outside_unit_interval_is_refused(tiny):
+    prompted = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, zero_shot_mix=True))
+    with pytest.raises(ValueError):
+        prompted.set_adapted_weight(1.5)
+
+
+def test_deep_text_prompts_get_gradients_at_every_block(tiny):
+    prompted = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, text_deep=True))
+    depth = len(tiny.model.transformer.resblocks)
+    assert tuple(prompted.text_deep_prompts.shape) == (depth - 1, 2, tiny.model.token_embedding.weight.shape[1])
+    prompted.encode_text(CAPTIONS).sum().backward()
+    assert prompted.text_deep_prompts.grad is not None
+    assert bool((prompted.text_deep_prompts.grad.abs().sum(dim=(1, 2)) > 0).all())
+
+
+def test_every_learned_tensor_survives_an_artifact_round_trip(tiny, pixels, tmp_path):
+    config = PromptConfig(text_tokens=2, visual_tokens=2, text_deep=True, residual_rank=4, zero_shot_mix=True)
+    prompted = PromptedCLIP.from_backbone(tiny, config)
+    with torch.no_grad():
+        for p in prompted.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    prompted.set_adapted_weight(0.25)
+    save_adapter(tmp_path / "a.safetensors", prompted)
+    loaded = load_adapter(tmp_path / "a.safetensors", tiny)
+    assert float(loaded.adapted_weight) == 0.25
+    with torch.no_grad():
+        assert _diff(loaded.encode_image(pixels), prompted.encode_image(pixels)) < 1e-6
+        assert _diff(loaded.encode_text(CAPTIONS), prompted.encode_text(CAPTIONS)) < 1e-6
+
+
+@pytest.mark.slow
+def test_default_recipe_adapter_fits_one_megabyte_on_vit_b_32(vitb32, tmp_path):
+    prompted = PromptedCLIP.from_backbone(vitb32, TrainConfig().prompt_config())
+    info = save_adapter(tmp_path / "b32.safetensors", prompted)
+    assert info.num_bytes <= 1_000_000, info.num_bytes
+
+
+def test_mixing_weight_chosen_on_val_is_never_worse_than_zero_shot_there(tiny):
+    items = generate(load_spec("broad"), 60, seed=3)
+    cfg = TrainConfig(method="dual", epochs=2, batch_size=16, patience=None, text_tokens=2, visual_tokens=2,
+                      lr=5e-2, residual_rank=4, zero_shot_mix=True)
+    result = train_adapter(tiny, items[:40], items[40:], cfg)
+    chosen = (result.best_metrics["t2i_r1"], result.best_metrics["rsum"])
+    zero = (result.zero_shot_metrics["t2i_r1"], result.zero_shot_metrics["rsum"])
+    assert chosen >= zero
+    assert [m["adapted_weight"] for m in result.history["mix"]] == sorted(cfg.mix_grid)

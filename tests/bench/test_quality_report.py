@@ -1,0 +1,70 @@
+"""The quality report's machinery: any spec by path, intervals, honest goal statuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.summary import summarize
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _record(method: str, seed, hits: list[int], cat: list[float], params: int = 0) -> dict:
+    ranks = [1 if h else 20 for h in hits]
+    return {"spec": "s", "train_size": 100, "method": method, "seed": seed, "params": params, "bytes": 4 * params,
+            "wall_time_s": 1.0, "per_query": {"rank": ranks, "cat_p10": cat, "cat_ap": cat}}
+
+
+def _records(adapter_hits: list[int]) -> list[dict]:
+    n = len(adapter_hits)
+    zero = [1 if i % 10 == 0 else 0 for i in range(n)]
+    full = [1 if i % 2 == 0 else 0 for i in range(n)]
+    cat = [0.5] * n
+    return [_record("zero-shot", None, zero, cat), _record("adapter", 0, adapter_hits, cat, params=100),
+            _record("full-ft", 0, full, cat, params=10_000)]
+
+
+def test_goals_of_methods_that_did_not_run_say_not_run():
+    hits = [1 if i % 10 == 0 else 0 for i in range(200)]
+    out = summarize(_records(hits), backbone_params=100_000)
+    goals = out["collections"]["s/100"]["goals"]
+    assert goals["beats_linear"]["status"] == "not run"
+
+
+def test_a_tie_with_zero_shot_recovers_nothing_and_is_not_called_a_gain():
+    hits = [1 if i % 10 == 0 else 0 for i in range(200)]  # the adapter equals zero-shot query by query
+    row = summarize(_records(hits), backbone_params=100_000)["collections"]["s/100"]["methods"]["adapter"]
+    assert row["t2i_r1_vs_zero_shot"]["mean"] == 0.0
+    assert row["t2i_r1_vs_zero_shot"]["low"] == 0.0
+    assert row["recovered_fraction"]["mean"] == 0.0
+
+
+def test_recovered_fraction_interval_brackets_its_point():
+    hits = [1 if i % 4 == 0 else 0 for i in range(400)]
+    row = summarize(_records(hits), backbone_params=100_000)["collections"]["s/100"]["methods"]["adapter"]
+    rec = row["recovered_fraction"]
+    assert rec["low"] <= rec["mean"] <= rec["high"]
+    assert np.isclose(rec["mean"], (0.25 - 0.1) / (0.5 - 0.1))
+
+
+def test_spec_file_outside_the_repo_runs_from_another_directory(tmp_path):
+    spec = {"extends": "broad", "name": "outside", "caption": {"partial_prob": 0.0}}
+    (tmp_path / "outside.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.quality", "--spec", str(tmp_path / "outside.json"), "--methods", "zero-shot",
+         "--sizes", "20", "--val-size", "20", "--test-size", "60", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "quality.json").read_text())
+    assert list(report["summary"]["collections"]) == ["outside/20"]
+    assert "| outside (20) |" in proc.stdout
+    assert "goals: not run" in (out / "quality.md").read_text()

@@ -10,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from service import collections as ops
 from service.api.deps import CollectionDep, ContextDep
-from service.errors import Gone, Invalid, TooLarge
+from service.errors import Invalid, TooLarge
 from service.imaging import thumbnail_jpeg
 from service.ingest import IngestItem, ingest
 from service.manifest import load_manifest
@@ -86,10 +86,7 @@ def get_image(collection_id: int, image_id: int, ctx: ContextDep) -> ImageOut:
 
 @router.get("/{image_id}/file")
 def image_file(collection_id: int, image_id: int, ctx: ContextDep) -> FileResponse:
-    record = ops.load_image(ctx, collection_id, image_id)
-    path = ctx.store.path(collection_id, record.sha256)
-    if not path.exists():
-        raise Gone("file_missing", f"the file of image {image_id} is missing from storage")
+    record, path = ops.stored_file(ctx, collection_id, image_id)
     return FileResponse(path, media_type=record.content_type, filename=record.filename or None)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select
@@ -10,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from service.context import ServiceContext
-from service.errors import Conflict, not_found
+from service.errors import Conflict, Gone, not_found
 from service.models import Collection, ImageRecord
 from service.unit_of_work import CollectionWriter
 
@@ -84,6 +85,15 @@ def list_images(ctx: ServiceContext, collection_id: int, offset: int, limit: int
 def load_image(ctx: ServiceContext, collection_id: int, image_id: int) -> ImageRecord:
     with ctx.session() as session:
         return get_image(session, collection_id, image_id)
+
+
+def stored_file(ctx: ServiceContext, collection_id: int, image_id: int) -> tuple[ImageRecord, Path]:
+    """An image's row and the path of its file (Gone if the file was lost from storage)."""
+    record = load_image(ctx, collection_id, image_id)
+    path = ctx.store.path(collection_id, record.sha256)
+    if not path.exists():
+        raise Gone("file_missing", f"the file of image {image_id} is missing from storage")
+    return record, path
 
 
 def image_count(session: Session, collection_id: int) -> int:

@@ -105,10 +105,7 @@ def get_image(collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep) 
 
 @router.get("/{image_id}/file")
 def image_file(collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep) -> FileResponse:
-    record = ops.load_image(ctx, collection_id, image_id)
-    path = ctx.store.path(collection_id, record.sha256)
-    if not path.exists():
-        raise Gone("file_missing", f"the file of image {image_id} is missing from storage")
+    record, path = ops.stored_file(ctx, collection_id, image_id)
     return FileResponse(path, media_type=record.content_type, filename=record.filename or None)
 
 

@@ -117,3 +117,12 @@ def test_import_disabled_without_root(client, collection):
     response = client.post(f"/collections/{collection['id']}/images/import", json={"manifest": "/etc/passwd"})
     assert response.status_code == 403
     assert response.json()["code"] == "import_disabled"
+
+
+def test_a_file_lost_from_storage_is_410(client, collection):
+    cid = collection["id"]
+    image = upload(client, cid, [("a.png", png_bytes(1))]).json()["accepted"][0]
+    client.app.state.context.store.path(cid, image["sha256"]).unlink()
+    response = client.get(f"/collections/{cid}/images/{image['id']}/file")
+    assert response.status_code == 410
+    assert response.json()["code"] == "file_missing"

@@ -33,7 +33,8 @@ class Progress(BaseModel):
         return self.step is not None and self.step == self.total_steps
 
 
-# Retrieval metrics as adapters.evaluate returns them ("t2i_r1", "i2t_r5", "n_images", ...).
+# Retrieval metrics as adapters.evaluate returns them ("t2i_r1", "i2t_r5", "n_images", ...), with
+# "cat_p10" and "cat_map" where the items have categories (service.held_out).
 Metrics = dict[str, int | float]
 
 

@@ -33,7 +33,8 @@ class Progress(BaseModel):
         return self.step is not None and self.step == self.total_steps
 
 
-# Retrieval metrics as adapters.evaluate returns them ("t2i_r1", "i2t_r5", "n_images", ...).
+# Retrieval metrics as adapters.evaluate returns them ("t2i_r1", "i2t_r5", "n_images", ...), with
+# "cat_p10" and "cat_map" where the items have categories (service.held_out).
 Metrics = dict[str, int | float]
 
 
@@ -53,6 +54,21 @@ class HeldOutComparison(BaseModel):
     baseline_name: str
 
 
+class ActivationEvidence(BaseModel):
+    """What decided a tuned version's activation: its test gain over the then-active one, with its interval."""
+
+    policy: str
+    metric: str  # "t2i_r1", or "cat_p10" when the captions are class names (service.activation)
+    baseline_name: str
+    adapter: float  # the metric's mean over the test queries
+    baseline: float
+    gain: dict[str, float]  # paired bootstrap: mean, low, high
+    level: float
+    queries: int
+    min_gain: float
+    activated: bool
+
+
 class TuningReport(BaseModel):
     """``AdapterVersion.report`` of a tuned version (served as the adapter's ``report``)."""
 
@@ -65,3 +81,5 @@ class TuningReport(BaseModel):
     size_bytes: int
     config: dict[str, Any]
     train_and_eval_wall_time_s: float
+    templated_captions: int = 0  # items that trained with captions made from their category
+    activation: ActivationEvidence | None = None

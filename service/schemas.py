@@ -178,8 +178,10 @@ class TuningConfig(BaseModel):
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Held-out pairs for the final comparison")
     seed: int = Field(RECIPE.seed, ge=0, le=2**32 - 1)
     dcar: DcarOptions = Field(default_factory=DcarOptions)
-    activation: Activation = Activation.IF_NOT_WORSE
-    min_gain: float = Field(0.0, ge=-1, le=1, description="Test R@1 gain over the active one needed to activate")
+    activation: Activation = Field(Activation.IF_BETTER,
+                                   description="if_better: activate only when the 95 % interval of the test gain "
+                                               "over the active one lies above min_gain")
+    min_gain: float = Field(0.0, ge=-1, le=1, description="Test gain over the active one needed to activate")
 
 
 class JobOut(BaseModel):

@@ -1,7 +1,8 @@
 """What a tuning job does: split, train, compare on held-out test pairs, store, maybe activate.
 
 The split is drawn when the job is created and stored with it, so the comparison can be repeated
-and no test pair ever reaches training or early stopping.
+and no test pair ever reaches training or early stopping. Images with a category but no caption
+take part with captions templated from their category and attributes.
 """
 
 from __future__ import annotations
@@ -10,24 +11,25 @@ import random
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from adapters.artifact import serialize_adapter
+from adapters.captions import templated_captions
 from adapters.data import PairedItem
-from adapters.evaluate import evaluate
 from adapters.prompted import PromptedCLIP, PromptsUnsupported
 from adapters.train import TrainConfig, train_adapter
 from service import adapter_versions
+from service.activation import Decision, decide, selection_metric
 from service.context import ServiceContext
 from service.errors import Invalid
+from service.held_out import measure
 from service.models import AdapterVersion, Caption, ImageRecord
 from service.progress import HeldOutComparison, Progress, StoredMetrics, TuningReport
 from service.schemas import TuningConfig
-from service.vocabulary import ACTIVE, Activation, Method, Stage
+from service.vocabulary import ACTIVE, Method, Stage
 
 MIN_TRAIN, MIN_VAL, MIN_TEST = 8, 2, 2
-SELECTION_METRIC = "t2i_r1"  # what activation compares: text->image R@1 on the held-out test pairs
 
 
 def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -44,13 +46,13 @@ def minimum_pairs(val_fraction: float, test_fraction: float) -> int:
 
 
 def plan_split(image_ids: list[int], cfg: TuningConfig) -> dict[str, list[int]]:
-    """Shuffle the captioned images with the job's seed and cut train / val / test."""
+    """Shuffle the captioned or categorised images with the job's seed and cut train / val / test."""
     n = len(image_ids)
     n_train, n_val, _ = split_sizes(n, cfg.val_fraction, cfg.test_fraction)
     if n_train < MIN_TRAIN:
         need = minimum_pairs(cfg.val_fraction, cfg.test_fraction)
         raise Invalid("too_few_pairs",
-                       f"tuning needs at least {need} captioned images (with val_fraction={cfg.val_fraction}, "
+                       f"tuning needs at least {need} captioned or categorised images (with val_fraction={cfg.val_fraction}, "
                        f"test_fraction={cfg.test_fraction}); this collection has {n}", minimum=need, captioned=n)
     order = sorted(image_ids)
     random.Random(cfg.seed).shuffle(order)
@@ -89,27 +91,34 @@ def check_config(ctx: ServiceContext, cfg: TuningConfig) -> None:
 
 
 def captioned_image_ids(ctx: ServiceContext, collection_id: int) -> list[int]:
+    """Images that can train: those with a caption, and those with a category (templated captions)."""
     with ctx.session() as session:
-        return sorted(set(session.scalars(
-            select(ImageRecord.id).join(Caption).where(ImageRecord.collection_id == collection_id))))
+        in_collection = ImageRecord.collection_id == collection_id
+        captioned = session.scalars(select(ImageRecord.id).join(Caption).where(in_collection))
+        categorised = session.scalars(select(ImageRecord.id).where(in_collection, func.trim(ImageRecord.category) != ""))
+        return sorted(set(captioned) | set(categorised))
 
 
-def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int]) -> list[PairedItem]:
-    """Paired items of the images that still exist and still have captions."""
+def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int]) -> tuple[list[PairedItem], int]:
+    """Paired items of the images that still exist and still can train, and how many got templated captions."""
     with ctx.session() as session:
         records = session.scalars(select(ImageRecord).options(selectinload(ImageRecord.captions))
                                   .where(ImageRecord.id.in_(image_ids)).order_by(ImageRecord.id)).all()
-    items = []
+    items, templated = [], 0
     for record in records:
-        if not record.captions:
+        attributes = list(record.attributes or [])
+        category = (record.category or "").strip()
+        captions = record.caption_texts or (templated_captions(category, attributes) if category else [])
+        if not captions:
             continue
         try:
             image = ctx.store.open_rgb(collection_id, record.sha256)
         except FileNotFoundError:  # deleted since the rows were read
             continue
-        items.append(PairedItem(image=image, captions=record.caption_texts, category=record.category,
-                                attributes=list(record.attributes or []), key=str(record.id)))
-    return items
+        templated += not record.caption_texts
+        items.append(PairedItem(image=image, captions=captions, category=record.category,
+                                attributes=attributes, key=str(record.id)))
+    return items, templated
 
 
 def active_prompts(ctx: ServiceContext, collection_id: int) -> tuple[str, PromptedCLIP | None]:
@@ -128,9 +137,11 @@ def run_tuning(
 ) -> AdapterVersion:
     started = time.perf_counter()
     report(Progress(stage=Stage.LOADING))
-    train, val, test = (load_items(ctx, collection_id, split[part]) for part in ("train", "val", "test"))
+    loaded = {part: load_items(ctx, collection_id, split[part]) for part in ("train", "val", "test")}
+    (train, _), (val, _), (test, _) = loaded["train"], loaded["val"], loaded["test"]
     if len(train) < 2 or not val or not test:
-        raise ValueError("too few captioned images are left in the stored split (were images deleted?)")
+        raise ValueError("too few captioned or categorised images are left in the stored split "
+                         "(were images deleted?)")
     train_cfg = to_train_config(cfg, str(ctx.backbone.device))
 
     def on_progress(event: dict) -> None:
@@ -142,14 +153,19 @@ def run_tuning(
 
     result = train_adapter(ctx.backbone, train, val, train_cfg, on_progress=on_progress, should_cancel=should_cancel)
     report(Progress(stage=Stage.EVALUATING, val_zero_shot=result.zero_shot_metrics, val=result.best_metrics))
-    adapter_test = evaluate(ctx.backbone, test, adapter=result.prompted)
-    zero_shot_test = evaluate(ctx.backbone, test)
+    # Each model meets the test pairs once; metrics and per-query values come from those embeddings.
+    adapter_test = measure(ctx.backbone, test, adapter=result.prompted)
+    zero_shot_test = measure(ctx.backbone, test)
     baseline_name, baseline_prompts = active_prompts(ctx, collection_id)
-    baseline_test = zero_shot_test if baseline_prompts is None else evaluate(ctx.backbone, test,
-                                                                           adapter=baseline_prompts)
-    blob = serialize_adapter(result.prompted, train_config=train_cfg.to_dict(), metrics={"test": adapter_test})
-    comparison = HeldOutComparison(adapter=adapter_test, zero_shot=zero_shot_test, baseline=baseline_test,
-                                baseline_name=baseline_name)
+    baseline_test = zero_shot_test if baseline_prompts is None else measure(ctx.backbone, test,
+                                                                          adapter=baseline_prompts)
+    metric = selection_metric(test)
+    decision = decide(cfg.activation, cfg.min_gain, metric, baseline_test.per_query[metric],
+                      adapter_test.per_query[metric], baseline_name)
+    blob = serialize_adapter(result.prompted, train_config=train_cfg.to_dict(),
+                             metrics={"test": adapter_test.metrics})
+    comparison = HeldOutComparison(adapter=adapter_test.metrics, zero_shot=zero_shot_test.metrics,
+                                   baseline=baseline_test.metrics, baseline_name=baseline_name)
     train_report = TuningReport(
         split_sizes={"train": len(train), "val": len(val), "test": len(test)},
         test=comparison,
@@ -160,34 +176,27 @@ def run_tuning(
         size_bytes=len(blob),
         config=cfg.model_dump(mode="json"),
         train_and_eval_wall_time_s=round(time.perf_counter() - started, 3),
+        templated_captions=sum(templated for _, templated in loaded.values()),
+        activation=decision.evidence,
     )
     report(Progress(stage=Stage.INDEXING))
     row = adapter_versions.register(
         ctx, collection_id, result.prompted, blob, method=cfg.method, job_id=job_id,
-        metrics=StoredMetrics(test=adapter_test, test_zero_shot=zero_shot_test).model_dump(mode="json"),
+        metrics=StoredMetrics(test=adapter_test.metrics,
+                              test_zero_shot=zero_shot_test.metrics).model_dump(mode="json"),
         report=train_report.model_dump(mode="json"), should_cancel=should_cancel,
     )
-    decide_activation(ctx, collection_id, row, cfg, comparison)
+    apply_decision(ctx, collection_id, row, decision)
     return row
 
 
-def decide_activation(ctx: ServiceContext, collection_id: int, row: AdapterVersion, cfg: TuningConfig,
-                      comparison: HeldOutComparison) -> None:
-    r1, baseline_r1 = comparison.adapter[SELECTION_METRIC], comparison.baseline[SELECTION_METRIC]
-    versus = f"test R@1 {r1:.3f} vs {baseline_r1:.3f} of {comparison.baseline_name} (min_gain {cfg.min_gain})"
-    if cfg.activation == Activation.NEVER:
-        note, activate = f"kept inactive: activation=never; {versus}", False
-    elif cfg.activation == Activation.ALWAYS:
-        note, activate = f"activated: activation=always; {versus}", True
-    elif r1 >= baseline_r1 + cfg.min_gain:
-        note, activate = f"activated: not worse than the active one; {versus}", True
-    else:
-        note, activate = f"kept inactive: worse than the active one; {versus}", False
-    if activate:
-        adapter_versions.activate(ctx, collection_id, row.version, note=note)
+def apply_decision(ctx: ServiceContext, collection_id: int, row: AdapterVersion, decision: Decision) -> None:
+    """Activate the stored version, or keep it inactive; either way its note says why."""
+    if decision.activate:
+        adapter_versions.activate(ctx, collection_id, row.version, note=decision.note)
     else:
         with ctx.session() as session:
             stored = adapter_versions.get_version(session, collection_id, row.version)
-            stored.note = note
+            stored.note = decision.note
             session.commit()
-    row.active, row.note = activate, note
+    row.active, row.note = decision.activate, decision.note

@@ -61,8 +61,9 @@ class Method(StrEnum):
 
 
 class Activation(StrEnum):
-    """When a finished tuning job makes its version the active one."""
+    """When a finished tuning job makes its version the active one (rules: ``service.activation``)."""
 
+    IF_BETTER = "if_better"  # the paired 95 % interval of the gain lies above min_gain
     IF_NOT_WORSE = "if_not_worse"
     ALWAYS = "always"
     NEVER = "never"

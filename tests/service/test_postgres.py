@@ -57,7 +57,7 @@ def test_collection_lifecycle_on_postgres(make_client, postgres_server, tmp_path
         assert duplicate["duplicate"]
         assert client.post("/collections", json={"name": "c"}).status_code == 409
 
-        job = wait(client, start_job(client, cid, **QUICK))
+        job = wait(client, start_job(client, cid, activation="if_not_worse", **QUICK))  # serve v1 either way
         assert job["state"] == "succeeded", job["error"]
         tuned = ranking(client, cid)
         assert tuned[0] == "v1"

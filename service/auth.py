@@ -31,7 +31,7 @@ from service.api_keys import OPEN, Principal
 PUBLIC_PATHS = {"/healthz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 PUBLIC_PREFIXES = ("/ui/", "/docs-assets/")  # the page's and the docs' static files
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-READ_ONLY_POSTS = {"/collections/{collection_id}/search"}
+READ_ONLY_POSTS = {"/collections/{collection_id}/search", "/collections/{collection_id}/search/image"}
 ADMIN_ROUTES = {("POST", "/collections"), ("DELETE", "/collections/{collection_id}")}
 MAX_ID = 2**63 - 1
 

@@ -141,7 +141,7 @@ def cmd_ingest(settings: Settings, directory: Path, collection_name: str, captio
 
 
 def cmd_search(settings: Settings, collection: str, query: str, k: int, adapter: str) -> int:
-    from service import adapter_versions
+    from service import adapter_versions, search_terms
     from service import search as searching
     from service.collections import find_collection
     from service.context import ServiceContext
@@ -150,7 +150,8 @@ def cmd_search(settings: Settings, collection: str, query: str, k: int, adapter:
     with ctx.session() as session:
         found = find_collection(session, collection)
     who = adapter_versions.resolve(ctx, found.id, adapter)
-    hits = searching.search(ctx, found.id, searching.validate_queries(ctx, [query]), k, who)[0]
+    vectors = search_terms.query_vectors(ctx, found.id, who, query=query, image_id=None, terms=None).vectors
+    hits = searching.search(ctx, found.id, vectors, k, who)[0]
     print(f"adapter: {who.name}")
     for rank, hit in enumerate(hits, start=1):
         caption = hit.captions[0] if hit.captions else ""

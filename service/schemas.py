@@ -121,12 +121,33 @@ class ImagePage(BaseModel):
     items: list[ImageOut]
 
 
-class SearchRequest(BaseModel):
+MAX_ROW_ID = 2**63 - 1  # an id no database column can hold is a 422, never a 500
+
+
+class SearchTerm(BaseModel):
+    """One part of a combined query: a text or a stored image, with a weight (negative: "not like this")."""
+
     model_config = ConfigDict(extra="forbid")
 
-    query: str | list[str]
+    text: str | None = Field(None, max_length=1000)
+    image_id: int | None = Field(None, ge=1, le=MAX_ROW_ID)
+    weight: float = Field(1.0, ge=-10, le=10, description="Non-zero; a negative weight pushes results away")
+
+
+class SearchOptions(BaseModel):
+    """What every search takes besides its query."""
+
+    model_config = ConfigDict(extra="forbid")
+
     k: int = Field(10, description="Results per query, 1..max_k")
     adapter: str = Field(ACTIVE, max_length=24, description=f'"{ACTIVE}", "{ZERO_SHOT}" or an adapter version')
+    terms: list[SearchTerm] | None = Field(None, max_length=32,
+                                           description="A weighted sum of texts and stored images")
+
+
+class SearchRequest(SearchOptions):
+    query: str | list[str] | None = Field(None, description="A text, or a list of texts (one result list each)")
+    image_id: int | None = Field(None, ge=1, le=MAX_ROW_ID, description='A stored image: "more like this"')
 
 
 class SearchHit(BaseModel):

@@ -1,16 +1,15 @@
-"""Text queries against a collection's index in one space."""
+"""Query vectors against a collection's index in one space (``search_terms`` makes the vectors)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from service.adapter_versions import Resolved
 from service.context import ServiceContext
-from service.errors import Invalid
-from service.input_rules import visible_text
 from service.models import ImageRecord
 
 
@@ -23,26 +22,8 @@ class Hit:
     url: str
 
 
-def validate_queries(ctx: ServiceContext, queries: list[str]) -> list[str]:
-    settings = ctx.settings
-    if not queries:
-        raise Invalid("empty_query", "at least one query is required")
-    if len(queries) > settings.max_batch_queries:
-        raise Invalid("too_many_queries", f"at most {settings.max_batch_queries} queries per request")
-    cleaned = []
-    for text in queries:
-        text = visible_text(text)
-        if not text:
-            raise Invalid("empty_query", "query text is empty")
-        if len(text) > settings.max_query_chars:
-            raise Invalid("query_too_long", f"query is over {settings.max_query_chars} characters")
-        cleaned.append(text)
-    return cleaned
-
-
-def search(ctx: ServiceContext, collection_id: int, queries: list[str], k: int, who: Resolved) -> list[list[Hit]]:
+def search(ctx: ServiceContext, collection_id: int, vectors: np.ndarray, k: int, who: Resolved) -> list[list[Hit]]:
     index = ctx.indexes.get(collection_id, who.space)  # held: a concurrent swap or delete cannot pull it away
-    vectors = ctx.text_batcher.encode_texts(who.encoder, queries)
     scores, ids = index.search(vectors, k)
     wanted = {int(i) for i in ids.ravel() if i >= 0}
     with ctx.session() as session:

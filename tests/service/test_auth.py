@@ -75,7 +75,7 @@ def test_auth_matrix_over_every_route(keyed):
                 response = client.request(method, target, headers=headers)
                 assert response.status_code not in (401, 403), (method, path, response.text)
             continue
-        needs = ("read" if method == "GET" or path.endswith("/search")
+        needs = ("read" if method == "GET" or path.endswith(("/search", "/search/image"))
                  else "admin" if path in ("/collections", "/collections/{collection_id}") else "write")
         for headers, why in (({}, "no key"), (bearer("pas_not-a-real-key"), "wrong key"),
                              ({"Authorization": "Basic Zm9vOmJhcg=="}, "not bearer")):

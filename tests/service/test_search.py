@@ -87,7 +87,8 @@ def test_empty_collection_returns_no_hits(client, collection):
     ({"query": "x", "adapter": "v99"}, "adapter_not_found"),
     ({"query": "x", "adapter": "latest"}, "bad_adapter"),
     ({"query": 5}, "invalid_request"),
-    ({"k": 3}, "invalid_request"),
+    ({"k": 3}, "bad_query"),
+    ({"query": "x", "image_id": 1}, "bad_query"),
 ])
 def test_bad_search_requests(client, collection, body, code):
     response = client.post(f"/collections/{collection['id']}/search", json=body)

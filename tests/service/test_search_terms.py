@@ -1,0 +1,160 @@
+"""Image queries ("more like this", an uploaded file) and weighted combinations, over real HTTP."""
+
+import io
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from tests.support import png_bytes, upload
+
+CAPTIONS = ["a red square", "a dog on grass", "blue sky over the sea", "a small cat", "two green apples",
+            "a city at night", "a bowl of soup", "a yellow car"]
+
+
+@pytest.fixture
+def filled(client, collection):
+    blobs = [(f"{i}.png", png_bytes(200 + i)) for i in range(len(CAPTIONS))]
+    response = upload(client, collection["id"], blobs, [{"captions": [c]} for c in CAPTIONS])
+    assert response.status_code == 200
+    ids = [a["id"] for a in response.json()["accepted"]]
+    return collection["id"], ids, [b for _, b in blobs]
+
+
+@pytest.fixture(scope="module")
+def direct():
+    """open_clip itself, with no service code: unit image and text vectors."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, _, preprocess = open_clip.create_model_and_transforms("tiny-vit-test")
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("tiny-vit-test")
+
+    def images(blobs):
+        with torch.no_grad():
+            pixels = torch.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+            return model.encode_image(pixels, normalize=True).numpy()
+
+    def texts(items):
+        with torch.no_grad():
+            return model.encode_text(tokenizer(items), normalize=True).numpy()
+
+    return images, texts
+
+
+def ranked(vector, image_vectors):
+    vector = vector / np.linalg.norm(vector)
+    scores = image_vectors @ vector
+    return np.argsort(-scores, kind="stable"), scores
+
+
+def search(client, cid, **body):
+    response = client.post(f"/collections/{cid}/search", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_more_like_this_ranks_by_the_stored_vector(client, filled, direct):
+    cid, ids, blobs = filled
+    vectors = direct[0](blobs)
+    body = search(client, cid, image_id=ids[3], k=len(ids))
+    order, scores = ranked(vectors[3], vectors)
+    assert [h["image_id"] for h in body["results"]] == [ids[i] for i in order]
+    assert body["results"][0]["image_id"] == ids[3]
+    np.testing.assert_allclose([h["score"] for h in body["results"]], scores[order], atol=1e-5)
+
+
+def test_uploaded_image_answers_like_the_stored_one(client, filled):
+    cid, ids, blobs = filled
+    stored = search(client, cid, image_id=ids[5], k=5)["results"]
+    response = client.post(f"/collections/{cid}/search/image", files={"file": ("q.png", blobs[5], "image/png")},
+                           data={"options": json.dumps({"k": 5})})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["adapter"] == "none"
+    assert [h["image_id"] for h in body["results"]] == [h["image_id"] for h in stored]
+    np.testing.assert_allclose([h["score"] for h in body["results"]], [h["score"] for h in stored], atol=1e-5)
+    # The query image is not stored.
+    assert client.get(f"/collections/{cid}/images").json()["total"] == len(ids)
+
+
+def test_weighted_terms_are_the_normalised_weighted_sum(client, filled, direct):
+    cid, ids, blobs = filled
+    images, texts = direct
+    image_vectors = images(blobs)
+    text_vectors = texts(["golden retriever", "fruit"])
+    terms = [{"text": "golden retriever", "weight": 2}, {"image_id": ids[1]}, {"text": "fruit", "weight": -1}]
+    body = search(client, cid, terms=terms, k=len(ids))
+    combined = 2 * text_vectors[0] + image_vectors[1] - text_vectors[1]
+    order, scores = ranked(combined, image_vectors)
+    assert [h["image_id"] for h in body["results"]] == [ids[i] for i in order]
+    np.testing.assert_allclose([h["score"] for h in body["results"]], scores[order], atol=1e-4)
+
+
+def test_a_single_text_term_is_the_plain_query(client, filled):
+    cid, ids, _ = filled
+    plain = search(client, cid, query="a small cat", k=4)["results"]
+    term = search(client, cid, terms=[{"text": "a small cat", "weight": 3}], k=4)["results"]
+    assert [h["image_id"] for h in term] == [h["image_id"] for h in plain]
+    np.testing.assert_allclose([h["score"] for h in term], [h["score"] for h in plain], atol=1e-5)
+
+
+def test_uploaded_image_combines_with_terms(client, filled, direct):
+    cid, ids, blobs = filled
+    images, texts = direct
+    image_vectors = images(blobs)
+    query = png_bytes(999)
+    response = client.post(
+        f"/collections/{cid}/search/image", files={"file": ("q.png", query, "image/png")},
+        data={"weight": "1.5", "options": json.dumps({"k": len(ids), "terms": [{"text": "a dog", "weight": -1}]})})
+    assert response.status_code == 200, response.text
+    combined = 1.5 * images([query])[0] - texts(["a dog"])[0]
+    order, scores = ranked(combined, image_vectors)
+    assert [h["image_id"] for h in response.json()["results"]] == [ids[i] for i in order]
+    np.testing.assert_allclose([h["score"] for h in response.json()["results"]], scores[order], atol=1e-4)
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"terms": []}, 422, "empty_query"),
+    ({"terms": [{"text": "a cat"}, {"text": "a cat", "weight": -1}]}, 422, "empty_query"),
+    ({"terms": [{"text": "a cat", "image_id": 1}]}, 422, "bad_term"),
+    ({"terms": [{"weight": 2}]}, 422, "bad_term"),
+    ({"terms": [{"text": "a cat", "weight": 0}]}, 422, "bad_term"),
+    ({"terms": [{"text": "   "}]}, 422, "empty_query"),
+    ({"terms": [{"text": "a", "weight": 11}]}, 422, "invalid_request"),
+    ({"image_id": 999999}, 404, "image_not_found"),
+    ({"terms": [{"image_id": 999999}]}, 404, "image_not_found"),
+    ({"image_id": 1, "terms": [{"text": "x"}]}, 422, "bad_query"),
+])
+def test_bad_combined_queries(client, filled, body, status, code):
+    cid, _, _ = filled
+    response = client.post(f"/collections/{cid}/search", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+
+
+def test_an_image_of_another_collection_is_not_found(client, filled):
+    cid, ids, _ = filled
+    other = client.post("/collections", json={"name": "other"}).json()["id"]
+    response = client.post(f"/collections/{other}/search", json={"image_id": ids[0]})
+    assert response.status_code == 404
+    assert response.json()["code"] == "image_not_found"
+
+
+@pytest.mark.parametrize("files, data, code", [
+    ({"file": ("q.png", b"not an image", "image/png")}, {}, "bad_image"),
+    ({"file": ("q.png", b"", "image/png")}, {}, "bad_image"),
+    ({"file": ("q.png", png_bytes(1), "image/png")}, {"options": "{not json"}, "bad_options"),
+    ({"file": ("q.png", png_bytes(1), "image/png")}, {"options": '{"query": "x"}'}, "bad_options"),
+    ({"file": ("q.png", png_bytes(1), "image/png")}, {"options": '{"k": 0}'}, "bad_k"),
+    ({"file": ("q.png", png_bytes(1), "image/png")}, {"weight": "0"}, "bad_term"),
+    ({"file": ("q.png", png_bytes(1), "image/png")}, {"options": '{"adapter": "v9"}'}, "adapter_not_found"),
+])
+def test_bad_image_searches(client, filled, files, data, code):
+    cid, _, _ = filled
+    response = client.post(f"/collections/{cid}/search/image", files=files, data=data)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["code"] == code

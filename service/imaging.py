@@ -6,6 +6,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from PIL import Image, UnidentifiedImageError
 
@@ -24,6 +25,24 @@ class DecodedImage:
     width: int
     height: int
     size_bytes: int
+    captured_at: datetime | None = None
+
+
+EXIF_IFD = 0x8769
+DATE_TIME_ORIGINAL = 0x9003
+DATE_TIME = 0x0132
+
+
+def capture_time(image: Image.Image) -> datetime | None:
+    """EXIF DateTimeOriginal (else DateTime), taken as UTC; None when absent or unreadable."""
+    try:
+        exif = image.getexif()
+        raw = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
+        if not isinstance(raw, str):
+            return None
+        return datetime.strptime(raw.strip("\x00 "), "%Y:%m:%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    except Exception:  # a broken EXIF block never rejects the image itself
+        return None
 
 
 def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
@@ -43,6 +62,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
             if fmt not in ALLOWED_FORMATS:
                 raise ImageRejected(f"unsupported image format {fmt}")
             probe.load()  # raises on truncated or corrupt data
+            captured_at = capture_time(probe)
             rgb = probe.convert("RGB")
     except ImageRejected:
         raise
@@ -59,6 +79,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
         width=width,
         height=height,
         size_bytes=len(data),
+        captured_at=captured_at,
     )
 
 

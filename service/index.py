@@ -98,14 +98,27 @@ class VectorIndex:
                 self.index.remove_ids(faiss.IDSelectorBatch(ids))
                 self._ids.difference_update(int(i) for i in ids)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and ids, shape (len(queries), min(k, size)); best first."""
+    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids, shape (len(queries), min(k, size)); best first; only ids in ``among`` when given."""
         with self.lock:
-            k = min(k, self.size)
+            k = min(k, self.size if among is None else len(among))
             if k == 0:
                 empty = np.zeros((len(queries), 0))
                 return empty.astype(np.float32), empty.astype(np.int64)
-            scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+            params: faiss.SearchParameters | None = None
+            if among is not None:
+                selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))  # kept alive here
+                inner = self._inner()
+                if isinstance(inner, faiss.IndexIVF):
+                    ivf_params = faiss.SearchParametersIVF()
+                    # Every list is probed: the few matching vectors may sit in lists a plain probe skips.
+                    ivf_params.nprobe = inner.nlist
+                    ivf_params.sel = selector
+                    params = ivf_params
+                else:
+                    params = faiss.SearchParameters()
+                    params.sel = selector
+            scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
         # An IVF probe can find fewer than k neighbours; FAISS pads with id -1.
         return scores, ids
 

@@ -136,7 +136,7 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
             record = ImageRecord(
                 collection_id=collection_id, sha256=decoded.sha256, filename=item.filename[:500],
                 content_type=decoded.content_type, width=decoded.width, height=decoded.height,
-                size_bytes=decoded.size_bytes, category=item.category, attributes=item.attributes,
+                size_bytes=decoded.size_bytes, captured_at=decoded.captured_at, category=item.category, attributes=item.attributes,
                 meta=item.meta,
                 captions=[Caption(position=i, text=t) for i, t in enumerate(item.captions)],
             )

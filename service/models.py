@@ -71,6 +71,8 @@ class ImageRecord(Base):
     attributes: Mapped[list] = mapped_column(JSON, default=list)
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # EXIF DateTimeOriginal (or DateTime) read at ingest: the camera's clock, taken as UTC (EXIF rarely has a zone).
+    captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     collection: Mapped[Collection] = relationship(back_populates="images")
     captions: Mapped[list[Caption]] = relationship(

@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from adapters.train import TrainConfig
 from service.input_rules import bounded_json, printable_name, printable_text
-from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobState, Method
+from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobState, Method, SearchSort
 
 # The training recipe has one home, adapters.train.TrainConfig: the API's defaults are read from it.
 RECIPE = TrainConfig()
@@ -102,6 +102,7 @@ class ImageOut(BaseModel):
     attributes: ListOrEmpty
     meta: DictOrEmpty
     created_at: datetime
+    captured_at: datetime | None
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented use of a decorated property
     @property
@@ -134,6 +135,25 @@ class SearchTerm(BaseModel):
     weight: float = Field(1.0, ge=-10, le=10, description="Non-zero; a negative weight pushes results away")
 
 
+MetaValue = Annotated[str, Field(max_length=2000)] | bool | int | float
+
+
+class ImageFilter(BaseModel):
+    """Which images a search (or a bulk edit) considers; every given condition must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | None = Field(None, max_length=200)
+    attributes: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=64, description="Every one of these attributes")
+    meta: dict[Annotated[str, Field(max_length=200)], MetaValue] = Field(
+        default_factory=dict, max_length=32, description="meta key = value, for every pair given")
+    uploaded_from: datetime | None = Field(None, description="Upload time at or after (UTC when no zone)")
+    uploaded_to: datetime | None = Field(None, description="Upload time at or before")
+    captured_from: datetime | None = Field(None, description="EXIF capture time at or after")
+    captured_to: datetime | None = Field(None, description="EXIF capture time at or before")
+
+
 class SearchOptions(BaseModel):
     """What every search takes besides its query."""
 
@@ -143,6 +163,10 @@ class SearchOptions(BaseModel):
     adapter: str = Field(ACTIVE, max_length=24, description=f'"{ACTIVE}", "{ZERO_SHOT}" or an adapter version')
     terms: list[SearchTerm] | None = Field(None, max_length=32,
                                            description="A weighted sum of texts and stored images")
+    filter: ImageFilter = Field(default_factory=ImageFilter,
+                                description="Applied inside the index search: k results still come back")
+    min_score: float | None = Field(None, ge=-1, le=1, description="Drop hits scoring below this")
+    sort: SearchSort = Field(SearchSort.SCORE, description="score (best first) or date (newest first)")
 
 
 class SearchRequest(SearchOptions):
@@ -155,7 +179,11 @@ class SearchHit(BaseModel):
     score: float
     captions: list[str]
     category: str | None
+    filename: str
+    captured_at: datetime | None
+    uploaded_at: datetime
     url: str
+    thumbnail_url: str
 
 
 class SearchResponse(BaseModel):

@@ -19,6 +19,13 @@ else:  # pragma: no cover - Python 3.10
             return str(self.value)
 
 
+class SearchSort(StrEnum):
+    """How search hits are ordered: best score first, or newest first (capture date, else upload date)."""
+
+    SCORE = "score"
+    DATE = "date"
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

@@ -30,7 +30,7 @@ def search(collection_id: CollectionDep, body: SearchRequest, ctx: ContextDep) -
     who = adapter_versions.resolve(ctx, collection_id, body.adapter)
     query = search_terms.query_vectors(ctx, collection_id, who, query=body.query, image_id=body.image_id,
                                        terms=body.terms)
-    hits = searching.search(ctx, collection_id, query.vectors, body.k, who)
+    hits = searching.search(ctx, collection_id, query.vectors, body.k, who, body.filter, body.min_score, body.sort)
     results = [[SearchHit(**vars(h)) for h in row] for row in hits]
     return SearchResponse(adapter=who.name, results=results if query.batch else results[0])
 
@@ -54,7 +54,7 @@ async def search_by_image(
     ctx: ContextDep,
     file: Annotated[UploadFile, File(description="The query image (not stored)")],
     weight: Annotated[float, Form(ge=-10, le=10, description="The image's weight beside any `terms`")] = 1.0,
-    options: Annotated[str | None, Form(description="JSON: k, adapter, terms")] = None,
+    options: Annotated[str | None, Form(description="JSON: k, adapter, terms, filter, min_score, sort")] = None,
 ) -> SearchResponse:
     """Images like an uploaded one, optionally combined with weighted `terms`; one result list."""
     opts = parse_options(options)
@@ -67,5 +67,5 @@ def answer_image_search(ctx: ServiceContext, collection_id: int, data: bytes, we
                         opts: SearchOptions) -> SearchResponse:
     who = adapter_versions.resolve(ctx, collection_id, opts.adapter)
     vector = search_terms.uploaded_image_query(ctx, collection_id, who, data, weight, opts.terms or [])
-    hits = searching.search(ctx, collection_id, vector, opts.k, who)
+    hits = searching.search(ctx, collection_id, vector, opts.k, who, opts.filter, opts.min_score, opts.sort)
     return SearchResponse(adapter=who.name, results=[SearchHit(**vars(h)) for h in hits[0]])

@@ -77,6 +77,22 @@ def clean_captions(captions: list[str]) -> list[str]:
     return out
 
 
+def update_metadata(target: ImageRecord, item: IngestItem) -> None:
+    """A duplicate upload's metadata: captions and attributes not there yet are added, a category sent
+    replaces the stored one, meta keys sent replace theirs (the others stay)."""
+    have = set(target.caption_texts)
+    for text in item.captions:
+        if text not in have:
+            target.captions.append(Caption(position=len(target.captions), text=text))
+            have.add(text)
+    if item.category is not None:
+        target.category = item.category
+    if item.attributes:
+        target.attributes = list(dict.fromkeys([*(target.attributes or []), *item.attributes]))
+    if item.meta:
+        target.meta = {**(target.meta or {}), **item.meta}
+
+
 def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> IngestResult:
     settings = ctx.settings
     result = IngestResult()
@@ -146,15 +162,10 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
             ]
             session.add(record)
             records.append(record)
-        # The same image again: keep one copy, but learn any captions it did not have yet.
+        # The same image again: keep one copy and update what the new metadata says (update_metadata).
         merged_into: dict[str, ImageRecord] = {**existing, **{r.sha256: r for r in records}}
         for _, item, decoded in duplicates:
-            target = merged_into[decoded.sha256]
-            have = set(target.caption_texts)
-            for text in item.captions:
-                if text not in have:
-                    target.captions.append(Caption(position=len(target.captions), text=text))
-                    have.add(text)
+            update_metadata(merged_into[decoded.sha256], item)
         session.flush()  # gives the new rows their ids
         ids = np.array([r.id for r in records], dtype=np.int64)
         if len(ids):

@@ -1,4 +1,4 @@
-"""Server-side imports: a JSON-lines or CSV manifest of (path, captions, category, attributes).
+"""Server-side imports: a JSON-lines manifest (`path` plus an upload's metadata fields) or a CSV one.
 
 Both the manifest and every image it names must resolve (symlinks followed) inside the configured
 import root; anything else is refused before a single file is read.
@@ -11,8 +11,11 @@ import io
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from service.errors import Forbidden, Invalid, NotFound, TooLarge
 from service.ingest import IngestItem
+from service.schemas import ImageMetadata
 
 MAX_MANIFEST_BYTES = 50 * 1024 * 1024
 
@@ -68,13 +71,18 @@ def parse_manifest(text: str, suffix: str) -> list[dict]:
             raise Invalid("bad_manifest", f"manifest line {number} is not JSON: {exc.msg}") from exc
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise Invalid("bad_manifest", f"manifest line {number} needs a string 'path'")
-        captions = entry.get("captions", entry.get("caption"))
-        rows.append({
-            "path": entry["path"],
-            "captions": _split_captions(captions) if isinstance(captions, list) else ([captions] if captions else []),
-            "category": entry.get("category"),
-            "attributes": _split_captions(entry.get("attributes")),
-        })
+        fields = {key: value for key, value in entry.items() if key != "path"}
+        for key in ("captions", "attributes"):  # a single string is a one-item list ('|'-separated for attributes)
+            if isinstance(fields.get(key), str):
+                fields[key] = [fields[key]] if key == "captions" else _split_captions(fields[key])
+        try:
+            metadata = ImageMetadata.model_validate(fields)  # the upload's vocabulary and rules
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise Invalid("bad_manifest", f"manifest line {number}: {where}: {first['msg']}") from exc
+        rows.append({"path": entry["path"], "captions": metadata.all_captions, "category": metadata.category,
+                     "attributes": metadata.attributes, "meta": metadata.meta})
     return rows
 
 
@@ -102,6 +110,6 @@ def load_manifest(root: Path | None, manifest: str, max_bytes: int) -> list[Inge
             data = image_path.read_bytes()
         items.append(IngestItem(
             filename=row["path"], data=data, captions=row["captions"],
-            category=row["category"], attributes=row["attributes"], error=error,
+            category=row["category"], attributes=row["attributes"], meta=row.get("meta", {}), error=error,
         ))
     return items

@@ -50,15 +50,45 @@ class CollectionOut(BaseModel):
     backbone: dict[str, Any]
 
 
+Captions = list[Annotated[str, Field(max_length=2000)]]
+Category = Annotated[str, AfterValidator(printable_name)]
+Attributes = list[Annotated[str, Field(max_length=200)]]
+Meta = Annotated[dict[str, Any], AfterValidator(bounded_json)]
+
+
 class ImageMetadata(BaseModel):
-    """One entry of the `metadata` part of an upload, aligned with the files."""
+    """What an image says about itself, as an upload's `metadata` entry or a manifest line gives it.
+
+    `caption` is a one-item `captions` (both may be sent: the caption comes first).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    captions: list[Annotated[str, Field(max_length=2000)]] = Field(default_factory=list, max_length=64)
-    category: Annotated[str, AfterValidator(printable_name)] | None = Field(None, max_length=200)
-    attributes: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=64)
-    meta: Annotated[dict[str, Any], AfterValidator(bounded_json)] = Field(default_factory=dict)
+    caption: str | None = Field(None, max_length=2000, description="One caption (same as captions: [caption])")
+    captions: Captions = Field(default_factory=list, max_length=64)
+    category: Category | None = Field(None, max_length=200)
+    attributes: Attributes = Field(default_factory=list, max_length=64)
+    meta: Meta = Field(default_factory=dict)
+
+    @property
+    def all_captions(self) -> list[str]:
+        return ([self.caption] if self.caption else []) + list(self.captions)
+
+
+class ImagePatch(BaseModel):
+    """An edit of one image (or of every image a filter matches): only the fields sent change.
+
+    `caption`/`captions` replace the captions, `category` (null clears it) and `attributes` replace
+    theirs, `meta` is merged key by key (a key set to null is removed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    caption: str | None = Field(None, max_length=2000, description="One caption (same as captions: [caption])")
+    captions: Captions | None = Field(None, max_length=64)
+    category: Category | None = Field(None, max_length=200)
+    attributes: Attributes | None = Field(None, max_length=64)
+    meta: Meta | None = Field(None, description="Merged into the stored meta; a key set to null is removed")
 
 
 class AcceptedImage(BaseModel):
@@ -152,6 +182,18 @@ class ImageFilter(BaseModel):
     uploaded_to: datetime | None = Field(None, description="Upload time at or before")
     captured_from: datetime | None = Field(None, description="EXIF capture time at or after")
     captured_to: datetime | None = Field(None, description="EXIF capture time at or before")
+
+
+class BulkImagePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filter: ImageFilter = Field(description="The images to change (must not be empty)")
+    change: ImagePatch
+
+
+class BulkEditResult(BaseModel):
+    updated: int
+    ids: list[int]
 
 
 class SearchOptions(BaseModel):

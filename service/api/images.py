@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 from pydantic import TypeAdapter, ValidationError
 
 from service import collections as ops
+from service import editing
 from service.api.deps import CollectionDep, ContextDep
 from service.api.params import ImageId, Offset
 from service.errors import Gone, Invalid, TooLarge
@@ -16,7 +17,16 @@ from service.imaging import thumbnail_jpeg
 from service.ingest import IngestItem, IngestResult, ingest
 from service.input_rules import check_filename
 from service.manifest import load_manifest
-from service.schemas import ImageMetadata, ImageOut, ImagePage, ImportRequest, IngestResponse
+from service.schemas import (
+    BulkEditResult,
+    BulkImagePatch,
+    ImageMetadata,
+    ImageOut,
+    ImagePage,
+    ImagePatch,
+    ImportRequest,
+    IngestResponse,
+)
 
 router = APIRouter(prefix="/collections/{collection_id}/images", tags=["images"])
 
@@ -69,7 +79,7 @@ async def upload_images(
         # Read one byte past the limit: enough to know it is too big without holding all of it.
         data = await upload.read(settings.max_upload_bytes + 1)
         items.append(IngestItem(
-            filename=upload.filename or "", data=data, captions=meta.captions, category=meta.category,
+            filename=upload.filename or "", data=data, captions=meta.all_captions, category=meta.category,
             attributes=meta.attributes, meta=meta.meta,
         ))
     result = await run_in_threadpool(ingest, ctx, collection_id, items)
@@ -96,6 +106,19 @@ def list_images(
 ) -> ImagePage:
     total, records = ops.list_images(ctx, collection_id, offset, limit)
     return ImagePage(total=total, offset=offset, limit=limit, items=[ImageOut.model_validate(r) for r in records])
+
+
+@router.patch("", response_model=BulkEditResult)
+async def edit_images(collection_id: CollectionDep, body: BulkImagePatch, ctx: ContextDep) -> BulkEditResult:
+    """Apply one change to every image the filter matches (the same filter as search's)."""
+    ids = await run_in_threadpool(editing.edit_images, ctx, collection_id, body.filter, body.change)
+    return BulkEditResult(updated=len(ids), ids=ids)
+
+
+@router.patch("/{image_id}", response_model=ImageOut)
+async def edit_image(collection_id: CollectionDep, image_id: ImageId, body: ImagePatch, ctx: ContextDep) -> ImageOut:
+    """Change captions, category, attributes or meta; only the fields sent change."""
+    return ImageOut.model_validate(await run_in_threadpool(editing.edit_image, ctx, collection_id, image_id, body))
 
 
 @router.get("/{image_id}", response_model=ImageOut)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.support import png_bytes, upload
+from tests.support import adapter_blob, png_bytes, upload
 
 CAPTIONS = ["a red square", "a dog on grass", "blue sky over the sea", "a small cat", "two green apples",
             "a city at night", "a bowl of soup", "a yellow car"]
@@ -158,3 +158,23 @@ def test_bad_image_searches(client, filled, files, data, code):
     response = client.post(f"/collections/{cid}/search/image", files=files, data=data)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["code"] == code
+
+
+def test_image_queries_use_the_adapters_image_space(client, filled, tiny_backbone):
+    cid, ids, blobs = filled
+    response = client.post(f"/collections/{cid}/adapters", data={"activate": "true"},
+                           files={"file": ("a.safetensors", adapter_blob(tiny_backbone), "application/octet-stream")})
+    assert response.status_code in (200, 201), response.text
+    adapted = search(client, cid, image_id=ids[2], k=len(ids))
+    zero = search(client, cid, image_id=ids[2], k=len(ids), adapter="none")
+    assert adapted["adapter"] == "v1" and adapted["results"][0]["image_id"] == ids[2]
+    by_id = {h["image_id"]: h["score"] for h in adapted["results"]}
+    assert not np.allclose([by_id[h["image_id"]] for h in zero["results"]], [h["score"] for h in zero["results"]],
+                           atol=1e-4)
+    # The stored v1 vector of an image is what the v1 encoder makes of its file.
+    uploaded = client.post(f"/collections/{cid}/search/image", files={"file": ("q.png", blobs[2], "image/png")},
+                           data={"options": json.dumps({"k": len(ids)})}).json()
+    assert uploaded["adapter"] == "v1"
+    assert [h["image_id"] for h in uploaded["results"]] == [h["image_id"] for h in adapted["results"]]
+    np.testing.assert_allclose([h["score"] for h in uploaded["results"]], [h["score"] for h in adapted["results"]],
+                               atol=1e-4)

@@ -10,21 +10,24 @@ run to its end (died after it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import traceback
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
 from sqlalchemy import func, select
 
-from service import adapter_versions, collections, unit_of_work
+from service import adapter_versions, collections, editing, unit_of_work
 from service.config import Settings
 from service.context import ServiceContext
 from service.ingest import IngestItem, ingest
-from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
+from service.models import AdapterVersion, BackboneState, Caption, Collection, Embedding, ImageRecord
 from service.reembed import reembed_all
+from service.schemas import ImageFilter, ImagePatch
 from tests.support import TEST_BACKBONE, adapter_blob, png_bytes, upload
 
 PHASES = ["staged", "committed"]
@@ -33,7 +36,7 @@ COLLECTION, IMAGE, VERSION = 1, 1, 1  # as the prepared data directory numbers t
 
 
 def write_paths(ctx: ServiceContext, blob: bytes):
-    """Each of the seven write paths, as a thunk."""
+    """Each of the nine write paths, as a thunk."""
     return {
         "ingest": lambda: ingest(ctx, COLLECTION, [IngestItem("new.png", png_bytes(500), captions=["new"])]),
         "delete_image": lambda: collections.delete_image(ctx, COLLECTION, IMAGE),
@@ -42,10 +45,14 @@ def write_paths(ctx: ServiceContext, blob: bytes):
         "activate": lambda: adapter_versions.activate(ctx, COLLECTION, VERSION),
         "delete_adapter": lambda: adapter_versions.delete(ctx, COLLECTION, VERSION, force=True),
         "reembed": lambda: reembed_all(ctx.settings),
+        "edit_image": lambda: editing.edit_image(ctx, COLLECTION, IMAGE, ImagePatch(caption="edited", category="e")),
+        "edit_images": lambda: editing.edit_images(ctx, COLLECTION, ImageFilter(uploaded_from=datetime(2000, 1, 1)),
+                                                   ImagePatch(captions=["bulk"], meta={"k": 1})),
     }
 
 
-PATHS = ["ingest", "delete_image", "delete_collection", "register_adapter", "activate", "delete_adapter", "reembed"]
+PATHS = ["ingest", "delete_image", "delete_collection", "register_adapter", "activate", "delete_adapter", "reembed",
+         "edit_image", "edit_images"]
 
 
 def crash_in_child(data_dir: Path, path: str, phase: str, backbone) -> int:
@@ -98,6 +105,9 @@ def rows(ctx) -> dict:
             "embeddings": sorted(session.execute(select(Embedding.space, func.count())
                                                  .group_by(Embedding.space)).all()),
             "backbone": session.scalar(select(BackboneState.identity)),
+            "labels": sorted((i, c or "", json.dumps(m, sort_keys=True)) for i, c, m in session.execute(
+                select(ImageRecord.id, ImageRecord.category, ImageRecord.meta))),
+            "captions": sorted(session.execute(select(Caption.image_id, Caption.position, Caption.text)).all()),
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +28,15 @@ def load_collection(ctx: ServiceContext, collection_id: int) -> tuple[Collection
     """The collection and its image count."""
     with ctx.session() as session:
         return get_collection(session, collection_id), image_count(session, collection_id)
+
+
+def load_collection_by_name(ctx: ServiceContext, name: str, visible: Callable[[int], bool]) -> tuple[Collection, int]:
+    """The collection of that exact name and its image count; one the caller may not see is as absent."""
+    with ctx.session() as session:
+        found = session.scalar(select(Collection).where(Collection.name == name))
+        if found is None or not visible(found.id):
+            raise not_found("collection", repr(name))
+        return found, image_count(session, found.id)
 
 
 def find_collection(session: Session, id_or_name: str) -> Collection:

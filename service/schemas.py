@@ -173,7 +173,7 @@ class ImageFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    category: str | None = Field(None, max_length=200)
+    category: Category | None = Field(None, max_length=200)
     attributes: list[Annotated[str, Field(max_length=200)]] = Field(
         default_factory=list, max_length=64, description="Every one of these attributes")
     meta: dict[Annotated[str, Field(max_length=200)], MetaValue] = Field(

@@ -5,7 +5,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service import collections as ops
 from service.api.deps import ContextDep
-from service.api.params import CollectionId
+from service.api.params import CollectionId, CollectionName
 from service.auth import PrincipalDep
 from service.context import ServiceContext
 from service.models import Collection
@@ -35,6 +35,12 @@ def create_collection(body: CollectionCreate, ctx: ContextDep) -> CollectionOut:
 def list_collections(ctx: ContextDep, principal: PrincipalDep) -> list[CollectionOut]:
     """The collections the caller's key may see (all of them for an unrestricted key or an open server)."""
     return [collection_out(ctx, c, count) for c, count in ops.list_collections(ctx) if principal.sees(c.id)]
+
+
+@router.get("/by-name/{name:path}", response_model=CollectionOut)
+def get_collection_by_name(name: CollectionName, ctx: ContextDep, principal: PrincipalDep) -> CollectionOut:
+    """The collection of that exact name (404 when absent or outside what the caller's key may see)."""
+    return collection_out(ctx, *ops.load_collection_by_name(ctx, name, principal.sees))
 
 
 @router.get("/{collection_id}", response_model=CollectionOut)

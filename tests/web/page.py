@@ -105,6 +105,11 @@ class Page:
         field.clear()
         field.send_keys(value)
 
+    def set_date(self, css: str, iso_day: str):
+        """A date field's value (typing into one depends on the browser's locale)."""
+        field = self.find(css)
+        self.driver.execute_script("arguments[0].value = arguments[1]", field, iso_day)
+
     def images_loaded(self, css: str):
         self.wait_for(lambda: all(img.get_attribute("src") for img in self.all(f"{css} img")), message=f"images in {css}")
 

@@ -7,6 +7,7 @@ Screenshots of the main screens: PAS_UI_SCREENSHOTS=1 writes them to docs/ui/ (t
 from __future__ import annotations
 
 import re
+from datetime import date, timedelta
 
 import pytest
 
@@ -147,6 +148,63 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
         assert scores == sorted(scores, reverse=True)
     assert "(zero-shot, 10 results)" in page.text("#results-zero-shot h3")
     assert "(v1, 10 results)" in page.text("#results-adapter h3")
+    page.images_loaded("#results")
+    assert page.unlabelled_controls() == []
+    plain_scores = [s.text for s in page.all("#results-zero-shot .score")]
+
+    # A negative term ("without") changes the query: other scores, and the heading says what was left out.
+    page.fill("#without", "blue")
+    page.button("Search").click()
+    page.wait_text("#results-for", "without blue")
+    assert len(page.all("#results-zero-shot .hit")) == 10
+    assert [s.text for s in page.all("#results-zero-shot .score")] != plain_scores
+    page.fill("#without", "")
+
+    # The category filter lists the collection's categories; only that category comes back, on both sides.
+    options = [o.get_attribute("value") for o in page.all("#filter-category option")]
+    assert options == ["", *sorted(categories)]
+    chosen = sorted(categories)[0]
+    page.find(f"#filter-category option[value='{chosen}']").click()
+    page.button("Search").click()
+    page.wait_for(lambda: page.all("#results-for") and "without" not in page.text("#results-for")
+                  and len(page.all("#results-adapter .hit")) > 0, message="no filtered results")
+    in_category = len(list(photo_folder.glob(f"{chosen}/*.png"))) - (1 if (photo_folder / chosen / "broken.png").exists() else 0)
+    for column in ("#results-zero-shot", "#results-adapter"):
+        assert len(page.all(f"{column} .hit")) == min(10, in_category)
+        assert {b.text for b in page.all(f"{column} .badge")} == {chosen}
+    page.find("#filter-category option[value='']").click()
+
+    # A date range: nothing was uploaded tomorrow; today has everything.
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    page.set_date("#filter-from", tomorrow)
+    page.button("Search").click()
+    page.wait_text("#results-zero-shot", "No results.")
+    assert "(zero-shot, 0 results)" in page.text("#results-zero-shot h3")
+    page.set_date("#filter-from", date.today().isoformat())
+    page.button("Search").click()
+    page.wait_for(lambda: len(page.all("#results-adapter .hit")) == 10, message="today's images were not found")
+    page.set_date("#filter-from", "")
+
+    # "More like this" on a result: that image comes first (it is most like itself), on both sides.
+    first = page.all("#results-adapter .hit")[0]
+    image_id = first.get_attribute("data-image")
+    first.find_element(page.By.CSS_SELECTOR, ".more-like").click()
+    page.wait_text("#results-for", f"More like image #{image_id}")
+    for column in ("#results-zero-shot", "#results-adapter"):
+        assert len(page.all(f"{column} .hit")) == 10
+        assert page.all(f"{column} .hit")[0].get_attribute("data-image") == image_id
+        assert page.all(f"{column} .score")[0].text == "1.000"
+
+    # Search with an uploaded image file: its own stored copy comes first on the zero-shot side.
+    picture = sorted(photo_folder.glob(f"{chosen}/*.png"))
+    picture = next(p for p in picture if p.name != "broken.png")
+    page.find("#query-image").send_keys(str(picture))
+    page.button("Search").click()
+    page.wait_text("#results-for", f"Like the image {picture.name}")
+    assert len(page.all("#results-zero-shot .hit")) == 10 and len(page.all("#results-adapter .hit")) == 10
+    assert float(page.all("#results-zero-shot .score")[0].text) > 0.99
+    assert picture.name in page.all("#results-zero-shot .caption")[0].get_attribute("title")
+    page.button("Clear image").click()
     page.images_loaded("#results")
     assert page.unlabelled_controls() == []
     page.shot("search")

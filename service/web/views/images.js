@@ -12,6 +12,17 @@ export function thumbnail(path, alt) {
   return img;
 }
 
+/** Every category in use, sorted (read from the listing: the API has no category list of its own). */
+export async function collectionCategories(collectionId) {
+  const found = new Set();
+  for (let offset = 0; ; offset += 1000) {
+    const page = await api("GET", `/collections/${collectionId}/images?offset=${offset}&limit=1000`);
+    page.items.forEach((image) => image.category && found.add(image.category));
+    if (offset + page.items.length >= page.total || !page.items.length) break;
+  }
+  return [...found].sort((a, b) => a.localeCompare(b));
+}
+
 // Files from a folder drop, with their paths relative to the dropped item.
 async function entryFiles(entry, prefix = "") {
   if (entry.isFile) {

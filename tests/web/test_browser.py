@@ -174,13 +174,13 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
         assert {b.text for b in page.all(f"{column} .badge")} == {chosen}
     page.find("#filter-category option[value='']").click()
 
-    # A date range: nothing was uploaded tomorrow; today has everything.
+    # A date range: nothing was uploaded tomorrow; since yesterday, everything.
     tomorrow = (date.today() + timedelta(days=1)).isoformat()
     page.set_date("#filter-from", tomorrow)
     page.button("Search").click()
     page.wait_text("#results-zero-shot", "No results.")
     assert "(zero-shot, 0 results)" in page.text("#results-zero-shot h3")
-    page.set_date("#filter-from", date.today().isoformat())
+    page.set_date("#filter-from", (date.today() - timedelta(days=1)).isoformat())
     page.button("Search").click()
     page.wait_for(lambda: len(page.all("#results-adapter .hit")) == 10, message="today's images were not found")
     page.set_date("#filter-from", "")
@@ -208,6 +208,39 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.images_loaded("#results")
     assert page.unlabelled_controls() == []
     page.shot("search")
+
+    # Editing one image in its dialog: the tile shows the new caption and category.
+    page.click("#tab-images")
+    tile = page.find("#grid .tile")
+    edited = tile.get_attribute("data-image")
+    tile.find_element(page.By.XPATH, ".//button[normalize-space()='Edit']").click()
+    page.wait_text("#edit-title", f"#{edited}")
+    assert page.find("#edit-category").get_attribute("value") in categories
+    assert page.unlabelled_controls() == []
+    page.fill("#edit-captions", "a hand-written caption\na second one")
+    page.fill("#edit-category", "favourites")
+    page.button("Save", within="#edit-image").click()
+    page.wait_text(f"#grid .tile[data-image='{edited}']", "a hand-written caption")
+    assert page.text(f"#grid .tile[data-image='{edited}'] .badge") == "favourites"
+    assert not page.find("#edit-image").is_displayed()
+
+    # Editing a selection: three ticked tiles get one category at once; the others keep theirs.
+    assert page.find("#bulk button:not(.secondary)").get_attribute("disabled") is not None
+    picked = [t.get_attribute("data-image") for t in page.all("#grid .tile")[1:4]]
+    for image_id in picked:
+        page.click(f"#grid .tile[data-image='{image_id}'] .pick")
+    assert page.text("#selected-count") == "3 selected"
+    page.fill("#bulk-category", "picked")
+    page.button("Set category").click()
+    page.wait_text("#selected-count", "0 selected")
+    page.wait_for(lambda: [page.text(f"#grid .tile[data-image='{i}'] .badge") for i in picked] == ["picked"] * 3,
+                  message="the selection's category was not shown")
+    assert page.text(f"#grid .tile[data-image='{edited}'] .badge") == "favourites"
+    assert [b.text for b in page.all("#grid .badge")].count("picked") == 3
+    assert not any(c.is_selected() for c in page.all("#grid .pick"))
+    page.click("#tab-search")
+    page.wait_for(lambda: {o.get_attribute("value") for o in page.all("#filter-category option")}
+                  == {"", "favourites", "picked"} | categories, message="the search filter misses the new categories")
 
     # Back on the list: the count and the adapter state are shown.
     page.click("#crumbs a")

@@ -1,7 +1,8 @@
 // A collection's images: upload by drag and drop (files or folders; folder names become categories,
-// a sidecar NAME.txt holds captions, one a line) with per-file progress, and a paginated thumbnail grid.
+// a sidecar NAME.txt holds captions, one a line) with per-file progress, and a paginated thumbnail grid where
+// one image's captions and category are edited in a dialog, or a selection's category at once.
 import { api, blobUrl, forgetBlobs, uploadForm } from "../api.js";
-import { guarded, h } from "../dom.js";
+import { guarded, h, toast } from "../dom.js";
 
 const PAGE = 24;
 const PARALLEL = 3;
@@ -73,15 +74,46 @@ export async function imagesView(body, collection) {
   const summary = h("p", { id: "upload-summary", role: "status" });
   const rejectedList = h("ul", { id: "rejected", class: "rejected" });
 
+  const selected = new Set();
+  const selectedCount = h("span", { id: "selected-count", role: "status" }, "0 selected");
+  const bulkCategory = h("input", { id: "bulk-category", autocomplete: "off", list: "known-categories" });
+  const bulkApply = h("button", { type: "button", disabled: true }, "Set category");
+  const knownCategories = h("datalist", { id: "known-categories" });
+  const updateSelection = () => {
+    selectedCount.textContent = `${selected.size} selected`;
+    bulkApply.disabled = !selected.size;
+  };
+  const edit = editDialog(base, async () => showPage());
+
+  // The bulk endpoint selects by filter, not by id, so a hand-picked selection is edited one image at a time.
+  bulkApply.addEventListener("click", guarded(async () => {
+    const category = bulkCategory.value.trim() || null;
+    const ids = [...selected];
+    await Promise.all(ids.map((id) => api("PATCH", `${base}/${id}`, { category })));
+    selected.clear();
+    updateSelection();
+    toast(category ? `${ids.length} images now in “${category}”.` : `Category cleared on ${ids.length} images.`);
+    await showPage();
+  }));
+
   async function showPage() {
-    const page = await api("GET", `${base}?offset=${offset}&limit=${PAGE}`);
+    const [page, categories] = await Promise.all([
+      api("GET", `${base}?offset=${offset}&limit=${PAGE}`), collectionCategories(collection.id)]);
+    knownCategories.replaceChildren(...categories.map((c) => h("option", { value: c })));
     const pages = Math.max(1, Math.ceil(page.total / PAGE));
     const current = Math.floor(offset / PAGE) + 1;
-    grid.replaceChildren(...page.items.map((image) => h("li", { class: "tile", dataset: { image: image.id } },
-      thumbnail(image.thumbnail_url, image.captions[0] || image.filename),
-      h("div", { class: "meta" },
-        image.category ? h("span", { class: "badge" }, image.category) : null,
-        h("span", { class: "caption", title: image.captions.join("\n") }, image.captions[0] || image.filename)))));
+    grid.replaceChildren(...page.items.map((image) => {
+      const name = image.captions[0] || image.filename;
+      const pick = h("input", { type: "checkbox", class: "pick", checked: selected.has(image.id), "aria-label": `Select ${name}`,
+        onchange: (e) => { if (e.target.checked) selected.add(image.id); else selected.delete(image.id); updateSelection(); } });
+      return h("li", { class: "tile", dataset: { image: image.id } },
+        thumbnail(image.thumbnail_url, name),
+        h("div", { class: "meta" },
+          image.category ? h("span", { class: "badge" }, image.category) : null,
+          h("span", { class: "caption", title: image.captions.join("\n") }, name),
+          h("div", { class: "tile-actions" }, pick,
+            h("button", { type: "button", class: "small secondary", "aria-label": `Edit ${name}`, onclick: () => edit(image) }, "Edit"))));
+    }));
     if (!page.total) grid.replaceChildren(h("li", { class: "muted" }, "No images yet."));
     pager.replaceChildren(
       h("button", { class: "secondary", disabled: current <= 1, onclick: guarded(async () => { offset -= PAGE; await showPage(); }) }, "Previous"),
@@ -161,6 +193,47 @@ export async function imagesView(body, collection) {
   filesInput, folderInput, summary, progressList,
   h("details", { id: "rejected-box" }, h("summary", {}, "Rejected files"), rejectedList));
 
-  body.replaceChildren(drop, h("h2", {}, "Images"), pager, grid);
+  const bulk = h("section", { class: "row bulk", id: "bulk", "aria-label": "Edit the selected images" },
+    selectedCount,
+    h("label", { for: "bulk-category", class: "inline" }, "Category for the selection"), bulkCategory, knownCategories, bulkApply,
+    h("button", { type: "button", class: "secondary", onclick: guarded(async () => { selected.clear(); updateSelection(); await showPage(); }) },
+      "Clear selection"));
+  body.replaceChildren(drop, h("h2", {}, "Images"), bulk, pager, grid, edit.dialog);
   await showPage();
+}
+
+/** The dialog that edits one image's captions (one per line) and category; `saved` runs after a change. */
+function editDialog(base, saved) {
+  const captions = h("textarea", { id: "edit-captions", rows: 4 });
+  const category = h("input", { id: "edit-category", autocomplete: "off", list: "known-categories" });
+  const title = h("h2", { id: "edit-title" });
+  let imageId = null;
+  const dialog = h("dialog", { id: "edit-image", "aria-labelledby": "edit-title" },
+    h("form", { method: "dialog", onsubmit: guarded(async (e) => {
+      if (e.submitter?.value !== "save") return;
+      e.preventDefault();
+      await api("PATCH", `${base}/${imageId}`, {
+        captions: captions.value.split(/\r?\n/).map((s) => s.trim()).filter(Boolean),
+        category: category.value.trim() || null,
+      });
+      dialog.close();
+      toast("Saved.");
+      await saved();
+    }) },
+    title,
+    h("label", { for: "edit-captions" }, "Captions, one per line"), captions,
+    h("label", { for: "edit-category" }, "Category (empty: none)"), category,
+    h("div", { class: "row" },
+      h("button", { value: "cancel", class: "secondary", formnovalidate: true }, "Cancel"),
+      h("button", { value: "save" }, "Save"))));
+  const open = (image) => {
+    imageId = image.id;
+    title.textContent = `Edit ${image.filename} (#${image.id})`;
+    captions.value = image.captions.join("\n");
+    category.value = image.category || "";
+    dialog.showModal();
+    captions.focus();
+  };
+  open.dialog = dialog;
+  return open;
 }

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from adapters.backbone import Backbone
 from service import api_keys
-from service.api import adapters, collections, health, images, jobs, search, web
+from service.api import adapters, collections, feedback, health, images, jobs, search, web
 from service.api.error_schema import install_error_schema
 from service.api.errors import install_error_handlers
 from service.auth import ExposureRefused, check_exposure
@@ -64,6 +64,6 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
 
     install_front_door(app, settings)
 
-    for module in (health, collections, images, search, jobs, adapters, web):
+    for module in (health, collections, images, search, feedback, jobs, adapters, web):
         app.include_router(module.router)
     return app

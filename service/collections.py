@@ -7,13 +7,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from service.context import ServiceContext
 from service.errors import Conflict, Gone, not_found
-from service.models import Collection, ImageRecord
+from service.models import Collection, FeedbackRecord, ImageRecord
 from service.unit_of_work import CollectionWriter
 
 
@@ -135,6 +135,9 @@ def delete_image(ctx: ServiceContext, collection_id: int, image_id: int) -> None
     with CollectionWriter(ctx, collection_id) as writer:
         record = get_image(writer.session, collection_id, image_id)
         sha = record.sha256
+        # Its marks go with it, and so do the marks whose query was this image ("more like this").
+        writer.session.execute(delete(FeedbackRecord).where(or_(FeedbackRecord.image_id == image_id,
+                                                                FeedbackRecord.query_image_id == image_id)))
         writer.session.delete(record)
         removed = np.array([image_id], dtype=np.int64)
         for space in ctx.served_spaces(collection_id):

@@ -168,3 +168,33 @@ class TuningJob(Base):
     @property
     def split_sizes(self) -> dict[str, int]:
         return {part: len(ids) for part, ids in (self.split or {}).items()}
+
+
+class SearchRecord(Base):
+    """A served result list, so that feedback can refer to it by ``search_id`` (the newest few per collection)."""
+
+    __tablename__ = "searches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    adapter: Mapped[str] = mapped_column(String(24))  # the selector as asked ("active", "none", "v3")
+    served_by: Mapped[str] = mapped_column(String(24))  # what answered ("none", "v3")
+    query: Mapped[dict] = mapped_column(JSON)  # {"text"}, {"image_id"}, {"terms"} or {"uploaded_image", "terms"}
+    image_ids: Mapped[list] = mapped_column(JSON)  # the hits, best first
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FeedbackRecord(Base):
+    """A user's mark on an image for a query: relevant or not. Tuning jobs train on the relevant ones."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    search_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # no key: old searches are pruned
+    query: Mapped[dict] = mapped_column(JSON)  # as SearchRecord.query
+    query_text: Mapped[str | None] = mapped_column(Text, nullable=True)  # set when the query is one text
+    query_image_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    relevant: Mapped[bool] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -69,6 +69,16 @@ class ActivationEvidence(BaseModel):
     activated: bool
 
 
+class FeedbackUse(BaseModel):
+    """What a tuning job took from the user's marks (``service.feedback.training_marks``)."""
+
+    relevant_used: int = 0  # (query text, image) pairs added to training
+    relevant_skipped_held_out: int = 0  # the image is in the job's val or test split
+    relevant_skipped_no_text: int = 0  # an image or combined query: no text to pair with
+    not_relevant_unused: int = 0  # the recipe cannot take an explicit negative yet
+    images_added: int = 0  # images outside the split that trained only because of marks
+
+
 class TuningReport(BaseModel):
     """``AdapterVersion.report`` of a tuned version (served as the adapter's ``report``)."""
 
@@ -83,3 +93,4 @@ class TuningReport(BaseModel):
     train_and_eval_wall_time_s: float
     templated_captions: int = 0  # items that trained with captions made from their category
     activation: ActivationEvidence | None = None
+    feedback: FeedbackUse | None = None  # the user's marks this job trained on, and those it skipped

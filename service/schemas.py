@@ -231,6 +231,9 @@ class SearchHit(BaseModel):
 class SearchResponse(BaseModel):
     adapter: str
     results: list[SearchHit] | list[list[SearchHit]]
+    search_id: int | None = Field(None, description="Refer to this result list in POST .../feedback "
+                                                    "(null for a list of texts: see search_ids)")
+    search_ids: list[int] | None = Field(None, description="For a list of texts: one search_id per text")
 
 
 class DcarOptions(BaseModel):
@@ -316,3 +319,40 @@ class AdapterOut(BaseModel):
 
 class AdapterDetail(AdapterOut):
     report: DictOrEmpty
+
+
+class FeedbackQuery(BaseModel):
+    """The query a mark is about: a text or a stored image (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=1000)
+    image_id: int | None = Field(None, ge=1, le=MAX_ROW_ID)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    search_id: int | None = Field(None, ge=1, le=MAX_ROW_ID,
+                                  description="A search's `search_id`: the mark is about that search's query")
+    query: FeedbackQuery | None = Field(None, description="Instead of search_id: the query itself")
+    image_id: int = Field(ge=1, le=MAX_ROW_ID, description="The image marked (of this collection)")
+    relevant: bool = Field(description="true: a right answer for the query; false: a wrong one")
+
+
+class FeedbackOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    search_id: int | None
+    query: dict[str, Any]
+    image_id: int
+    relevant: bool
+    created_at: datetime
+
+
+class FeedbackPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[FeedbackOut]

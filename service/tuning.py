@@ -2,7 +2,8 @@
 
 The split is drawn when the job is created and stored with it, so the comparison can be repeated
 and no test pair ever reaches training or early stopping. Images with a category but no caption
-take part with captions templated from their category and attributes.
+take part with captions templated from their category and attributes. The user's relevant marks
+(``service.feedback``) add their query texts as training captions, never to a val or test image.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from adapters.captions import templated_captions
 from adapters.data import PairedItem
 from adapters.prompted import PromptedCLIP, PromptsUnsupported
 from adapters.train import TrainConfig, train_adapter
-from service import adapter_versions
+from service import adapter_versions, feedback
 from service.activation import Decision, decide, selection_metric
 from service.context import ServiceContext
 from service.errors import Invalid
@@ -99,8 +100,13 @@ def captioned_image_ids(ctx: ServiceContext, collection_id: int) -> list[int]:
         return sorted(set(captioned) | set(categorised))
 
 
-def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int]) -> tuple[list[PairedItem], int]:
-    """Paired items of the images that still exist and still can train, and how many got templated captions."""
+def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int],
+               extra_captions: dict[int, list[str]] | None = None) -> tuple[list[PairedItem], int]:
+    """Paired items of the images that still exist and still can train, and how many got templated captions.
+
+    ``extra_captions`` (training only: feedback queries) are added after an image's own or templated ones.
+    """
+    extra_captions = extra_captions or {}
     with ctx.session() as session:
         records = session.scalars(select(ImageRecord).options(selectinload(ImageRecord.captions))
                                   .where(ImageRecord.id.in_(image_ids)).order_by(ImageRecord.id)).all()
@@ -108,14 +114,15 @@ def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int]) ->
     for record in records:
         attributes = list(record.attributes or [])
         category = (record.category or "").strip()
-        captions = record.caption_texts or (templated_captions(category, attributes) if category else [])
+        own = record.caption_texts or (templated_captions(category, attributes) if category else [])
+        captions = own + [text for text in extra_captions.get(record.id, []) if text not in own]
         if not captions:
             continue
         try:
             image = ctx.store.open_rgb(collection_id, record.sha256)
         except FileNotFoundError:  # deleted since the rows were read
             continue
-        templated += not record.caption_texts
+        templated += not record.caption_texts and bool(category)
         items.append(PairedItem(image=image, captions=captions, category=record.category,
                                 attributes=attributes, key=str(record.id)))
     return items, templated
@@ -137,7 +144,12 @@ def run_tuning(
 ) -> AdapterVersion:
     started = time.perf_counter()
     report(Progress(stage=Stage.LOADING))
-    loaded = {part: load_items(ctx, collection_id, split[part]) for part in ("train", "val", "test")}
+    marks = feedback.training_marks(ctx, collection_id, split)
+    in_split = {image_id for ids in split.values() for image_id in ids}
+    marked_only = sorted(set(marks.captions) - in_split)  # e.g. uncaptioned images a user marked relevant
+    loaded = {part: load_items(ctx, collection_id, split[part]) for part in ("val", "test")}
+    loaded["train"] = load_items(ctx, collection_id, sorted(split["train"] + marked_only), marks.captions)
+    marks.use.images_added = sum(1 for item in loaded["train"][0] if int(item.key or 0) in set(marked_only))
     (train, _), (val, _), (test, _) = loaded["train"], loaded["val"], loaded["test"]
     if len(train) < 2 or not val or not test:
         raise ValueError("too few captioned or categorised images are left in the stored split "
@@ -178,6 +190,7 @@ def run_tuning(
         train_and_eval_wall_time_s=round(time.perf_counter() - started, 3),
         templated_captions=sum(templated for _, templated in loaded.values()),
         activation=decision.evidence,
+        feedback=marks.use,
     )
     report(Progress(stage=Stage.INDEXING))
     row = adapter_versions.register(

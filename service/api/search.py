@@ -7,7 +7,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from service import adapter_versions, search_terms
+from service import adapter_versions, feedback, search_terms
 from service import search as searching
 from service.api.deps import CollectionDep, ContextDep
 from service.context import ServiceContext
@@ -32,7 +32,15 @@ def search(collection_id: CollectionDep, body: SearchRequest, ctx: ContextDep) -
                                        terms=body.terms)
     hits = searching.search(ctx, collection_id, query.vectors, body.k, who, body.filter, body.min_score, body.sort)
     results = [[SearchHit(**vars(h)) for h in row] for row in hits]
-    return SearchResponse(adapter=who.name, results=results if query.batch else results[0])
+    if isinstance(body.query, list):
+        asked = [feedback.search_query(query=text) for text in body.query]
+    else:
+        asked = [feedback.search_query(body.query, body.image_id, body.terms)]
+    ids = feedback.record_searches(ctx, collection_id, body.adapter, who.name, asked,
+                                   [[h.image_id for h in row] for row in hits])
+    if query.batch:
+        return SearchResponse(adapter=who.name, results=results, search_ids=ids)
+    return SearchResponse(adapter=who.name, results=results[0], search_id=ids[0])
 
 
 def parse_options(raw: str | None) -> SearchOptions:
@@ -68,4 +76,7 @@ def answer_image_search(ctx: ServiceContext, collection_id: int, data: bytes, we
     who = adapter_versions.resolve(ctx, collection_id, opts.adapter)
     vector = search_terms.uploaded_image_query(ctx, collection_id, who, data, weight, opts.terms or [])
     hits = searching.search(ctx, collection_id, vector, opts.k, who, opts.filter, opts.min_score, opts.sort)
-    return SearchResponse(adapter=who.name, results=[SearchHit(**vars(h)) for h in hits[0]])
+    [search_id] = feedback.record_searches(ctx, collection_id, opts.adapter, who.name,
+                                           [feedback.search_query(terms=opts.terms, uploaded=True)],
+                                           [[h.image_id for h in hits[0]]])
+    return SearchResponse(adapter=who.name, results=[SearchHit(**vars(h)) for h in hits[0]], search_id=search_id)

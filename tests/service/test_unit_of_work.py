@@ -21,13 +21,13 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from service import adapter_versions, collections, editing, unit_of_work
+from service import adapter_versions, collections, editing, feedback, unit_of_work
 from service.config import Settings
 from service.context import ServiceContext
 from service.ingest import IngestItem, ingest
-from service.models import AdapterVersion, BackboneState, Caption, Collection, Embedding, ImageRecord
+from service.models import AdapterVersion, BackboneState, Caption, Collection, Embedding, FeedbackRecord, ImageRecord
 from service.reembed import reembed_all
-from service.schemas import ImageFilter, ImagePatch
+from service.schemas import FeedbackQuery, FeedbackRequest, ImageFilter, ImagePatch
 from tests.support import TEST_BACKBONE, adapter_blob, png_bytes, upload
 
 PHASES = ["staged", "committed"]
@@ -36,7 +36,7 @@ COLLECTION, IMAGE, VERSION = 1, 1, 1  # as the prepared data directory numbers t
 
 
 def write_paths(ctx: ServiceContext, blob: bytes):
-    """Each of the nine write paths, as a thunk."""
+    """Each of the ten write paths, as a thunk."""
     return {
         "ingest": lambda: ingest(ctx, COLLECTION, [IngestItem("new.png", png_bytes(500), captions=["new"])]),
         "delete_image": lambda: collections.delete_image(ctx, COLLECTION, IMAGE),
@@ -48,11 +48,13 @@ def write_paths(ctx: ServiceContext, blob: bytes):
         "edit_image": lambda: editing.edit_image(ctx, COLLECTION, IMAGE, ImagePatch(caption="edited", category="e")),
         "edit_images": lambda: editing.edit_images(ctx, COLLECTION, ImageFilter(uploaded_from=datetime(2000, 1, 1)),
                                                    ImagePatch(captions=["bulk"], meta={"k": 1})),
+        "feedback": lambda: feedback.give_feedback(ctx, COLLECTION, FeedbackRequest(
+            query=FeedbackQuery(text="marked"), image_id=IMAGE, relevant=True)),
     }
 
 
 PATHS = ["ingest", "delete_image", "delete_collection", "register_adapter", "activate", "delete_adapter", "reembed",
-         "edit_image", "edit_images"]
+         "edit_image", "edit_images", "feedback"]
 
 
 def crash_in_child(data_dir: Path, path: str, phase: str, backbone) -> int:
@@ -88,6 +90,9 @@ def prepared(tmp_path_factory, start_app):
         response = upload(client, cid, [(f"{i}.png", png_bytes(i)) for i in range(6)],
                           [{"captions": [f"caption {i}"]} for i in range(6)])
         assert response.status_code == 200
+        # A mark on the image delete_image removes: it must go in the same unit of work.
+        assert client.post(f"/collections/{cid}/feedback", json={"query": {"text": "kept"}, "image_id": IMAGE,
+                                                                 "relevant": True}).status_code == 201
         blob = adapter_blob(client.app.state.context.backbone)
         response = client.post(f"/collections/{cid}/adapters", files={"file": ("a.safetensors", blob)})
         assert response.status_code == 201
@@ -108,6 +113,8 @@ def rows(ctx) -> dict:
             "labels": sorted((i, c or "", json.dumps(m, sort_keys=True)) for i, c, m in session.execute(
                 select(ImageRecord.id, ImageRecord.category, ImageRecord.meta))),
             "captions": sorted(session.execute(select(Caption.image_id, Caption.position, Caption.text)).all()),
+            "feedback": sorted(session.execute(select(FeedbackRecord.image_id, FeedbackRecord.query_text,
+                                                      FeedbackRecord.relevant)).all()),
         }
 
 

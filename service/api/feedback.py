@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service import feedback as ops
+from service.api.deps import CollectionDep, ContextDep
+from service.api.params import Offset
+from service.schemas import FeedbackOut, FeedbackPage, FeedbackRequest
+
+router = APIRouter(prefix="/collections/{collection_id}/feedback", tags=["feedback"])
+
+
+@router.post("", response_model=FeedbackOut, status_code=201)
+def give_feedback(collection_id: CollectionDep, body: FeedbackRequest, ctx: ContextDep) -> FeedbackOut:
+    """Mark an image as a right (`relevant: true`) or wrong answer to a search (`search_id`) or a `query`.
+
+    The next tuning job trains on the relevant marks of text queries (never for an image in its own
+    val or test split); its report counts the marks used and skipped.
+    """
+    return FeedbackOut.model_validate(ops.give_feedback(ctx, collection_id, body))
+
+
+@router.get("", response_model=FeedbackPage)
+def list_feedback(
+    collection_id: CollectionDep,
+    ctx: ContextDep,
+    offset: Offset = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> FeedbackPage:
+    """The collection's marks, newest first."""
+    total, rows = ops.list_feedback(ctx, collection_id, offset, limit)
+    return FeedbackPage(total=total, offset=offset, limit=limit, items=[FeedbackOut.model_validate(r) for r in rows])

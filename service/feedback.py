@@ -1,0 +1,145 @@
+"""Learning from use: the searches served, the user's marks on their results, and what a job trains on.
+
+Every search stores its query, the adapter selector and the ids it returned (``searches``), so that
+a mark can name a result list by ``search_id``. Only the newest ``SEARCHES_KEPT`` per collection are
+kept: an older one is pruned when a new one is stored, and a mark naming it is a 404 (send the
+query itself instead). Marks (``feedback``) are kept until their image (or their query image) is
+deleted (``collections.delete_image``, in the same unit of work).
+
+What a tuning job takes from the marks (``training_marks``): the latest mark per (query text,
+image) decides; a relevant one adds the query text as a caption of that image for training only,
+and never for an image in the job's val or test split (those keep only their own captions, so the
+held-out comparison stays honest). A not-relevant mark only cancels an earlier relevant one: the
+training recipe (``adapters.train``) has no way yet to take a given image as a negative of a given
+text, so such marks are counted as unused. Marks on image queries or combined queries have no text
+to pair with and are counted as skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.collections import get_image
+from service.context import ServiceContext
+from service.errors import Invalid, NotFound, not_found
+from service.input_rules import visible_text
+from service.models import FeedbackRecord, SearchRecord
+from service.progress import FeedbackUse
+from service.schemas import FeedbackRequest, SearchTerm
+from service.search_terms import clean_text
+from service.unit_of_work import CollectionWriter
+
+SEARCHES_KEPT = 1000  # per collection: enough to mark the results of a long session, bounded for ever
+
+
+def search_query(query: str | None = None, image_id: int | None = None,
+                 terms: list[SearchTerm] | None = None, uploaded: bool = False) -> dict:
+    """How a search's query is stored: {"text"}, {"image_id"}, {"terms"} or {"uploaded_image", "terms"}."""
+    if query is not None:
+        return {"text": visible_text(query)}
+    if image_id is not None:
+        return {"image_id": image_id}
+    stored_terms = [t.model_dump(exclude_none=True) for t in terms or []]
+    return {"uploaded_image": True, "terms": stored_terms} if uploaded else {"terms": stored_terms}
+
+
+def record_searches(ctx: ServiceContext, collection_id: int, adapter: str, served_by: str,
+                    queries: list[dict], results: list[list[int]]) -> list[int]:
+    """Store one row per result list (a plain transaction: a search never waits for a writer); their ids."""
+    with ctx.session() as session:
+        rows = [SearchRecord(collection_id=collection_id, adapter=adapter, served_by=served_by, query=query,
+                             image_ids=ids) for query, ids in zip(queries, results, strict=True)]
+        session.add_all(rows)
+        try:
+            session.flush()
+        except IntegrityError as exc:  # the collection was deleted while the search ran
+            raise not_found("collection", collection_id) from exc
+        oldest_kept = session.scalar(
+            select(SearchRecord.id).where(SearchRecord.collection_id == collection_id)
+            .order_by(SearchRecord.id.desc()).offset(SEARCHES_KEPT - 1).limit(1))
+        if oldest_kept is not None:
+            session.execute(delete(SearchRecord).where(SearchRecord.collection_id == collection_id,
+                                                       SearchRecord.id < oldest_kept))
+        session.commit()
+        return [row.id for row in rows]
+
+
+def mark_query(ctx: ServiceContext, collection_id: int, body: FeedbackRequest,
+               session: Session) -> tuple[dict, int | None]:
+    """The stored query of a mark, from its search or from the body."""
+    if (body.search_id is None) == (body.query is None):
+        raise Invalid("bad_feedback", "send exactly one of search_id and query")
+    if body.search_id is not None:
+        search = session.scalar(select(SearchRecord).where(SearchRecord.id == body.search_id,
+                                                           SearchRecord.collection_id == collection_id))
+        if search is None:
+            raise NotFound("search_not_found", f"search {body.search_id} not found in collection {collection_id} "
+                                               f"(only the newest {SEARCHES_KEPT} are kept: send the query instead)")
+        return dict(search.query), body.search_id
+    assert body.query is not None
+    if (body.query.text is None) == (body.query.image_id is None):
+        raise Invalid("bad_feedback", "query has exactly one of text and image_id")
+    if body.query.text is not None:
+        return {"text": clean_text(ctx, body.query.text)}, None
+    get_image(session, collection_id, body.query.image_id or 0)
+    return {"image_id": body.query.image_id}, None
+
+
+def give_feedback(ctx: ServiceContext, collection_id: int, body: FeedbackRequest) -> FeedbackRecord:
+    with CollectionWriter(ctx, collection_id) as writer:
+        writer.require_collection(collection_id)
+        query, search_id = mark_query(ctx, collection_id, body, writer.session)
+        get_image(writer.session, collection_id, body.image_id)
+        row = FeedbackRecord(collection_id=collection_id, image_id=body.image_id, search_id=search_id, query=query,
+                             query_text=query.get("text"), query_image_id=query.get("image_id"),
+                             relevant=body.relevant)
+        writer.session.add(row)
+        writer.commit()
+        return row
+
+
+def list_feedback(ctx: ServiceContext, collection_id: int, offset: int, limit: int) -> tuple[int, list[FeedbackRecord]]:
+    """(total, one page of marks, newest first)."""
+    with ctx.session() as session:
+        mine = FeedbackRecord.collection_id == collection_id
+        total = session.scalar(select(func.count(FeedbackRecord.id)).where(mine)) or 0
+        rows = session.scalars(select(FeedbackRecord).where(mine).order_by(FeedbackRecord.id.desc())
+                               .offset(offset).limit(limit)).all()
+    return total, list(rows)
+
+
+@dataclass
+class TrainingMarks:
+    captions: dict[int, list[str]] = field(default_factory=dict)  # image id -> extra training captions
+    use: FeedbackUse = field(default_factory=FeedbackUse)
+
+
+def training_marks(ctx: ServiceContext, collection_id: int, split: dict[str, list[int]]) -> TrainingMarks:
+    held_out = set(split.get("val", [])) | set(split.get("test", []))
+    with ctx.session() as session:
+        rows = session.scalars(select(FeedbackRecord).where(FeedbackRecord.collection_id == collection_id)
+                               .order_by(FeedbackRecord.id)).all()
+    latest: dict[tuple[str, int], bool] = {}
+    out = TrainingMarks()
+    for row in rows:
+        if row.query_text is None:
+            if row.relevant:
+                out.use.relevant_skipped_no_text += 1
+            else:
+                out.use.not_relevant_unused += 1
+            continue
+        latest[(row.query_text, row.image_id)] = row.relevant  # a later mark overrides an earlier one
+    for (text, image_id), relevant in latest.items():
+        if not relevant:
+            out.use.not_relevant_unused += 1
+        elif image_id in held_out:
+            out.use.relevant_skipped_held_out += 1
+        else:
+            out.captions.setdefault(image_id, []).append(text)
+            out.use.relevant_used += 1
+    return out
+

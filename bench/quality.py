@@ -438,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rewrote {', '.join(str(p) for p in paths)} from {args.from_json}")
         print(readme_table(report))
         return 0
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One thread: on a CPU shared with other jobs two OpenMP threads spin against each other (a
+    # pretraining step measured 13-18 s with two threads vs 2-5 s with one at load average 7).
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     out = args.out
     if args.quick and out == Path("docs/bench"):
         out = Path("bench/runs/quick")  # a quick run never overwrites the published results

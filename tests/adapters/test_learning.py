@@ -23,10 +23,10 @@ from adapters.evaluate import evaluate
 from adapters.train import TrainConfig, train_adapter
 from bench.world import generate, load_spec
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not OFFLINE_CHECKPOINT.exists(),
     reason=f"the pretrained miniworld backbone ({OFFLINE_CHECKPOINT}) is not in this checkout",
-)
+)]
 
 
 def test_visual_prompts_learn_the_style_shift():

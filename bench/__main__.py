@@ -3,9 +3,11 @@
     python -m bench [--quick] [--out DIR]
 
 The backbone is the shipped checkpoint (``adapters/checkpoints/miniworld-vit.safetensors``); rebuild
-it with ``python -m bench.pretrain`` (about 20 minutes on 2 cores). A full run takes about 45 minutes
-for quality and 20 for speed on 2 cores; each part can be run alone as ``python -m bench.quality``
-or ``python -m bench.speed``.
+it with ``python -m bench.pretrain`` (see ``bench/backbone_card.json`` for the exact commands and
+their wall time). The full quality protocol (four shifts, two train sizes, three seeds, lr-swept
+baselines) takes hours on 2 shared cores; ``python -m bench.quality --help`` shows how to run a
+part of it (per shift, in parallel, then ``--merge``). Each half runs alone as
+``python -m bench.quality`` or ``python -m bench.speed``.
 """
 
 from __future__ import annotations

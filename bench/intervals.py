@@ -29,7 +29,8 @@ class Resampler:
         m = np.atleast_2d(np.asarray(matrix, dtype=np.float64))
         n_seeds = m.shape[0]
         # Mean over queries first per seed (NaNs, e.g. queries without a category, left out).
-        per_seed = np.stack([np.nanmean(m[:, q], axis=1) for q in self.queries])  # (B+1, S)
+        with np.errstate(invalid="ignore"):
+            per_seed = np.nanmean(m[:, self.queries], axis=2).T  # (B+1, S)
         seed_draw = self.rng.integers(0, n_seeds, size=(len(self.queries), n_seeds))
         seed_draw[0] = np.arange(n_seeds)
         return np.take_along_axis(per_seed, seed_draw, axis=1).mean(axis=1)

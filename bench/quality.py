@@ -251,9 +251,9 @@ def run_full_ft(backbone, coll: Collection, seed: int, lr: float) -> tuple[dict,
     return record, result.model
 
 
-def swept(backbone, coll: Collection, method: str, seeds: Sequence[int], bar=None) -> list[dict]:
+def swept(backbone, coll: Collection, method: str, seeds: Sequence[int], lrs: Sequence[float], bar=None) -> list[dict]:
     """A baseline: lr chosen on val (seed 0 of the sweep), then every seed at that lr, tested."""
-    run, lrs = (run_linear, LINEAR_LRS) if method == "linear" else (run_full_ft, FT_LRS)
+    run = run_linear if method == "linear" else run_full_ft
     sweep = []
     kept: dict[float, tuple[dict, object]] = {}
     for lr in lrs:
@@ -293,6 +293,8 @@ class Options:
     lever_names: Sequence[str] | None = None  # None: every lever
     reference: str | None = REFERENCE
     quick: bool = False
+    linear_lrs: Sequence[float] = LINEAR_LRS
+    ft_lrs: Sequence[float] = FT_LRS
 
 
 def quick_options(out: Path) -> Options:
@@ -348,7 +350,8 @@ def run_benchmark(opts: Options) -> dict:
         if method == "zero-shot":
             records.append({**base, **run_zero_shot(backbone, coll)})
         elif method in ("linear", "full-ft"):
-            records += [{**base, **r} for r in swept(backbone, coll, method, arg, bar)]
+            lrs = opts.linear_lrs if method == "linear" else opts.ft_lrs
+            records += [{**base, **r} for r in swept(backbone, coll, method, arg, lrs, bar)]
         elif method == "lever":
             overrides = dict(DUAL, **LEVERS[arg])
             rec = run_adapter(backbone, coll, "lever", overrides, 0, with_test=False, bar=bar)
@@ -372,7 +375,7 @@ def run_benchmark(opts: Options) -> dict:
         "backbone": {"identity": backbone.identity.to_dict(), "parameters": _backbone_params(backbone),
                      "card": json.loads((Path(__file__).parent / "backbone_card.json").read_text())},
         "recipe": RECIPE, "dual": DUAL, "dcar": DCAR, "baseline_budget": budget(),
-        "linear_lrs": LINEAR_LRS, "full_ft_lrs": FT_LRS, "levers": LEVERS,
+        "linear_lrs": list(opts.linear_lrs), "full_ft_lrs": list(opts.ft_lrs), "levers": LEVERS,
         "sizes": {"train": list(opts.sizes.train), "val": opts.sizes.val, "test": opts.sizes.test},
         "collections": {f"{k[0]}/{k[1]}": c.describe() for k, c in data.items()},
         "seeds": {"world": {"train": TRAIN_SEED, "val": VAL_SEED, "test": TEST_SEED}, "methods": list(opts.seeds)},
@@ -383,27 +386,81 @@ def run_benchmark(opts: Options) -> dict:
     }
 
 
-def notes(opts: Options, summary: dict) -> list[str]:
-    """What the run left out or could not show, stated from what actually ran."""
+def summary_notes(summary: dict) -> list[str]:
+    """Facts the numbers themselves call for: shifts outside the real-CLIP regime, methods that did not run."""
     out = []
     for key, coll in summary["collections"].items():
         zero = coll["methods"].get("zero-shot")
         if zero is not None and not 0.10 <= zero["t2i_r1"]["mean"] <= 0.35:
             out.append(f"{key}: zero-shot R@1 {100 * zero['t2i_r1']['mean']:.1f} % is outside the 10-35 % range real CLIP users are in.")
+        missing = [m for m in ("zero-shot", "adapter", "linear", "full-ft") if m not in coll["methods"]]
+        if missing:
+            out.append(f"{key}: not run: {', '.join(missing)} (their comparisons say 'not run').")
+    return out
+
+
+def notes(opts: Options, summary: dict) -> list[str]:
+    """What the run left out or could not show, stated from what actually ran."""
+    out = summary_notes(summary)
     if len(opts.sizes.train) < 2:
         out.append(f"Only {opts.sizes.train[0]:,}-pair collections ran (no second train size).")
     elif opts.big_size_methods is not None or opts.big_size_seeds is not None:
         out.append(f"At {', '.join(f'{n:,}' for n in opts.sizes.train[1:])} pairs only {list(opts.big_size_methods or opts.methods)} "
                    f"ran, seeds {list(opts.big_size_seeds or opts.seeds)}.")
     out.append(f"Baselines' learning rates were swept on seed {opts.seeds[0]} only; the other seeds reuse the chosen rate.")
+    for name, lrs in (("full fine-tuning", opts.ft_lrs), ("linear adapter", opts.linear_lrs)):
+        if len(lrs) < 3:
+            out.append(f"{name}: learning rate NOT swept in this run (only {list(lrs)}): fewer than the 3 values the protocol asks for.")
     if len(opts.seeds) < 3:
         out.append(f"Seeds {list(opts.seeds)}: intervals over seeds rest on {len(opts.seeds)} run(s) per method.")
-    missing = [m for m in ("linear", "full-ft", "dcar") if m not in opts.methods]
-    if missing:
-        out.append(f"Not run: {', '.join(missing)} (their comparisons say 'not run').")
     if not opts.levers:
         out.append("The lever study (one lever at a time, on val) is not part of this run.")
     return out
+
+
+def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str] = ()) -> dict:
+    """One report from several runs' JSON (full reports or the partial lists of records)."""
+    from bench.summary import summarize
+
+    base: dict | None = None
+    records: list[dict] = []
+    parts = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict):
+            records += data["runs"]
+            base = base or data
+            parts.append({"file": str(path), "command": data.get("command"), "wall_time_s": data.get("wall_time_s"),
+                          "complete": True})
+        else:
+            records += data
+            parts.append({"file": str(path), "complete": False, "records": len(data)})
+    if base is None:
+        backbone = load_backbone()
+        base = {"machine": machine_info(), "recipe": RECIPE, "dual": DUAL, "dcar": DCAR, "baseline_budget": budget(),
+                "linear_lrs": LINEAR_LRS, "full_ft_lrs": FT_LRS, "levers": LEVERS, "sizes": {"val": VAL_SIZE, "test": TEST_SIZE},
+                "seeds": {"world": {"train": TRAIN_SEED, "val": VAL_SEED, "test": TEST_SEED}, "methods": list(SEEDS)},
+                "collections": {}, "reference_zero_shot": None, "wall_time_s": 0.0,
+                "backbone": {"identity": backbone.identity.to_dict(), "parameters": _backbone_params(backbone),
+                             "card": json.loads((Path(__file__).parent / "backbone_card.json").read_text())}}
+    # Zero-shot is deterministic: a shift measured by several of the merged runs keeps one record.
+    seen: set[tuple] = set()
+    unique = []
+    for r in records:
+        key = (r["spec"], r["train_size"], r["method"], r.get("seed"), r.get("lever"), r.get("lr_chosen"))
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    records = unique
+    params = base["backbone"]["parameters"]
+    summary = summarize(records, params)
+    notes = summary_notes(summary) + list(extra_notes)
+    incomplete = [p["file"] for p in parts if not p["complete"]]
+    if incomplete:
+        notes.append(f"Merged from runs stopped before their end (partial records): {', '.join(incomplete)}; "
+                     "methods missing from a shift did not finish in the time budget.")
+    return {**base, "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "merged_from": parts, "summary": summary, "notes": notes, "runs": records}
 
 
 def _write_partial(opts: Options, records: list[dict]) -> None:
@@ -423,22 +480,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=None)
     parser.add_argument("--big-size-methods", nargs="+", default=None, help="methods also run at the larger train sizes")
     parser.add_argument("--big-size-seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--ft-lrs", nargs="+", type=float, default=None, help=f"full fine-tuning lr sweep (default {FT_LRS})")
+    parser.add_argument("--linear-lrs", nargs="+", type=float, default=None, help=f"linear adapter lr sweep (default {LINEAR_LRS})")
     parser.add_argument("--levers", action="store_true", help="add the one-lever-at-a-time study (val only)")
     parser.add_argument("--lever-specs", nargs="+", default=None)
     parser.add_argument("--lever-names", nargs="+", default=None, help="a subset of the levers (default all)")
     parser.add_argument("--quick", action="store_true", help="one shift, small sizes, the default adapter, one seed")
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--from-json", type=Path, default=None, help="rewrite the markdown and plots from a saved quality.json")
+    parser.add_argument("--note", action="append", default=None, help="a sentence for the report's notes (with --merge)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="combine the runs of several quality.json / quality.partial.json files (e.g. one per shift, run "
+                             "in parallel) into one report in --out")
     args = parser.parse_args(argv)
     from bench.report import readme_table, write_outputs
 
+    if args.merge is not None:
+        report = merge_reports(args.merge, " ".join(["python -m bench.quality", *(argv if argv is not None else sys.argv[1:])]),
+                               args.note or [])
+        paths = write_outputs(report, args.out)
+        print(f"merged {len(args.merge)} files into {', '.join(str(p) for p in paths)}")
+        print(readme_table(report))
+        return 0
     if args.from_json is not None:
         report = json.loads(args.from_json.read_text())
         paths = write_outputs(report, args.out)
         print(f"rewrote {', '.join(str(p) for p in paths)} from {args.from_json}")
         print(readme_table(report))
         return 0
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One thread: on a CPU shared with other jobs two OpenMP threads spin against each other (a
+    # pretraining step measured 13-18 s with two threads vs 2-5 s with one at load average 7).
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     out = args.out
     if args.quick and out == Path("docs/bench"):
         out = Path("bench/runs/quick")  # a quick run never overwrites the published results
@@ -460,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts.big_size_methods = args.big_size_methods
     opts.big_size_seeds = args.big_size_seeds
     opts.levers = args.levers
+    opts.ft_lrs = tuple(args.ft_lrs) if args.ft_lrs else opts.ft_lrs
+    opts.linear_lrs = tuple(args.linear_lrs) if args.linear_lrs else opts.linear_lrs
     opts.lever_specs = args.lever_specs
     opts.lever_names = args.lever_names
     if not OFFLINE_CHECKPOINT.exists():

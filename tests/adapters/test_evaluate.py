@@ -26,14 +26,16 @@ def test_known_ranks_with_several_captions_per_image():
     # wrong caption above caption 2 (0.2) -> rank 2; image 2: caption 3 (1.0) rank 1.
     assert m["i2t_r1"] == pytest.approx(2 / 3)
     assert m["i2t_medr"] == 1.0
-    assert m["n_images"] == 3 and m["n_captions"] == 4
+    assert m["n_images"] == 3
+    assert m["n_captions"] == 4
 
 
 def test_ties_count_against_the_query():
     images = torch.ones(4, 2)
     captions = torch.ones(4, 2)
     m = retrieval_metrics(captions, images, torch.arange(4))
-    assert m["t2i_r1"] == 0.0 and m["t2i_medr"] == 4.0
+    assert m["t2i_r1"] == 0.0
+    assert m["t2i_medr"] == 4.0
 
 
 def test_duplicate_images_are_all_correct_targets():

@@ -35,7 +35,8 @@ def test_cached_path_equals_uncached(tiny, pixels, config):
     texts = TextSide(prompted, CAPTIONS)
     cached = ImageSide(prompted, pixels, cache=True)
     uncached = ImageSide(prompted, pixels, cache=False)
-    assert cached.prefix is not None and uncached.prefix is None
+    assert cached.prefix is not None
+    assert uncached.prefix is None
     assert cached.cached_layer == config.visual_start
     loss_c, grads_c = _loss_and_grads(prompted, cached, texts)
     loss_u, grads_u = _loss_and_grads(prompted, uncached, texts)

@@ -66,7 +66,8 @@ def test_row_without_negatives_is_finite():
     logits = torch.tensor([[3.0, 1.0]], requires_grad=True)
     loss = weighted_nce(logits, torch.tensor([[True, True]]))
     loss.backward()
-    assert float(loss.detach()) == 0.0 and torch.isfinite(logits.grad).all()
+    assert float(loss.detach()) == 0.0
+    assert torch.isfinite(logits.grad).all()
 
 
 def test_hard_negatives_come_from_other_categories_in_two_views():
@@ -92,4 +93,5 @@ def test_attribute_weights_favour_discriminative_phrases():
     margins = attribute_margins(attrs, torch.tensor([0, 0]), images, rivals)
     assert margins[0] > margins[1]
     w = attribute_weights(margins, temperature=0.1)
-    assert w[0] > 0.9 and abs(float(w.sum()) - 1) < 1e-6
+    assert w[0] > 0.9
+    assert abs(float(w.sum()) - 1) < 1e-6

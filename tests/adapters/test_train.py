@@ -19,6 +19,7 @@ def world_items():
 
 
 FAST = dict(epochs=2, batch_size=16, patience=None, text_tokens=2, visual_tokens=2)
+PROMPTS_ONLY = dict(residual_rank=0, zero_shot_mix=False)  # the prompt machinery without the output-side pieces
 
 
 def test_only_prompts_change_and_backbone_is_untouched(tiny, world_items):
@@ -29,9 +30,11 @@ def test_only_prompts_change_and_backbone_is_untouched(tiny, world_items):
     assert all(not p.requires_grad for p in tiny.model.parameters())
     state = result.prompted.prompt_state_dict()
     initial = PromptedCLIP.from_backbone(tiny, result.config.prompt_config()).prompt_state_dict()
-    assert set(state) == set(initial) == {"text_prompts", "visual_prompts"}
-    assert all(not torch.equal(state[name], initial[name]) for name in state)  # the prompts learned
-    assert result.steps == 2 * 3 and len(result.history["loss"]) == result.steps
+    learned = {"text_prompts", "visual_prompts", "residual.image.down", "residual.image.up", "residual.text.down", "residual.text.up"}
+    assert set(state) == set(initial) == learned | {"adapted_weight"}  # the default recipe's tensors
+    assert all(not torch.equal(state[name], initial[name]) for name in learned)  # every learned tensor moved
+    assert result.steps == 2 * 3
+    assert len(result.history["loss"]) == result.steps
     assert [e["epoch"] for e in result.history["epochs"]] == [0, 1, 2]
     assert result.best_metrics == result.history["epochs"][result.best_epoch]["metrics"]
     assert result.zero_shot_metrics["n_captions"] >= len(val)
@@ -57,7 +60,7 @@ def test_fixed_seed_is_deterministic_on_cpu(tiny, world_items):
 )
 def test_methods_and_loss_options_run(tiny, world_items, method, extra, shapes):
     train, val = world_items
-    result = train_adapter(tiny, train, val, TrainConfig(method=method, **{**FAST, "epochs": 1}, **extra))
+    result = train_adapter(tiny, train, val, TrainConfig(method=method, **{**FAST, "epochs": 1}, **PROMPTS_ONLY, **extra))
     assert result.prompted.prompt_shapes() == shapes
     assert all(torch.isfinite(torch.tensor(result.history["loss"])))
 
@@ -67,7 +70,8 @@ def test_progress_reports_and_cancel(tiny, world_items):
     seen = []
     result = train_adapter(tiny, train, val, TrainConfig(method="text", **FAST), on_progress=seen.append)
     steps = [r["step"] for r in seen]
-    assert steps[-1] == result.steps and seen[-1]["total_steps"] == result.steps
+    assert steps[-1] == result.steps
+    assert seen[-1]["total_steps"] == result.steps
     assert {"step", "total_steps", "epoch", "loss", "metrics", "eta_s"} <= set(seen[0])
     assert seen[-1]["eta_s"] == 0
     calls = []
@@ -77,7 +81,9 @@ def test_progress_reports_and_cancel(tiny, world_items):
 
 def test_early_stopping_keeps_best_epoch(tiny, world_items):
     train, val = world_items
-    config = TrainConfig(method="text", **{**FAST, "epochs": 5, "patience": 1}, lr=0.0)
+    config = TrainConfig(method="text", **{**FAST, "epochs": 5, "patience": 1}, **PROMPTS_ONLY, lr=0.0)
     result = train_adapter(tiny, train, val, config)
     # With a zero learning rate nothing improves: one epoch of patience, then stop; epoch 0 kept.
-    assert result.stopped_early and result.best_epoch == 0 and len(result.history["epochs"]) == 2
+    assert result.stopped_early
+    assert result.best_epoch == 0
+    assert len(result.history["epochs"]) == 2

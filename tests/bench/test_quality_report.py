@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.summary import summarize
 
@@ -53,6 +54,7 @@ def test_recovered_fraction_interval_brackets_its_point():
     assert np.isclose(rec["mean"], (0.25 - 0.1) / (0.5 - 0.1))
 
 
+@pytest.mark.slow
 def test_spec_file_outside_the_repo_runs_from_another_directory(tmp_path):
     spec = {"extends": "broad", "name": "outside", "caption": {"partial_prob": 0.0}}
     (tmp_path / "outside.json").write_text(json.dumps(spec))

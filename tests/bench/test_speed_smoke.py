@@ -38,29 +38,38 @@ def test_outputs_exist(quick_run):
     out, _ = quick_run
     assert (out / "speed.md").stat().st_size > 500
     png = (out / "latency.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 5000
 
 
 @pytest.mark.slow
 def test_run_is_described(quick_run):
     _, report = quick_run
-    assert report["mode"] == "quick" and "--quick" in report["command"]
+    assert report["mode"] == "quick"
+    assert "--quick" in report["command"]
     machine = report["machine"]
-    assert machine["nproc"] >= 1 and positive(machine["ram_gb"]) and "cpu_model" in machine
-    assert machine["versions"]["torch"] and machine["versions"]["faiss"]
+    assert machine["nproc"] >= 1
+    assert positive(machine["ram_gb"])
+    assert "cpu_model" in machine
+    assert machine["versions"]["torch"]
+    assert machine["versions"]["faiss"]
     assert report["model"]["model_name"] == "miniworld-vit"
     assert report["server"]["backbone"] == {k: report["model"][k] for k in report["server"]["backbone"]}
-    assert report["seeds"] and report["sizes"]["ingest_images"] == 200
-    assert report["date"] and positive(report["wall_s"])
+    assert report["seeds"]
+    assert report["sizes"]["ingest_images"] == 200
+    assert report["date"]
+    assert positive(report["wall_s"])
 
 
 @pytest.mark.slow
 def test_ingest_numbers(quick_run):
     _, report = quick_run
     ingest = report["ingest"]
-    assert ingest["images"] == 200 and len(ingest["rounds"]) == report["sizes"]["ingest_rounds"]
+    assert ingest["images"] == 200
+    assert len(ingest["rounds"]) == report["sizes"]["ingest_rounds"]
     for r in ingest["rounds"]:
-        assert positive(r["bare"]["images_per_s"]) and positive(r["service"]["images_per_s"])
+        assert positive(r["bare"]["images_per_s"])
+        assert positive(r["service"]["images_per_s"])
     assert positive(ingest["ratio"])
 
 
@@ -71,7 +80,8 @@ def test_search_numbers(quick_run):
     assert [lv["clients"] for lv in search["levels"]] == [1, 8, 32]
     for lv in search["levels"]:
         assert lv["errors"] == 0, lv["error_examples"]
-        assert lv["requests_ok"] > 0 and len(lv["latencies_ms"]) == lv["requests_ok"]
+        assert lv["requests_ok"] > 0
+        assert len(lv["latencies_ms"]) == lv["requests_ok"]
         lat = lv["latency_ms"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
         assert positive(lv["throughput_rps"])
@@ -86,7 +96,9 @@ def test_tuning_cache_gives_the_same_result(quick_run):
     assert len(pairs) >= 2
     for pair in pairs:
         assert pair["same_result"]["equal_within_tolerance"], pair["same_result"]
-        assert positive(pair["cached_wall_s"]) and positive(pair["uncached_wall_s"]) and positive(pair["wall_speedup"])
+        assert positive(pair["cached_wall_s"])
+        assert positive(pair["uncached_wall_s"])
+        assert positive(pair["wall_speedup"])
 
 
 @pytest.mark.slow
@@ -96,14 +108,18 @@ def test_faiss_numbers(quick_run):
     assert fa["data"]["kind"].startswith("Gaussian mixture")
     assert {r["dataset"] for r in fa["results"]} == {"main", "hard"}
     for result in fa["results"]:
-        assert result["n"] >= 20_000 and "rebuild" in result["ann"]
+        assert result["n"] >= 20_000
+        assert "rebuild" in result["ann"]
         if result["dataset"] == "main":
-            assert result["exact"]["self_recall"] == 1.0 and positive(result["exact"]["latency_ms"]["p50"])
+            assert result["exact"]["self_recall"] == 1.0
+            assert positive(result["exact"]["latency_ms"]["p50"])
             assert set(result["ann"]) == {"rebuild", "grown", "sampled"}
         for build in result["ann"].values():
-            assert build["nlist"] > 1 and positive(build["build_s"])
+            assert build["nlist"] > 1
+            assert positive(build["build_s"])
             for row in build["by_nprobe"]:
-                assert 0.0 <= row["recall_at_k"] <= 1.0 and positive(row["latency_ms"]["p50"])
+                assert 0.0 <= row["recall_at_k"] <= 1.0
+                assert positive(row["latency_ms"]["p50"])
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ never breaks a search already running.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ from service.models import AdapterVersion, Collection, Embedding, ImageRecord
 from service.unit_of_work import CollectionWriter
 from service.vocabulary import ACTIVE, ZERO_SHOT, Method, parse_version, version_space
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Resolved:
@@ -163,6 +165,11 @@ def activate(ctx: ServiceContext, collection_id: int, version: int | None, note:
             if note is not None:
                 row.note = note
         writer.commit()
+        if row is None:
+            log.info("collection %s: activated adapter %s (note: %s)", collection_id, ZERO_SHOT, note or "none")
+        else:
+            log.info("collection %s: activated adapter %s (note: %s)", collection_id, version_space(row.version),
+                     row.note or "none")
 
 
 def delete(ctx: ServiceContext, collection_id: int, version: int, force: bool) -> None:

@@ -16,7 +16,7 @@ from service.api.errors import install_error_handlers
 from service.auth import ExposureRefused, check_exposure
 from service.config import Settings
 from service.context import ServiceContext
-from service.data_lock import hold_data_dir
+from service.data_lock import hold_data_dir, reachable_url
 from service.front_door import install_front_door, spool_under
 from service.jobs import JobRunner
 
@@ -42,7 +42,8 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
             runner.start()
             return ctx, runner
 
-        with hold_data_dir(settings.data_dir, "the server"), spool_under(settings.data_dir):
+        server_url = reachable_url(settings.host, settings.port)
+        with hold_data_dir(settings.data_dir, "the server", server_url), spool_under(settings.data_dir):
             ctx, runner = await run_in_threadpool(start)
             app.state.context = ctx
             log.info("serving data dir %s", settings.data_dir)

@@ -1,22 +1,29 @@
-"""`prompt-adapters serve | ingest | search | migrate | reembed`.
+"""`prompt-adapters serve | ingest | search | tune | migrate | reembed | keys`.
 
-Every setting can come from the environment (PAS_*) or from the flags below. `ingest`, `search` and
-`reembed` work on the data directory directly: run them while no server uses the same directory.
+Every setting can come from the environment (PAS_*) or from the flags below. `ingest` and `reembed`
+work on the data directory directly: run them while no server uses the same directory. `search`
+asks the server that holds the data directory (or --url) and works locally when none does; `tune`
+always asks a server (training runs there).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from service.cli_keys import add_keys_commands, check_serving_exposure, run_keys_command
 from service.config import Settings
-from service.vocabulary import ACTIVE
+from service.server_client import ServerClient, ServerError
+from service.vocabulary import ACTIVE, TERMINAL_STATES, JobState
 
+JOB_POLL_S = 0.5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 SETTING_FLAGS = {
     "data_dir": "--data-dir",
@@ -63,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("-k", type=int, default=10)
     search.add_argument("--adapter", default=ACTIVE)
+    tune = sub.add_parser("tune", parents=[common], help="start a tuning job on the running server")
+    tune.add_argument("collection", help="collection id or name")
+    tune.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    tune.add_argument("--config", type=json.loads, default=None,
+                      help='tuning settings as a JSON object (the API\'s TuningConfig), e.g. \'{"epochs": 5}\'')
+    for command in (search, tune):
+        command.add_argument("--url", help="the server to ask (default: the one holding the data directory)")
+        command.add_argument("--key", default=os.environ.get("PAS_API_KEY"),
+                             help="API key for that server (default: $PAS_API_KEY)")
     sub.add_parser("reembed", parents=[common], help="re-encode every image with the configured backbone")
     add_keys_commands(sub, common)
     return parser
@@ -152,12 +168,44 @@ def cmd_search(settings: Settings, collection: str, query: str, k: int, adapter:
     who = adapter_versions.resolve(ctx, found.id, adapter)
     vectors = search_terms.query_vectors(ctx, found.id, who, query=query, image_id=None, terms=None).vectors
     hits = searching.search(ctx, found.id, vectors, k, who)[0]
-    print(f"adapter: {who.name}")
-    for rank, hit in enumerate(hits, start=1):
-        caption = hit.captions[0] if hit.captions else ""
-        print(f"{rank:3d}  {hit.score:+.4f}  image {hit.image_id}  {caption}")
+    print_hits(who.name, [(hit.score, hit.filename, hit.image_id, hit.captions) for hit in hits])
     ctx.close()
     return 0
+
+
+def print_hits(adapter: str, hits: list[tuple[float, str, int, list[str]]]) -> None:
+    print(f"adapter: {adapter}")
+    for rank, (score, filename, image_id, captions) in enumerate(hits, start=1):
+        caption = f"  {captions[0]}" if captions else ""
+        print(f"{rank:3d}  {score:+.4f}  {filename}  (image {image_id}){caption}")
+
+
+def remote_search(client: ServerClient, collection: str, query: str, k: int, adapter: str) -> int:
+    cid = client.collection_id(collection)
+    body = client.call("POST", f"/collections/{cid}/search", {"query": query, "k": k, "adapter": adapter})
+    print_hits(body["adapter"], [(h["score"], h["filename"], h["image_id"], h["captions"]) for h in body["results"]])
+    return 0
+
+
+def remote_tune(client: ServerClient, collection: str, config: dict | None, wait: bool) -> int:
+    cid = client.collection_id(collection)
+    job = client.call("POST", f"/collections/{cid}/tuning-jobs", config or {})
+    print(f"tuning job {job['id']} queued for collection {cid} on {client.url}")
+    if not wait:
+        return 0
+    with tqdm(total=None, unit="step", desc=f"job {job['id']}") as bar:
+        while job["state"] not in TERMINAL_STATES:
+            time.sleep(JOB_POLL_S)
+            job = client.call("GET", f"/jobs/{job['id']}")
+            progress = job.get("progress") or {}
+            if progress.get("total_steps"):
+                bar.total = progress["total_steps"]
+            if progress.get("step") is not None and progress["step"] > bar.n:
+                bar.update(progress["step"] - bar.n)
+            bar.set_postfix_str(f"{job['state']} {progress.get('stage') or ''}".strip())
+    version = f"v{job['adapter_version']}" if job.get("adapter_version") is not None else "no version"
+    print(f"tuning job {job['id']} {job['state']}: {version}" + (f" ({job['error']})" if job.get("error") else ""))
+    return 0 if job["state"] == JobState.SUCCEEDED else 1
 
 
 def cmd_reembed(settings: Settings) -> int:
@@ -172,10 +220,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
+    from service.data_lock import DataDirBusy, hold_data_dir, holding_server_url
+
+    if args.command in ("search", "tune"):
+        # Before anything imports torch: asking a server must not pay for loading a model.
+        url = args.url or holding_server_url(settings.data_dir)
+        if url is not None:
+            try:
+                return ask_server(args, ServerClient(url, args.key))
+            except ServerError as exc:
+                print(f"error: {exc.detail}", file=sys.stderr)
+                return 2
+        if args.command == "tune":
+            print(f"error: no server holds the data directory {settings.data_dir}; training runs in the server: "
+                  f"start it with `prompt-adapters serve` (same --data-dir), or pass --url", file=sys.stderr)
+            return 2
+
     from adapters.backbone import BackboneError
     from service.auth import ExposureRefused
     from service.context import BackboneMismatch
-    from service.data_lock import DataDirBusy, hold_data_dir
     from service.errors import DomainError
 
     try:
@@ -188,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DomainError, BackboneMismatch, BackboneError, DataDirBusy, ExposureRefused) as exc:
         print(f"error: {getattr(exc, 'detail', exc)}", file=sys.stderr)
         return 2
+
+
+def ask_server(args: argparse.Namespace, client: ServerClient) -> int:
+    if args.command == "search":
+        return remote_search(client, args.collection, args.query, args.k, args.adapter)
+    return remote_tune(client, args.collection, args.config, args.wait)
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:

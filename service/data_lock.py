@@ -1,12 +1,15 @@
 """One process at a time per data directory: the server and the CLI's writing commands exclude each other.
 
 An OS file lock (``filelock``, flock on POSIX) on ``<data dir>/.lock``: it is released by the kernel
-when its holder dies, so a crash never leaves a stale lock behind.
+when its holder dies, so a crash never leaves a stale lock behind. A server also writes where it
+listens to ``<data dir>/server.json``, so the CLI can ask it instead of refusing; that file is only
+believed while the lock is held (a crashed server's file is stale and ignored).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import json
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -16,8 +19,34 @@ class DataDirBusy(Exception):
     pass
 
 
+SERVER_FILE = "server.json"
+
+
+def reachable_url(host: str, port: int) -> str:
+    """The URL a local client uses for a server bound to ``host`` (a wildcard address means this machine)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def holding_server_url(data_dir: Path) -> str | None:
+    """The URL of the server that holds ``data_dir`` now; None when no server does (free, or a CLI holds it)."""
+    try:
+        with hold_data_dir(data_dir, "a look-up"):
+            return None  # free: nobody serves it, whatever a stale file says
+    except DataDirBusy:
+        pass
+    try:
+        return json.loads((data_dir / SERVER_FILE).read_text(encoding="utf-8"))["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @contextmanager
-def hold_data_dir(data_dir: Path, holder: str):
+def hold_data_dir(data_dir: Path, holder: str, server_url: str | None = None):
+    """Hold the data directory; a server passes its ``server_url`` to announce it while it holds it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     lock_path = data_dir / ".lock"
     lock = FileLock(lock_path, is_singleton=False)
@@ -26,7 +55,16 @@ def hold_data_dir(data_dir: Path, holder: str):
     except Timeout:
         raise DataDirBusy(f"data directory {data_dir} is in use by another process (a running server or a "
                           f"prompt-adapters command); stop it before running {holder}") from None
+    server_file = data_dir / SERVER_FILE
     try:
+        if server_url is not None:
+            server_file.write_text(json.dumps({"url": server_url}), encoding="utf-8")
+        else:  # one a crashed server left behind would point the CLI at nothing
+            with suppress(OSError):
+                server_file.unlink()
         yield
     finally:
+        if server_url is not None:
+            with suppress(OSError):
+                server_file.unlink()
         lock.release()

@@ -24,7 +24,7 @@ from service.models import AdapterVersion, TuningJob, utcnow
 from service.progress import Progress
 from service.schemas import TuningConfig
 from service.tuning import captioned_image_ids, check_config, plan_split, run_tuning
-from service.vocabulary import OPEN_STATES, TERMINAL_STATES, JobState, Stage
+from service.vocabulary import OPEN_STATES, TERMINAL_STATES, ZERO_SHOT, JobState, Stage, version_space
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ def mark_interrupted(ctx: ServiceContext) -> int:
             stored = session.scalar(select(AdapterVersion.version).where(
                 AdapterVersion.collection_id == job.collection_id, AdapterVersion.job_id == job.id))
             job.state, job.finished_at = JobState.FAILED, utcnow()
+            job.progress = {**(job.progress or {}), **Progress(eta_s=None).as_update()}
+            log.info("tuning job %s (collection %s) failed: interrupted by a restart", job.id, job.collection_id)
             if stored is None:
                 job.error = "interrupted by a service restart; nothing of it was kept, start a new job"
             else:  # cut off between storing its version and deciding on activation
@@ -59,6 +61,7 @@ def enqueue(ctx: ServiceContext, collection_id: int, config: TuningConfig) -> Tu
                         split=split, progress=Progress(stage=Stage.QUEUED).as_update())
         session.add(job)
         session.commit()
+    log.info("tuning job %s queued for collection %s", job.id, collection_id)
     if ctx.jobs is not None:
         ctx.jobs.notify()
     return job
@@ -113,6 +116,10 @@ class JobRunner:
                             .values(state=JobState.CANCELLED, finished_at=utcnow(), error=None))
             session.commit()
             state = session.scalar(select(TuningJob.state).where(TuningJob.id == job_id))
+        if state == JobState.RUNNING:
+            log.info("tuning job %s: cancel requested; it stops at its next step", job_id)
+        elif state == JobState.CANCELLED:
+            log.info("tuning job %s cancelled", job_id)
         if state != JobState.RUNNING:
             self._cancelled.discard(job_id)
         return state or "missing"
@@ -184,10 +191,15 @@ class JobRunner:
             if job is None or job.state != JobState.RUNNING:  # its collection was deleted (the id may be reused)
                 return
             job.state, job.error, job.finished_at = state, error, utcnow()
-            job.progress = {**(job.progress or {}), **Progress(stage=Stage(state)).as_update()}
+            # A finished job has nothing left to wait for: no ETA.
+            job.progress = {**(job.progress or {}), **Progress(stage=Stage(state), eta_s=None).as_update()}
             if version is not None:
                 job.adapter_version = version
             session.commit()
+            wall_s = (job.finished_at - job.started_at).total_seconds() if job.started_at else float("nan")
+            log.info("tuning job %s (collection %s) ended: %s, version %s, wall time %.1f s%s", job_id,
+                     job.collection_id, state.value, version_space(version) if version is not None else ZERO_SHOT,
+                     wall_s, f" ({error})" if error else "")
 
     def _run(self, job_id: int) -> None:
         self.current_job = job_id
@@ -197,6 +209,8 @@ class JobRunner:
                 if job is None:  # deleted with its collection between the claim and now
                     return
                 collection_id, config, split = job.collection_id, TuningConfig.model_validate(job.config), job.split
+            log.info("tuning job %s started for collection %s (method %s, %s epochs)", job_id, collection_id,
+                     config.method, config.epochs)
             row = run_tuning(self.ctx, job_id, collection_id, config, split,
                              self._reporter(job_id), lambda: self._should_cancel(job_id))
         except TrainingCancelled:

@@ -25,11 +25,13 @@ def version_of(selector: str) -> int:
 
 @router.get("", response_model=list[AdapterOut])
 def list_adapters(collection_id: CollectionDep, ctx: ContextDep) -> list[AdapterOut]:
+    """The collection's adapter versions, with their test metrics; at most one is active."""
     return [AdapterOut.model_validate(row) for row in adapter_versions.list_versions(ctx, collection_id)]
 
 
 @router.get("/{version}", response_model=AdapterDetail)
 def get_adapter(collection_id: CollectionDep, version: AdapterSelector, ctx: ContextDep) -> AdapterDetail:
+    """One version with its full tuning report."""
     return AdapterDetail.model_validate(adapter_versions.load_version(ctx, collection_id, version_of(version)))
 
 
@@ -43,13 +45,15 @@ def activate_adapter(collection_id: CollectionDep, version: AdapterSelector, ctx
 
 @router.delete("/{version}", status_code=204)
 async def delete_adapter(collection_id: CollectionDep, version: AdapterSelector, ctx: ContextDep,
-                         force: Annotated[bool, Query()] = False) -> Response:
+                         force: Annotated[bool, Query(description="Delete it even if it is active (searches fall back to none)")] = False) -> Response:
+    """Delete an inactive version (an active one only with force=true)."""
     await run_in_threadpool(adapter_versions.delete, ctx, collection_id, version_of(version), force)
     return Response(status_code=204)
 
 
 @router.get("/{version}/file")
 def adapter_file(collection_id: CollectionDep, version: AdapterSelector, ctx: ContextDep) -> FileResponse:
+    """Download a version's safetensors file."""
     row = adapter_versions.load_version(ctx, collection_id, version_of(version))
     if not ctx.adapters.path(collection_id, row.version).exists():  # deleted since the row was read
         raise NotFound("adapter_not_found",
@@ -63,8 +67,9 @@ async def upload_adapter(
     collection_id: CollectionDep,
     ctx: ContextDep,
     file: Annotated[UploadFile, File(description="An adapter artifact (.safetensors)")],
-    activate: Annotated[bool, Form()] = False,
+    activate: Annotated[bool, Form(description="Make the new version the active one")] = False,
 ) -> AdapterOut:
+    """Upload an adapter file (safetensors, made for this backbone); it becomes a new version, active if asked."""
     limit = ctx.settings.max_adapter_bytes
     blob = await file.read(limit + 1)
     if len(blob) > limit:

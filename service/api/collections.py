@@ -27,6 +27,7 @@ def collection_out(ctx: ServiceContext, collection: Collection, image_count: int
 
 @router.post("", status_code=201, response_model=CollectionOut)
 def create_collection(body: CollectionCreate, ctx: ContextDep) -> CollectionOut:
+    """Create an empty collection; its name must be unique (409 otherwise)."""
     collection = ops.create_collection(ctx, body.name, body.description)
     return collection_out(ctx, collection, 0)
 
@@ -45,10 +46,12 @@ def get_collection_by_name(name: CollectionName, ctx: ContextDep, principal: Pri
 
 @router.get("/{collection_id}", response_model=CollectionOut)
 def get_collection(collection_id: CollectionId, ctx: ContextDep) -> CollectionOut:
+    """One collection by id."""
     return collection_out(ctx, *ops.load_collection(ctx, collection_id))
 
 
 @router.delete("/{collection_id}", status_code=204)
 async def delete_collection(collection_id: CollectionId, ctx: ContextDep) -> Response:
+    """Delete a collection with its images, indexes, adapters and jobs (running jobs are cancelled)."""
     await run_in_threadpool(ops.delete_collection, ctx, collection_id)
     return Response(status_code=204)

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from service import feedback as ops
 from service.api.deps import CollectionDep, ContextDep
-from service.api.params import Offset
+from service.api.params import Offset, PageSize
 from service.schemas import FeedbackOut, FeedbackPage, FeedbackRequest
 
 router = APIRouter(prefix="/collections/{collection_id}/feedback", tags=["feedback"])
@@ -27,7 +25,7 @@ def list_feedback(
     collection_id: CollectionDep,
     ctx: ContextDep,
     offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageSize = 100,
 ) -> FeedbackPage:
     """The collection's marks, newest first."""
     total, rows = ops.list_feedback(ctx, collection_id, offset, limit)

@@ -12,6 +12,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 def healthz(ctx: ContextDep) -> dict[str, Any]:
+    """Liveness and what serves: the backbone's identity and the number of collections."""
     backbone = ctx.backbone
     collections, images = totals(ctx)
     return {

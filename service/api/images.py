@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from service import collections as ops
 from service import editing
 from service.api.deps import CollectionDep, ContextDep
-from service.api.params import ImageId, Offset
+from service.api.params import ImageId, Offset, PageSize
 from service.errors import Gone, Invalid, TooLarge
 from service.imaging import thumbnail_jpeg
 from service.ingest import IngestItem, IngestResult, ingest
@@ -67,6 +67,7 @@ async def upload_images(
     files: Annotated[list[UploadFile], File(description="One or more image files")],
     metadata: Annotated[str | None, Form(description="JSON list aligned with files")] = None,
 ) -> IngestResponse:
+    """Upload image files (multipart `files`), optionally with one metadata entry per file. Each file is accepted or rejected on its own; a duplicate (same bytes) updates the stored image's metadata."""
     settings = ctx.settings
     if len(files) > settings.max_files_per_upload:
         raise TooLarge("too_many_files", f"at most {settings.max_files_per_upload} files per upload")
@@ -88,6 +89,7 @@ async def upload_images(
 
 @router.post("/import", response_model=IngestResponse)
 async def import_images(collection_id: CollectionDep, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
+    """Import the images a manifest (.jsonl or .csv under the server's import root) lists, with their metadata."""
     try:
         items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest,
                                         ctx.settings.max_upload_bytes)
@@ -102,8 +104,9 @@ def list_images(
     collection_id: CollectionDep,
     ctx: ContextDep,
     offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageSize = 100,
 ) -> ImagePage:
+    """A page of the collection's images, oldest first."""
     total, records = ops.list_images(ctx, collection_id, offset, limit)
     return ImagePage(total=total, offset=offset, limit=limit, items=[ImageOut.model_validate(r) for r in records])
 
@@ -123,19 +126,23 @@ async def edit_image(collection_id: CollectionDep, image_id: ImageId, body: Imag
 
 @router.get("/{image_id}", response_model=ImageOut)
 def get_image(collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep) -> ImageOut:
+    """One image's record."""
     return ImageOut.model_validate(ops.load_image(ctx, collection_id, image_id))
 
 
 @router.get("/{image_id}/file")
 def image_file(collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep) -> FileResponse:
+    """The stored image file, as uploaded."""
     record, path = ops.stored_file(ctx, collection_id, image_id)
     return FileResponse(path, media_type=record.content_type, filename=record.filename or None)
 
 
 @router.get("/{image_id}/thumbnail")
 def image_thumbnail(
-    collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep, size: Annotated[int, Query(ge=16, le=1024)] = 256
+    collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep,
+    size: Annotated[int, Query(ge=16, le=1024, description="Longest side in pixels")] = 256,
 ) -> Response:
+    """A small JPEG thumbnail of the image."""
     record = ops.load_image(ctx, collection_id, image_id)
     try:
         data = thumbnail_jpeg(ctx.store.read(collection_id, record.sha256), size)
@@ -146,5 +153,6 @@ def image_thumbnail(
 
 @router.delete("/{image_id}", status_code=204)
 async def delete_image(collection_id: CollectionDep, image_id: ImageId, ctx: ContextDep) -> Response:
+    """Delete an image: its file, its vectors in every index, and its row."""
     await run_in_threadpool(ops.delete_image, ctx, collection_id, image_id)
     return Response(status_code=204)

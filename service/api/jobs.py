@@ -19,21 +19,25 @@ router = APIRouter(tags=["tuning jobs"])
 
 @router.post("/collections/{collection_id}/tuning-jobs", status_code=202, response_model=JobOut)
 def create_job(collection_id: CollectionDep, ctx: ContextDep, config: TuningConfig | None = None) -> JobOut:
+    """Queue a tuning job for the collection (202). The settings are checked and the train/val/test split drawn now; the job runs in the background, one at a time per server."""
     return JobOut.model_validate(jobs.enqueue(ctx, collection_id, config or TuningConfig()))
 
 
 @router.get("/collections/{collection_id}/tuning-jobs", response_model=list[JobOut])
 def list_jobs(collection_id: CollectionDep, ctx: ContextDep) -> list[JobOut]:
+    """The collection's tuning jobs, oldest first."""
     return [JobOut.model_validate(job) for job in jobs.list_jobs(ctx, collection_id)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: JobId, ctx: ContextDep) -> JobOut:
+    """One job: state, progress (step, loss, held-out metrics, ETA while running), error, the version it stored."""
     return JobOut.model_validate(jobs.get_job(ctx, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: JobId, ctx: ContextDep) -> JobOut:
+    """Cancel a job: a queued one at once, a running one at its next step. Cancelling a finished job changes nothing."""
     jobs.get_job(ctx, job_id)
     if ctx.jobs is not None:
         ctx.jobs.cancel(job_id)

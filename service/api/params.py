@@ -14,4 +14,5 @@ CollectionName = Annotated[str, Path(min_length=1, max_length=200, description="
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A tuning job id")]
 AdapterSelector = Annotated[str, Path(min_length=1, max_length=24, pattern=r"^[ -~]+$",
                                       description="v<N>, <N> (or `none` where it applies)")]
-Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="Items to skip before this page")]
+PageSize = Annotated[int, Query(ge=1, le=1000, description="Largest page size")]

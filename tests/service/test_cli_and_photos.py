@@ -65,6 +65,7 @@ def test_cli_ingest_then_search(photo_dir, tmp_path, capsys, monkeypatch):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "adapter: none"
     assert len(lines) == 4
+    assert {line.split()[2] for line in lines[1:]} <= set(PHOTOS)  # file names, as ingested
 
     assert main(["search", "no-such-collection", "x", *common]) == 2
     assert "not found" in capsys.readouterr().err

@@ -41,7 +41,7 @@ export function activationSummary(report, id) {
     parts.push(h("p", { class: "evidence", dataset: { field: "activation" } },
       `gain ${signed(a.gain.mean)} ${metric}, ${Math.round(100 * a.level)} % interval ${signed(a.gain.low)} to ${signed(a.gain.high)}`
       + ` over ${a.queries} queries: ${a.activated ? "activated" : "kept inactive"}`,
-      h("small", { class: "muted" }, ` (test ${metric} ${a.adapter.toFixed(3)} vs ${a.baseline.toFixed(3)} of ${a.baseline_name}; `
+      h("small", { class: "muted" }, ` (test ${metric} ${a.adapter.toFixed(3)} vs ${a.baseline.toFixed(3)} of ${a.baseline_name === "none" ? "zero-shot" : a.baseline_name}; `
         + `policy ${a.policy}, min_gain ${a.min_gain}; paired bootstrap)`)));
   }
   if (f) {

@@ -6,7 +6,9 @@ Screenshots of the main screens: PAS_UI_SCREENSHOTS=1 writes them to docs/ui/ (t
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from datetime import date, timedelta
 
 import pytest
@@ -30,8 +32,18 @@ def photo_folder(tmp_path):
     return root
 
 
+def get_json(base: str, path: str):
+    with urllib.request.urlopen(base + path, timeout=30) as response:
+        return json.load(response)
+
+
+def signed(x: float) -> str:
+    return f"{'−' if x < 0 else '+'}{abs(x):.3f}"
+
+
 def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
-    page = Page(browser, serve(backbone=load_backbone() if SCREENSHOTS else None), screenshot_dir(tmp_path / "shots"))
+    base = serve(backbone=load_backbone() if SCREENSHOTS else None)
+    page = Page(browser, base, screenshot_dir(tmp_path / "shots"))
     images = len(list(photo_folder.glob("*/*.png"))) - 1
     categories = {p.name for p in photo_folder.iterdir()}
 
@@ -104,6 +116,14 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     assert len(r1_cells) == 2 and all("%" in c.text for c in r1_cells)
     assert len(page.all("#job-charts svg path")) >= 3  # loss, R@1, R@5 (and the zero-shot line)
     assert "v1: active" in page.text("#job-outcome")
+    # The activation decision with the server's paired interval of the gain (no page-computed Wilson intervals).
+    collection_id = re.search(r"#/c/(\d+)/", browser.current_url).group(1)
+    evidence = get_json(base, f"/collections/{collection_id}/adapters/1")["report"]["activation"]
+    gain = evidence["gain"]
+    assert (f"gain {signed(gain['mean'])} R@1, 95 % interval {signed(gain['low'])} to {signed(gain['high'])} "
+            f"over {evidence['queries']} queries: activated") in page.text("#job-activation [data-field=activation]")
+    assert "Marks: 0 relevant used" in page.text("#job-activation [data-field=feedback]")
+    assert not page.all("#job-test .ci")
     page.shot("tuning")
 
     # Adapters: v1 is active; details with test metrics; roll back to zero-shot, activate again.
@@ -114,6 +134,7 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     assert "%" in page.text("#adapters [data-field=r1]") and "%" in page.text("#adapters [data-field=r1-zero-shot]")
     page.button("Details").click()
     page.find("#adapter-test")
+    assert f"over {evidence['queries']} queries: activated" in page.text("#adapter-activation [data-field=activation]")
     assert len(page.all("#adapter-detail svg")) == 2
     assert page.unlabelled_controls() == []
     page.shot("adapters")
@@ -151,6 +172,26 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.images_loaded("#results")
     assert page.unlabelled_controls() == []
     plain_scores = [s.text for s in page.all("#results-zero-shot .score")]
+
+    # Marks: one result of each column, relevant on the zero-shot side, not relevant on the adapter's, each
+    # about its own column's search; the buttons show what was recorded and the counter counts the marks.
+    assert page.text("#feedback-count") == "0 marks"
+    right = page.all("#results-zero-shot .hit")[0]
+    wrong = page.all("#results-adapter .hit")[1]
+    right_id, wrong_id = right.get_attribute("data-image"), wrong.get_attribute("data-image")
+    right.find_element(page.By.CSS_SELECTOR, ".mark.relevant").click()
+    page.wait_text("#feedback-count", "1 mark")
+    wrong.find_element(page.By.CSS_SELECTOR, ".mark.not-relevant").send_keys("\n")  # by keyboard: Enter
+    page.wait_text("#feedback-count", "2 marks")
+    pressed = lambda hit, kind: hit.find_element(page.By.CSS_SELECTOR, f".mark.{kind}").get_attribute("aria-pressed")
+    assert (pressed(right, "relevant"), pressed(right, "not-relevant")) == ("true", "false")
+    assert (pressed(wrong, "relevant"), pressed(wrong, "not-relevant")) == ("false", "true")
+    marks = get_json(base, f"/collections/{collection_id}/feedback")
+    searches = {c: page.find(f"#results-{c}").get_attribute("data-search") for c in ("zero-shot", "adapter")}
+    assert marks["total"] == 2
+    assert sorted((str(m["search_id"]), str(m["image_id"]), m["relevant"]) for m in marks["items"]) == sorted(
+        [(searches["zero-shot"], right_id, True), (searches["adapter"], wrong_id, False)])
+    assert all(m["query"] == {"text": "a red circle"} for m in marks["items"])
 
     # A negative term ("without") changes the query: other scores, and the heading says what was left out.
     page.fill("#without", "blue")

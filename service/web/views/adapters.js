@@ -1,7 +1,7 @@
 // Adapters: versions with their test metrics, activate / roll back / delete / download / upload.
 import { api, download, uploadForm } from "../api.js";
 import { confirmDelete, fmt, guarded, h, toast } from "../dom.js";
-import { comparisonTable, trainingCharts } from "./metrics.js";
+import { activationSummary, comparisonTable, trainingCharts } from "./metrics.js";
 
 export async function adaptersView(body, collection) {
   const base = `/collections/${collection.id}/adapters`;
@@ -76,7 +76,9 @@ export async function adaptersView(body, collection) {
         h("dt", {}, "File size"), h("dd", {}, fmt.bytes(a.size_bytes)),
         h("dt", {}, "Job"), h("dd", {}, a.job_id ? String(a.job_id) : "uploaded"),
         r.split_sizes ? [h("dt", {}, "Pairs (train / val / test)"), h("dd", {}, `${r.split_sizes.train} / ${r.split_sizes.val} / ${r.split_sizes.test}`)] : null),
-      test.adapter ? comparisonTable(rows, { id: "adapter-test", caption: "Test pairs never used for training or early stopping" }) : h("p", { class: "muted" }, "No test metrics (an uploaded adapter)."),
+      test.adapter ? comparisonTable(rows, { id: "adapter-test", caption: "Test pairs never used for training or early stopping", evidence: r.activation })
+        : h("p", { class: "muted" }, "No test metrics (an uploaded adapter)."),
+      activationSummary(r, "adapter-activation"),
       r.epochs ? trainingCharts(r.loss_curve || [], r.epochs, r.epochs[0]?.metrics) : null));
     detail.querySelector("h2").focus();
   }

@@ -1,10 +1,25 @@
 // Search: a text, a stored image ("more like this") or an uploaded image, minus "without" terms, narrowed by
-// category and date; zero-shot and an adapter side by side, with scores and rank changes.
+// category and date; zero-shot and an adapter side by side, with scores and rank changes; every result can be
+// marked relevant or not relevant to the query of its own column's search (its search_id).
 import { api, uploadForm } from "../api.js";
 import { fmt, guarded, h } from "../dom.js";
 import { collectionCategories, thumbnail } from "./images.js";
 
-function hitList(hits, otherRanks, moreLike) {
+// Two toggle buttons; the pressed one is the mark the server recorded (a new mark is a new row: the newest counts).
+function markButtons(hit, name, mark) {
+  const buttons = [[true, "Relevant", "✓"], [false, "Not relevant", "✗"]].map(([relevant, label, sign]) =>
+    h("button", { type: "button", class: `small secondary mark ${relevant ? "relevant" : "not-relevant"}`,
+      "aria-pressed": "false", "aria-label": `${label}: image ${hit.image_id} (${name})`, title: label,
+      onclick: guarded(async (e) => {
+        const button = e.currentTarget;
+        if (button.getAttribute("aria-pressed") === "true") return;
+        await mark(hit, relevant);
+        for (const b of buttons) b.setAttribute("aria-pressed", String(b === button));
+      }) }, `${sign} ${label}`));
+  return h("span", { class: "marks", role: "group", "aria-label": `Mark image ${hit.image_id}` }, buttons);
+}
+
+function hitList(hits, otherRanks, moreLike, mark) {
   return h("ol", { class: "hits" }, hits.map((hit, rank) => {
     const before = otherRanks?.get(hit.image_id);
     const move = otherRanks === undefined ? null
@@ -19,14 +34,15 @@ function hitList(hits, otherRanks, moreLike) {
         hit.category ? h("span", { class: "badge" }, hit.category) : null,
         h("span", { class: "caption", title: [hit.filename, ...hit.captions].join("\n") }, name),
         h("button", { type: "button", class: "small secondary more-like", "aria-label": `More like image ${hit.image_id} (${name})`,
-          onclick: () => moreLike(hit) }, "More like this")));
+          onclick: () => moreLike(hit) }, "More like this"),
+        mark ? markButtons(hit, name, mark) : null));
   }));
 }
 
-function column(title, id, response, otherRanks, moreLike) {
-  return h("section", { class: "column", id, "aria-label": title },
+function column(title, id, response, otherRanks, moreLike, markFor) {
+  return h("section", { class: "column", id, "aria-label": title, dataset: { search: response.search_id ?? "" } },
     h("h3", {}, title, " ", h("span", { class: "muted" }, `(${response.adapter === "none" ? "zero-shot" : response.adapter}, ${response.results.length} results)`)),
-    response.results.length ? hitList(response.results, otherRanks, moreLike) : h("p", { class: "muted" }, "No results."));
+    response.results.length ? hitList(response.results, otherRanks, moreLike, markFor(response.search_id)) : h("p", { class: "muted" }, "No results."));
 }
 
 // A local calendar day as an inclusive UTC instant: its first or its last millisecond.
@@ -55,6 +71,17 @@ export async function searchView(body, collection) {
   const dateTo = h("input", { id: "filter-to", type: "date" });
   const compare = h("input", { type: "checkbox", id: "compare", checked: true });
   const results = h("div", { id: "results", "aria-live": "polite" });
+  const markCount = h("span", { id: "feedback-count", class: "muted", "aria-live": "polite" });
+
+  async function countMarks() {
+    const page = await api("GET", `/collections/${collection.id}/feedback?limit=1`);
+    markCount.textContent = `${page.total} mark${page.total === 1 ? "" : "s"}`;
+  }
+  // A column's marks name its own search, so a mark is about the query that column answered.
+  const markFor = (searchId) => searchId && (async (hit, relevant) => {
+    await api("POST", `/collections/${collection.id}/feedback`, { search_id: searchId, image_id: hit.image_id, relevant });
+    await countMarks();
+  });
 
   function options(who) {
     const filter = {};
@@ -73,14 +100,14 @@ export async function searchView(body, collection) {
     const [zeroShot, tuned] = await Promise.all([sideBySide ? ask("none") : null, ask(adapter.value)]);
     const heading = h("h2", { id: "results-for" }, label);
     if (!sideBySide) {
-      results.replaceChildren(heading, column("Results", "results-single", tuned, undefined, moreLike));
+      results.replaceChildren(heading, column("Results", "results-single", tuned, undefined, moreLike, markFor));
       return;
     }
     const ranks = new Map(zeroShot.results.map((hit, i) => [hit.image_id, i]));
     const title = tuned.adapter === zeroShot.adapter ? "Active: no adapter yet (zero-shot)" : `Adapter ${tuned.adapter}`;
     results.replaceChildren(heading, h("div", { class: "side-by-side" },
-      column("Zero-shot", "results-zero-shot", zeroShot, undefined, moreLike),
-      column(title, "results-adapter", tuned, ranks, moreLike)));
+      column("Zero-shot", "results-zero-shot", zeroShot, undefined, moreLike, markFor),
+      column(title, "results-adapter", tuned, ranks, moreLike, markFor)));
   }
 
   const withoutLabel = () => (negatives().length ? `, without ${negatives().map((t) => t.text).join(", ")}` : "");
@@ -134,8 +161,10 @@ export async function searchView(body, collection) {
   h("div", { class: "row" },
     h("label", { class: "check" }, compare, "Compare with zero-shot side by side"),
     h("button", { type: "submit" }, "Search"),
-    h("button", { type: "button", class: "secondary", onclick: () => { imageFile.value = ""; } }, "Clear image")));
+    h("button", { type: "button", class: "secondary", onclick: () => { imageFile.value = ""; } }, "Clear image"),
+    h("span", { title: "Results marked relevant or not relevant in this collection (tuning trains on them)" }, markCount)));
   query.addEventListener("input", () => query.setCustomValidity(""));
   body.replaceChildren(form, results);
   query.focus();
+  await countMarks();
 }

@@ -1,7 +1,7 @@
 // Tuning: start a job (defaults in one click, the rest folded away), watch it live over SSE, cancel it.
 import { api, streamEvents } from "../api.js";
 import { fmt, guarded, h, toast } from "../dom.js";
-import { comparisonTable, trainingCharts } from "./metrics.js";
+import { activationSummary, comparisonTable, trainingCharts } from "./metrics.js";
 
 const LIVE = ["queued", "running"];
 
@@ -107,7 +107,8 @@ function liveBoard(job) {
     charts.replaceChildren(trainingCharts(report.loss_curve || [], report.epochs || [], report.epochs?.[0]?.metrics));
     result.replaceChildren(
       comparisonTable([["Zero-shot", report.test?.zero_shot], [`Adapter ${adapter.name}`, report.test?.adapter]],
-        { id: "job-test", caption: "Test pairs never used for training or early stopping" }),
+        { id: "job-test", caption: "Test pairs never used for training or early stopping", evidence: report.activation }),
+      activationSummary(report, "job-activation"),
       h("p", { id: "job-outcome" }, `${adapter.name}: ${adapter.active ? "active" : "not active"} · ${adapter.note || ""} `,
         h("a", { href: `#/c/${j.collection_id}/adapters` }, "Manage adapters")));
   }

@@ -37,8 +37,11 @@ class _RecomputeFrozenImages(ImageSide):
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         if self.features is None and self.prefix is None:
-            with torch.no_grad():  # frozen: no gradient would flow here anyway
-                return self.prompted.encode_image(self.pixels[index].to(self.device))
+            with torch.no_grad():  # the frozen tower: no gradient would flow into it anyway
+                features = self.prompted.image_tower(self.pixels[index].to(self.device))
+            # The same head as the cached side (the residual map, when there is one, still trains);
+            # encode_image would also mix with zero-shot, which training never does.
+            return self.prompted.image_head(features)
         return super().__call__(index)
 
 

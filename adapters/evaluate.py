@@ -50,11 +50,7 @@ def retrieval_metrics(
     ids = torch.arange(len(image_emb)) if image_ids is None else torch.as_tensor(image_ids).cpu()
     text_ids = ids[text_to_image]
 
-    t2i = []
-    for start in range(0, len(text_emb), chunk):
-        sims = text_emb[start : start + chunk] @ image_emb.T
-        correct = text_ids[start : start + chunk, None] == ids[None, :]
-        t2i.append(_ranks(sims, correct))
+    t2i = per_query_t2i_ranks(text_emb, image_emb, text_to_image, ids, chunk)
     i2t = []
     for start in range(0, len(image_emb), chunk):
         sims = image_emb[start : start + chunk] @ text_emb.T
@@ -62,7 +58,7 @@ def retrieval_metrics(
         i2t.append(_ranks(sims, correct))
 
     out: dict[str, float] = {"n_images": len(image_emb), "n_captions": len(text_emb)}
-    for name, ranks in (("t2i", torch.cat(t2i)), ("i2t", torch.cat(i2t))):
+    for name, ranks in (("t2i", t2i), ("i2t", torch.cat(i2t))):
         for k in ks:
             out[f"{name}_r{k}"] = float((ranks <= k).float().mean())
         out[f"{name}_medr"] = float(ranks.float().quantile(0.5))

@@ -30,6 +30,18 @@ def upload(client: TestClient, collection_id: int, blobs: list[tuple[str, bytes]
     return client.post(f"/collections/{collection_id}/images", files=files, data=data)
 
 
+SEARCH_CAPTIONS = ["a red square", "a dog on grass", "blue sky over the sea", "a small cat", "two green apples",
+                   "a city at night", "a bowl of soup", "a yellow car"]
+
+
+def upload_captioned(client: TestClient, collection_id: int, first_seed: int) -> tuple[list[int], list[bytes]]:
+    """One image per SEARCH_CAPTIONS entry (seeds first_seed, first_seed + 1, ...): their ids and bytes."""
+    blobs = [(f"{i}.png", png_bytes(first_seed + i)) for i in range(len(SEARCH_CAPTIONS))]
+    response = upload(client, collection_id, blobs, [{"captions": [c]} for c in SEARCH_CAPTIONS])
+    assert response.status_code == 200
+    return [a["id"] for a in response.json()["accepted"]], [b for _, b in blobs]
+
+
 def fill(client: TestClient, n: int = 24, name: str = "c") -> int:
     """A new collection of ``n`` distinct images, each with a caption naming its colour category."""
     cid = client.post("/collections", json={"name": name}).json()["id"]

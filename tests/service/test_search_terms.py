@@ -9,19 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.support import adapter_blob, png_bytes, upload
+from tests.support import SEARCH_CAPTIONS, adapter_blob, png_bytes, upload_captioned
 
-CAPTIONS = ["a red square", "a dog on grass", "blue sky over the sea", "a small cat", "two green apples",
-            "a city at night", "a bowl of soup", "a yellow car"]
+CAPTIONS = SEARCH_CAPTIONS
 
 
 @pytest.fixture
 def filled(client, collection):
-    blobs = [(f"{i}.png", png_bytes(200 + i)) for i in range(len(CAPTIONS))]
-    response = upload(client, collection["id"], blobs, [{"captions": [c]} for c in CAPTIONS])
-    assert response.status_code == 200
-    ids = [a["id"] for a in response.json()["accepted"]]
-    return collection["id"], ids, [b for _, b in blobs]
+    ids, blobs = upload_captioned(client, collection["id"], first_seed=200)
+    return collection["id"], ids, blobs
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from service.api.errors import install_error_handlers
 from service.auth import ExposureRefused, check_exposure
 from service.config import Settings
 from service.context import ServiceContext
-from service.data_lock import hold_data_dir, reachable_url
+from service.data_lock import hold_data_dir, reachable_url, share_data_dir
 from service.front_door import install_front_door, spool_under
-from service.jobs import JobRunner
+from service.jobs import JobDispatcher, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        def start() -> tuple[ServiceContext, JobRunner]:
+        def start() -> tuple[ServiceContext, JobDispatcher]:
             ctx = ServiceContext(settings, backbone)
             try:
                 with ctx.session() as session:
@@ -38,12 +38,22 @@ def create_app(settings: Settings | None = None, backbone: Backbone | None = Non
                 ctx.close()
                 raise
             ctx.recover()
-            runner = ctx.jobs = JobRunner(ctx)
-            runner.start()
+            runner: JobDispatcher
+            if settings.scale_out:  # jobs go to `prompt-adapters worker` processes through the queue
+                from service.job_queue import QueueDispatcher
+
+                runner = QueueDispatcher(ctx)
+            else:  # embedded: this process runs them in a thread
+                runner = JobRunner(ctx)
+                runner.start()
+            ctx.jobs = runner
             return ctx, runner
 
-        server_url = reachable_url(settings.host, settings.port)
-        with hold_data_dir(settings.data_dir, "the server", server_url), spool_under(settings.data_dir):
+        if settings.scale_out:
+            data_dir_held = share_data_dir(settings.data_dir, "the server")
+        else:
+            data_dir_held = hold_data_dir(settings.data_dir, "the server", reachable_url(settings.host, settings.port))
+        with data_dir_held, spool_under(settings.data_dir):
             ctx, runner = await run_in_threadpool(start)
             app.state.context = ctx
             log.info("serving data dir %s", settings.data_dir)

@@ -1,4 +1,4 @@
-"""`prompt-adapters serve | ingest | search | tune | migrate | reembed | keys`.
+"""`prompt-adapters serve | worker | ingest | search | tune | migrate | reembed | keys`.
 
 Every setting can come from the environment (PAS_*) or from the flags below. `ingest` and `reembed`
 work on the data directory directly: run them while no server uses the same directory. `search`
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-adapters", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the HTTP server")
+    sub.add_parser("worker", parents=[common],
+                   help="run queued jobs of a scaled-out deployment (PAS_SCALE_OUT=1, PostgreSQL)")
     sub.add_parser("migrate", parents=[common], help="apply database migrations and exit")
     ingest = sub.add_parser("ingest", parents=[common], help="add a directory of images to a collection")
     ingest.add_argument("directory", type=Path)
@@ -95,6 +97,19 @@ def cmd_serve(settings: Settings) -> None:
     # Load before serving, so a bad backbone setting ends with one clear line, not a traceback.
     backbone = load_configured_backbone(settings)
     uvicorn.run(create_app(settings, backbone), host=settings.host, port=settings.port, **uvicorn_options(settings))
+
+
+def cmd_worker(settings: Settings) -> int:
+    from service.data_lock import share_data_dir
+    from service.job_queue import run_worker
+
+    if not settings.scale_out:
+        print("error: `prompt-adapters worker` runs the jobs of a scaled-out deployment: set PAS_SCALE_OUT=1 and a "
+              "PostgreSQL PAS_DATABASE_URL (an embedded `prompt-adapters serve` runs its own jobs)", file=sys.stderr)
+        return 2
+    with share_data_dir(settings.data_dir, "a worker"):
+        run_worker(settings)
+    return 0
 
 
 def cmd_migrate(settings: Settings) -> None:
@@ -219,7 +234,13 @@ def cmd_reembed(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    settings = settings_from(args)
+    from pydantic import ValidationError
+
+    try:
+        settings = settings_from(args)
+    except ValidationError as exc:
+        print(f"error: {'; '.join(str(e['msg']) for e in exc.errors())}", file=sys.stderr)
+        return 2
     from service.data_lock import DataDirBusy, hold_data_dir, holding_server_url
 
     if args.command in ("search", "tune"):
@@ -263,6 +284,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         cmd_serve(settings)
         return 0
+    if args.command == "worker":
+        return cmd_worker(settings)
     if args.command == "migrate":
         cmd_migrate(settings)
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,17 @@ class Settings(BaseSettings):
 
     adapter_cache_size: int = Field(32, ge=1, description="Loaded adapters kept in memory (LRU)")
 
+    # Scaled-out deployment (README "Embedded default vs scaled-out deployment").
+    scale_out: bool = Field(False, description="Several API and worker processes over one PostgreSQL and one shared "
+                                               "data directory: the API only enqueues jobs, `prompt-adapters worker` "
+                                               "runs them (procrastinate), searches follow other processes' writes")
+    replica_sync_s: float = Field(1.0, ge=0, description="Scaled out: a collection's index generation is read from "
+                                                         "the database at most this often per process (the bound on "
+                                                         "how long another process's write can go unseen); 0 = every search")
+    worker_heartbeat_s: float = Field(10.0, gt=0, description="Scaled out: how often a worker writes its heartbeat")
+    worker_stalled_s: float = Field(30.0, gt=0, description="Scaled out: a worker silent for this long is dead; its "
+                                                            "running job is failed")
+
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -61,6 +72,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @model_validator(mode="after")
+    def _scale_out_needs_postgres(self) -> Settings:
+        if self.scale_out and not self.resolved_database_url.startswith("postgresql"):
+            raise ValueError("PAS_SCALE_OUT needs a PostgreSQL database (PAS_DATABASE_URL=postgresql+psycopg://...): "
+                             "several processes cannot share the SQLite file")
+        if self.scale_out and self.worker_stalled_s <= self.worker_heartbeat_s:
+            raise ValueError("PAS_WORKER_STALLED_S must be longer than PAS_WORKER_HEARTBEAT_S")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

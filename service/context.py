@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +32,7 @@ from service.storage import ImageStore
 from service.vocabulary import ZERO_SHOT, space_version, version_space
 
 if TYPE_CHECKING:
-    from service.jobs import JobRunner
+    from service.jobs import JobDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +91,12 @@ class ServiceContext:
         self.adapters = AdapterStore(settings.collections_dir, self.backbone, settings.batch_size,
                                      settings.adapter_cache_size)
         self.text_batcher = TextBatcher()
-        self.jobs: JobRunner | None = None  # a server runs one; the CLI does not
+        self.jobs: JobDispatcher | None = None  # a server has one; the CLI and a worker do not
         self._collection_locks: dict[int, threading.RLock] = defaultdict(threading.RLock)
         self._locks_guard = threading.Lock()
+        # Scaled out: per collection, the index generation the in-memory indexes were synced at, and when.
+        self._synced: dict[int, tuple[int, float]] = {}
+        self._sync_locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
 
     # --- sessions and locks -------------------------------------------------------------------
 
@@ -127,6 +132,62 @@ class ServiceContext:
             return self.zero_shot
         return self.adapters.encoder(collection_id, space_version(space), space)
 
+    def embedding_ids(self, collection_id: int, space: str) -> np.ndarray:
+        with self.session() as session:
+            ids = session.scalars(select(Embedding.image_id).where(
+                Embedding.collection_id == collection_id, Embedding.space == space)).all()
+        return np.array(sorted(ids), dtype=np.int64)
+
+    def load_vectors(self, collection_id: int, space: str, image_ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``image_ids`` in that order."""
+        wanted = [int(i) for i in image_ids]
+        with self.session() as session:
+            rows = dict(session.execute(select(Embedding.image_id, Embedding.vector).where(
+                Embedding.collection_id == collection_id, Embedding.space == space,
+                Embedding.image_id.in_(wanted))).tuples().all())
+        dim = self.backbone.identity.embed_dim
+        return np.frombuffer(b"".join(rows[i] for i in wanted), dtype=np.float32).reshape(len(wanted), dim)
+
+    def follow_other_writers(self, collection_id: int) -> None:
+        """Scaled out: catch up with what other processes committed to this collection.
+
+        Every unit of work raises the collection's ``index_generation``; when it differs from the one
+        this process last synced at, its loaded indexes are brought to the stored ids (only the new
+        vectors are read) and indexes of deleted versions are let go. The number is read at most every
+        ``replica_sync_s`` seconds, which bounds how long another process's write goes unseen here.
+        Read before the ids: a write landing in between raises it again, so it is caught next time.
+        """
+        if not self.settings.scale_out:
+            return
+        with self._locks_guard:
+            sync_lock = self._sync_locks[collection_id]
+        with sync_lock:
+            seen = self._synced.get(collection_id)
+            now = time.monotonic()
+            if seen is not None and now - seen[1] < self.settings.replica_sync_s:
+                return
+            with self.session() as session:
+                generation = session.scalar(select(Collection.index_generation)
+                                            .where(Collection.id == collection_id))
+            if generation is None:  # deleted by another process
+                self.indexes.forget(collection_id)
+                self.adapters.forget(collection_id)
+                self._synced.pop(collection_id, None)
+                return
+            if seen is None or seen[0] != generation:
+                served = self.served_spaces(collection_id)
+                for space in self.indexes.loaded_spaces(collection_id):
+                    if space not in served:  # a deleted version: never served again
+                        self.indexes.drop(collection_id, space)
+                        continue
+                    added, removed = self.indexes.sync(
+                        collection_id, space, self.embedding_ids(collection_id, space),
+                        partial(self.load_vectors, collection_id, space))
+                    if added or removed:
+                        log.info("collection %s space %s: caught up with other processes (%d added, %d removed)",
+                                 collection_id, space, added, removed)
+            self._synced[collection_id] = (generation, now)
+
     def load_embeddings(self, collection_id: int, space: str) -> tuple[np.ndarray, np.ndarray]:
         dim = self.backbone.identity.embed_dim
         with self.session() as session:
@@ -148,7 +209,19 @@ class ServiceContext:
     # --- start-up repair ----------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Bring files and indexes back in line with the database after an unclean stop."""
+        """Bring files and indexes back in line with the database after an unclean stop.
+
+        Scaled out, other processes may be writing into the shared data directory right now: their
+        temp files and staged files (not yet committed) look exactly like a crash's leftovers, so only
+        the indexes are checked then.
+        """
+        if self.settings.scale_out:
+            with self.session() as session:
+                collection_ids = list(session.scalars(select(Collection.id)))
+            for cid in collection_ids:
+                for space in self.served_spaces(cid):
+                    self.indexes.get(cid, space)
+            return
         removed_tmp = self.store.remove_temp_files()
         with self.session() as session:
             known = {c.id for c in session.scalars(select(Collection))}

@@ -1,5 +1,9 @@
 """One process at a time per data directory: the server and the CLI's writing commands exclude each other.
 
+Scaled out (``PAS_SCALE_OUT``, PostgreSQL) the API and worker processes share the directory instead:
+each holds a shared lock on the same file (``share_data_dir``), so any number of them run together
+while an embedded server or a writing CLI command (an exclusive holder) still excludes them all.
+
 An OS file lock (``filelock``, flock on POSIX) on ``<data dir>/.lock``: it is released by the kernel
 when its holder dies, so a crash never leaves a stale lock behind. A server also writes where it
 listens to ``<data dir>/server.json``, so the CLI can ask it instead of refusing; that file is only
@@ -8,7 +12,9 @@ believed while the lock is held (a crashed server's file is stale and ignored).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -68,3 +74,21 @@ def hold_data_dir(data_dir: Path, holder: str, server_url: str | None = None):
             with suppress(OSError):
                 server_file.unlink()
         lock.release()
+
+
+@contextmanager
+def share_data_dir(data_dir: Path, holder: str):
+    """Scaled out: hold the data directory together with the other API and worker processes."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # The same flock an exclusive holder (filelock) takes, in shared mode: the two exclude each other.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DataDirBusy(f"data directory {data_dir} is held by an embedded server or a prompt-adapters "
+                          f"command; stop it before running {holder} scaled out") from None
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -313,6 +313,35 @@ class IndexRegistry:
             out.append(IndexStatus(space=space, kind=index.kind, size=index.size))
         return out
 
+    def loaded_spaces(self, collection_id: int) -> list[str]:
+        with self._lock:
+            return sorted(space for cid, space in self._indexes if cid == collection_id)
+
+    def sync(self, collection_id: int, space: str, ids: np.ndarray,
+             load_vectors: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
+        """Make a loaded index hold exactly ``ids`` (the rows, after other processes' writes):
+        (added, removed). Only the missing vectors are read; an index not loaded is left to ``get``."""
+        with self._lock:
+            index = self._indexes.get((collection_id, space))
+        if index is None:
+            return 0, 0
+        with index.lock:
+            have = index.ids
+            extra = np.setdiff1d(have, ids)
+            missing = np.asarray(ids, dtype=np.int64)[np.isin(ids, have, invert=True)]
+            index.remove(extra)
+            if len(missing):
+                index.add(missing, load_vectors(missing))
+        # Not marked dirty: the process that wrote the rows writes its own copy of the file.
+        return len(missing), len(extra)
+
+    def forget(self, collection_id: int) -> None:
+        """Let go of a collection's indexes in memory (another process deleted it and its files)."""
+        with self._lock:
+            for key in [k for k in self._indexes if k[0] == collection_id]:
+                del self._indexes[key]
+            self._dirty = {k for k in self._dirty if k[0] != collection_id}
+
     def drop(self, collection_id: int, space: str | None = None) -> None:
         """Forget indexes of a collection (all spaces, or one) and delete their files."""
         with self._lock:

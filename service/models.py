@@ -49,6 +49,9 @@ class Collection(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The highest adapter version ever given out: numbers are never reused after a delete.
     adapter_versions_issued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Raised by every unit of work on the collection: another process holding its indexes in memory
+    # compares it with the number it last synced at and catches up from the stored vectors when it differs.
+    index_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     images: Mapped[list[ImageRecord]] = relationship(
         back_populates="collection", cascade="all, delete-orphan", passive_deletes=True

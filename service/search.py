@@ -42,6 +42,7 @@ def search(ctx: ServiceContext, collection_id: int, vectors: np.ndarray, k: int,
     if flt is not None and not filters.is_empty(flt):
         with ctx.session() as session:
             among = filters.matching_ids(session, collection_id, flt)
+    ctx.follow_other_writers(collection_id)
     index = ctx.indexes.get(collection_id, who.space)  # held: a concurrent swap or delete cannot pull it away
     scores, ids = index.search(vectors, k, among)
     wanted = {int(i) for i in ids.ravel() if i >= 0}

@@ -4,10 +4,12 @@ The protocol, so that files, rows and index entries agree through failures and r
 
 1. take the lock of each collection written (writers of one collection go one at a time; readers
    never wait);
-2. open one database transaction;
+2. open one database transaction; lock the collections' rows in it (``SELECT ... FOR NO KEY UPDATE``
+   on PostgreSQL), so that writers in other processes sharing the database also go one at a time;
 3. write new files first, each registered with ``stage``: if anything fails before the commit,
    the transaction is rolled back and the staged files are removed;
-4. commit: the point of no return;
+4. raise each collection's ``index_generation`` and commit: the point of no return (other processes
+   holding the collection's indexes see the new number and catch up from the stored vectors);
 5. apply the queued index and file changes (``after_commit``), still under the lock.
 
 A process that dies before 4 leaves staged files without rows; one that dies between 4 and 5 leaves
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.context import ServiceContext
@@ -66,6 +69,10 @@ class CollectionWriter:
             for collection_id in self.collection_ids:
                 stack.enter_context(self.ctx.collection_lock(collection_id))
             self._session = stack.enter_context(self.ctx.session())
+            # Across processes (PostgreSQL; SQLite ignores it and allows one process anyway). NO KEY:
+            # rows that merely refer to the collection (a search record, a job) are not held up.
+            self._session.execute(select(Collection.id).where(Collection.id.in_(self.collection_ids))
+                                  .with_for_update(key_share=True))
             self._stack = stack.pop_all()
         return self
 
@@ -111,6 +118,8 @@ class CollectionWriter:
 
     def commit(self) -> None:
         phase_reached("staged")
+        self.session.execute(update(Collection).where(Collection.id.in_(self.collection_ids))
+                             .values(index_generation=Collection.index_generation + 1))
         self.session.commit()
         self._committed = True
         phase_reached("committed")

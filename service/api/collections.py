@@ -16,6 +16,7 @@ router = APIRouter(prefix="/collections", tags=["collections"])
 
 def collection_out(ctx: ServiceContext, collection: Collection, image_count: int) -> CollectionOut:
     """A collection with what lives beside its row: its image count, index states and backbone."""
+    ctx.follow_other_writers(collection.id)
     statuses = ctx.indexes.status(collection.id, ctx.served_spaces(collection.id))
     return CollectionOut(
         id=collection.id, name=collection.name, description=collection.description,

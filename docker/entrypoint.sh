@@ -1,12 +1,13 @@
 #!/bin/sh
-# The container listens on 0.0.0.0, so it never runs without an API key: on the first start an admin
-# key is created, kept in the data volume (readable by its owner only) and named in the log.
+# The container listens on 0.0.0.0, so it never serves without an API key: on the first `serve` an admin
+# key is created, kept in the data volume (readable by its owner only) and named in the log. Other
+# commands (a scaled-out `worker`) serve nothing and create no key.
 #   read it:        docker compose -f docker/compose.yaml exec service cat /data/admin.key
 #   use it:         curl -H "Authorization: Bearer $(cat admin.key)" http://localhost:8000/collections
 #   more/limited:   docker compose ... exec service prompt-adapters keys create --name N --scope read
 set -e
 key_file="${PAS_DATA_DIR:-/data}/admin.key"
-if [ ! -s "$key_file" ]; then
+if [ "${1:-serve}" = serve ] && [ ! -s "$key_file" ]; then
     mkdir -p "$(dirname "$key_file")"
     umask 077
     prompt-adapters keys create --name docker-admin --scope admin > "$key_file.tmp"

@@ -335,6 +335,12 @@ class IndexRegistry:
         # Not marked dirty: the process that wrote the rows writes its own copy of the file.
         return len(missing), len(extra)
 
+    def forget_all(self) -> None:
+        """Let go of every index in memory (a worker between jobs); call ``flush`` first."""
+        with self._lock:
+            self._indexes.clear()
+            self._dirty.clear()
+
     def forget(self, collection_id: int) -> None:
         """Let go of a collection's indexes in memory (another process deleted it and its files)."""
         with self._lock:

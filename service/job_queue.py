@@ -23,7 +23,7 @@ from procrastinate import App, JobContext, PsycopgConnector, SyncPsycopgConnecto
 from procrastinate import exceptions as queue_errors
 from procrastinate.connector import BaseConnector
 from procrastinate.jobs import Status
-from sqlalchemy import make_url, update
+from sqlalchemy import make_url, select, update
 
 from service.config import Settings
 from service.context import ServiceContext
@@ -53,7 +53,13 @@ def run_queued_job(context: JobContext, job_id: int) -> None:
         log.info("tuning job %s is no longer queued (cancelled or deleted); skipped", job_id)
         return
     log.info("tuning job %s taken by worker %s", job_id, context.worker_name)
-    run_job(ctx, job_id, CancelFlag(ctx, job_id, stopping=context.should_abort))
+    try:
+        run_job(ctx, job_id, CancelFlag(ctx, job_id, stopping=context.should_abort))
+    finally:
+        # The API processes serve the indexes a job built (from the files and rows it wrote): a worker
+        # keeps none in memory between jobs.
+        ctx.indexes.flush()
+        ctx.indexes.forget_all()
 
 
 def make_app(connector: BaseConnector) -> App:
@@ -93,9 +99,9 @@ class QueueDispatcher:
 
 
 async def fail_stalled_jobs(app: App, ctx: ServiceContext) -> list[int]:
-    """Queue jobs whose worker sent no heartbeat for ``worker_stalled_s``: their rows are failed (saying
-    whether a version was stored), then the queue jobs. Every worker runs this; either order of two
-    workers doing it at once ends the same way."""
+    """Queue jobs whose worker sent no heartbeat for ``worker_stalled_s``: a job its worker had started
+    is failed (its row first, saying whether a version was stored), one it had fetched but not yet
+    claimed goes back on the queue. Every worker runs this; two doing it at once end the same way."""
     settings = ctx.settings
     failed = []
     stalled = await app.job_manager.get_stalled_jobs(queue=QUEUE,
@@ -104,11 +110,20 @@ async def fail_stalled_jobs(app: App, ctx: ServiceContext) -> list[int]:
         job_id = int(str(job.task_kwargs["job_id"]))
         cause = f"the loss of its worker (no heartbeat for {settings.worker_stalled_s:g} s)"
         failed += await asyncio.to_thread(fail_interrupted, ctx, [job_id], cause)
+        state = await asyncio.to_thread(job_state, ctx, job_id)
         try:
-            await app.job_manager.finish_job(job, status=Status.FAILED, delete_job=False)
-        except queue_errors.ConnectorException:  # another worker finished it first
+            if state == JobState.QUEUED:
+                await app.job_manager.retry_job(job)
+            else:
+                await app.job_manager.finish_job(job, status=Status.FAILED, delete_job=False)
+        except queue_errors.ConnectorException:  # another worker dealt with it first
             pass
     return failed
+
+
+def job_state(ctx: ServiceContext, job_id: int) -> str | None:
+    with ctx.session() as session:
+        return session.scalar(select(TuningJob.state).where(TuningJob.id == job_id))
 
 
 async def _watch_stalled(app: App, ctx: ServiceContext) -> None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -75,3 +80,38 @@ def fresh_postgres_database(server_url: str):
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; the distribution's `postgres` user does it then.
+    if os.geteuid() == 0:
+        return ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(command)]
+    return command
+
+
+@contextmanager
+def throwaway_postgres_server():
+    """A PostgreSQL server of its own (initdb + pg_ctl, Unix socket only) for a test module: its URL.
+
+    Skips the test when the server binaries are missing (`.ci/run` installs them).
+    """
+    import pytest
+
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    # Not under pytest's tmp dir: that one is private to root, and the server runs as `postgres`.
+    root = Path(tempfile.mkdtemp(prefix="pas-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", 55000 + os.getpid() % 1000
+    subprocess.run(as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "postgres"]), check=True,
+                   capture_output=True)
+    subprocess.run(as_postgres([pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+                                f"'-k {root} -p {port} -c listen_addresses='", "start"]), check=True,
+                   capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run(as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

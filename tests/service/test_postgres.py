@@ -3,48 +3,18 @@
 The whole suite can also run on PostgreSQL: PAS_TEST_POSTGRES_URL=postgresql+psycopg://... pytest
 """
 
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.service.test_tuning import QUICK, ranking, start_job, wait
-from tests.support import fill, fresh_postgres_database, png_bytes, upload
-
-INITDB = shutil.which("initdb")
-PG_CTL = shutil.which("pg_ctl")
-
-
-def as_postgres(command: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; the distribution's `postgres` user does it then.
-    if os.geteuid() == 0:
-        return ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(command)]
-    return command
+from tests.support import fill, fresh_postgres_database, png_bytes, throwaway_postgres_server, upload
 
 
 @pytest.fixture(scope="module")
 def postgres_server():
-    if not (INITDB and PG_CTL):
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    # Not under pytest's tmp dir: that one is private to root, and the server runs as `postgres`.
-    root = Path(tempfile.mkdtemp(prefix="pas-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", 55000 + os.getpid() % 1000
-    subprocess.run(as_postgres([INITDB, "-D", str(data), "-A", "trust", "-U", "postgres"]), check=True,
-                   capture_output=True)
-    subprocess.run(as_postgres([PG_CTL, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                                f"'-k {root} -p {port} -c listen_addresses='", "start"]), check=True,
-                   capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
-    finally:
-        subprocess.run(as_postgres([PG_CTL, "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres_server() as url:
+        yield url
 
 
 @pytest.mark.slow

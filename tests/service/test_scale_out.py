@@ -20,11 +20,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from service import cli
 from service.config import Settings
 from service.data_lock import DataDirBusy, hold_data_dir, share_data_dir
+from service.index import IndexRegistry
 from tests.service.live_server import free_port
 from tests.service.test_tuning import SLOW
 from tests.support import (
@@ -225,3 +227,24 @@ def test_shared_holders_exclude_an_exclusive_one_both_ways(tmp_path):
             pass
     with share_data_dir(tmp_path, "a worker"):  # all released: free again
         pass
+
+
+def test_index_sync_reads_only_the_missing_vectors(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((10, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    registry = IndexRegistry(tmp_path, 8, lambda c, s: (np.arange(6), vectors[:6]), ann_threshold=100, nprobe=4)
+    assert registry.sync(1, "none", np.arange(10), lambda ids: vectors[ids]) == (0, 0)  # not loaded: left to get
+    registry.get(1, "none")
+    asked = []
+
+    def load(ids):
+        asked.append(ids.tolist())
+        return vectors[ids]
+
+    # Another process deleted image 0 and added 6..9.
+    assert registry.sync(1, "none", np.arange(1, 10), load) == (4, 1)
+    assert asked == [[6, 7, 8, 9]]
+    scores, ids = registry.search(1, "none", vectors[[0, 7]], 1)
+    assert ids[0][0] != 0 and ids[1][0] == 7
+    assert sorted(registry.get(1, "none").ids.tolist()) == list(range(1, 10))

@@ -4,7 +4,8 @@ procrastinate carries only "run job <id>"; the job's row (``TuningJob``) stays t
 of its state and progress, and ``service.jobs.run_job`` runs it, as in the embedded mode.
 
 - An API process only enqueues (``QueueDispatcher``): the row is committed, then the queue job
-  deferred. A cancel sets the row's flag; the worker running the job reads it between steps.
+  deferred (a row left without one by a crash in between is deferred again by a worker after
+  ``LOST_AFTER_S``). A cancel sets the row's flag; the worker running the job reads it between steps.
 - ``prompt-adapters worker`` (``run_worker``) takes jobs one at a time, on this machine or another
   one sharing the database and the data directory. procrastinate writes each worker's heartbeat;
   every worker also looks for queue jobs whose worker has been silent for ``worker_stalled_s``
@@ -18,6 +19,7 @@ import asyncio
 import logging
 import os
 import socket
+from datetime import timedelta
 
 from procrastinate import App, JobContext, PsycopgConnector, SyncPsycopgConnector
 from procrastinate import exceptions as queue_errors
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 QUEUE = "jobs"
 RUN_JOB_TASK = "service.run_job"
+LOST_AFTER_S = 30.0  # a row queued this long without a queue job was lost between its commit and its defer
 
 _worker_context: ServiceContext | None = None  # the one context of a worker process (set by run_worker)
 
@@ -126,13 +129,38 @@ def job_state(ctx: ServiceContext, job_id: int) -> str | None:
         return session.scalar(select(TuningJob.state).where(TuningJob.id == job_id))
 
 
+def queued_rows_older_than(ctx: ServiceContext, seconds: float) -> list[int]:
+    with ctx.session() as session:
+        return list(session.scalars(select(TuningJob.id).where(
+            TuningJob.state == JobState.QUEUED, TuningJob.created_at < utcnow() - timedelta(seconds=seconds))))
+
+
+async def requeue_lost_jobs(app: App, ctx: ServiceContext) -> list[int]:
+    """Rows `queued` for a while with no queue job to run them (their API process stopped between
+    committing the row and deferring the queue job): deferred again. A second queue job for one row
+    is harmless: only one claim of a row succeeds."""
+    rows = await asyncio.to_thread(queued_rows_older_than, ctx, LOST_AFTER_S)
+    if not rows:
+        return []
+    carried = set()
+    for status in ("todo", "doing"):
+        for job in await app.job_manager.list_jobs_async(queue=QUEUE, task=RUN_JOB_TASK, status=status):
+            carried.add(int(str(job.task_kwargs["job_id"])))
+    lost = [job_id for job_id in rows if job_id not in carried]
+    for job_id in lost:
+        log.warning("tuning job %s was queued without a queue job (its API stopped in between); queued again", job_id)
+        await app.configure_task(RUN_JOB_TASK).defer_async(job_id=job_id)
+    return lost
+
+
 async def _watch_stalled(app: App, ctx: ServiceContext) -> None:
     while True:
         await asyncio.sleep(ctx.settings.worker_heartbeat_s)
         try:
             await fail_stalled_jobs(app, ctx)
+            await requeue_lost_jobs(app, ctx)
         except Exception:  # e.g. the database briefly unreachable: try again at the next beat
-            log.exception("looking for stalled jobs failed; trying again")
+            log.exception("looking for stalled or lost jobs failed; trying again")
 
 
 async def _serve(app: App, ctx: ServiceContext, name: str) -> None:

@@ -3,7 +3,8 @@
 Every process is a real `prompt-adapters` subprocess (uvicorn on 127.0.0.1, procrastinate workers)
 on the tiny model config. Checked: jobs spread over the workers; a worker killed with SIGKILL mid-job
 is noticed by its missing heartbeat and its job fails cleanly while the other worker's job runs on;
-a cancel sent to the other API reaches the job on its worker; an activation, an ingest, an image delete
+a cancel sent to the other API reaches the job on its worker; a job row left queued without a queue
+job (its API died in between) is queued again by a worker; an activation, an ingest, an image delete
 and a version delete made through one API are served by the other within the documented bound
 (PAS_REPLICA_SYNC_S); collections, indexes and jobs read the same through both afterwards.
 """
@@ -17,16 +18,20 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
-from service import cli
+from service import cli, job_queue
 from service.config import Settings
 from service.data_lock import DataDirBusy, hold_data_dir, share_data_dir
 from service.index import IndexRegistry
+from service.models import TuningJob, utcnow
 from tests.service.live_server import free_port
 from tests.service.test_tuning import SLOW
 from tests.support import (
@@ -118,6 +123,23 @@ def described(api: httpx.Client, cid: int) -> tuple:
             [(j["id"], j["state"], j["error"]) for j in jobs], [(v["version"], v["active"]) for v in versions])
 
 
+def queued_row_without_queue_job(url: str, copy_of: int) -> int:
+    """A `queued` row as an API writes it, from long enough ago to count as lost, and no queue job for it."""
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            model = session.get(TuningJob, copy_of)
+            assert model is not None
+            row = TuningJob(collection_id=model.collection_id, state="queued", config=model.config, split=model.split,
+                            progress={"stage": "queued"},
+                            created_at=utcnow() - timedelta(seconds=job_queue.LOST_AFTER_S + 1))
+            session.add(row)
+            session.commit()
+            return row.id
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.slow
 def test_two_apis_and_two_workers_agree(postgres_server, tmp_path, tiny_backbone):
     with ExitStack() as stack:
@@ -173,6 +195,13 @@ def test_two_apis_and_two_workers_agree(postgres_server, tmp_path, tiny_backbone
         assert cancelled["state"] == "cancelled", cancelled
         assert api1.get(f"/collections/{cid}/adapters").json() == []  # neither job left anything behind
 
+        # An API process that died between committing a job's row and putting it on the queue: a worker
+        # notices the row left queued without a queue job and queues it again.
+        lost = queued_row_without_queue_job(url, copy_of=job_b)
+        wait_until("the lost job running", lambda: api2.get(f"/jobs/{lost}").json()["state"] == "running")
+        assert api2.post(f"/jobs/{lost}/cancel").json()["state"] == "running"
+        wait_until("the lost job cancelled", lambda: api1.get(f"/jobs/{lost}").json()["state"] == "cancelled")
+
         # An activation through API 1 is what API 2's very next search uses.
         uploaded = api1.post(f"/collections/{cid}/adapters", files={"file": ("a.safetensors",
                                                                             adapter_blob(tiny_backbone))})
@@ -205,7 +234,7 @@ def test_two_apis_and_two_workers_agree(postgres_server, tmp_path, tiny_backbone
         first, second = described(api1, cid), described(api2, cid)
         assert first == second
         assert first[0] == len(expected) and first[1] == [("none", len(expected))]
-        assert [state for _, state, _ in first[2]] == ["failed", "cancelled"]
+        assert [state for _, state, _ in first[2]] == ["failed", "cancelled", "cancelled"]
 
 
 def test_scale_out_needs_postgresql(tmp_path):

@@ -1,9 +1,12 @@
-"""The tuning-job queue: jobs live in the database; one worker thread owns the training slot.
+"""The job queue: jobs live in the database; one worker thread owns the training slot.
+
+A job is a tuning job (``service.tuning``) or an import (``service.import_jobs``); ``_run`` picks
+the code by the job's kind, so any worker that claims a job runs the same function.
 
 By default one training runs at a time per process (per device), the rest wait in `queued`, and
 searches and ingests go on being served by the web threads meanwhile. A job found `running` at
-start-up was cut off by a restart: it is marked failed, and since a version is committed whole or
-not at all, nothing half-written can become active.
+start-up was cut off by a restart: a tuning job is marked failed (since a version is committed whole
+or not at all, nothing half-written can become active); an import is queued again and resumes.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from sqlalchemy import CursorResult, select, update
 from adapters.train import TrainingCancelled
 from service.collections import get_collection
 from service.context import ServiceContext
+from service import import_jobs
 from service.errors import not_found
 from service.input_rules import public_error
 from service.models import AdapterVersion, TuningJob, utcnow
 from service.progress import Progress
 from service.schemas import TuningConfig
 from service.tuning import captioned_image_ids, check_config, plan_split, run_tuning
-from service.vocabulary import OPEN_STATES, TERMINAL_STATES, ZERO_SHOT, JobState, Stage, version_space
+from service.vocabulary import OPEN_STATES, TERMINAL_STATES, ZERO_SHOT, JobKind, JobState, Stage, version_space
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,12 @@ PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
 def mark_interrupted(ctx: ServiceContext) -> int:
-    """Jobs left `running` by a stop were cut off: fail them, saying whether their version was stored."""
+    """Jobs left `running` by a stop were cut off: fail tuning jobs, saying whether their version was
+    stored; queue imports again (they resume)."""
+    import_jobs.requeue_interrupted(ctx)
     with ctx.session() as session:
-        jobs = session.scalars(select(TuningJob).where(TuningJob.state == JobState.RUNNING)).all()
+        jobs = session.scalars(select(TuningJob).where(TuningJob.state == JobState.RUNNING,
+                                                       TuningJob.kind == JobKind.TUNING)).all()
         for job in jobs:
             stored = session.scalar(select(AdapterVersion.version).where(
                 AdapterVersion.collection_id == job.collection_id, AdapterVersion.job_id == job.id))
@@ -54,6 +61,7 @@ def mark_interrupted(ctx: ServiceContext) -> int:
 def enqueue(ctx: ServiceContext, collection_id: int, config: TuningConfig) -> TuningJob:
     """Check the config and draw the split now (a bad request fails here, not in the worker); queue it."""
     check_config(ctx, config)
+    import_jobs.refuse_while_importing(ctx, collection_id)
     split = plan_split(captioned_image_ids(ctx, collection_id), config)
     with ctx.session() as session:
         get_collection(session, collection_id)
@@ -75,10 +83,10 @@ def get_job(ctx: ServiceContext, job_id: int) -> TuningJob:
         return job
 
 
-def list_jobs(ctx: ServiceContext, collection_id: int) -> list[TuningJob]:
+def list_jobs(ctx: ServiceContext, collection_id: int, kind: JobKind = JobKind.TUNING) -> list[TuningJob]:
     with ctx.session() as session:
-        return list(session.scalars(select(TuningJob).where(TuningJob.collection_id == collection_id)
-                                    .order_by(TuningJob.id)))
+        return list(session.scalars(select(TuningJob).where(TuningJob.collection_id == collection_id,
+                                                            TuningJob.kind == kind).order_by(TuningJob.id)))
 
 
 class JobRunner:
@@ -115,11 +123,12 @@ class JobRunner:
             session.execute(update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == JobState.QUEUED)
                             .values(state=JobState.CANCELLED, finished_at=utcnow(), error=None))
             session.commit()
-            state = session.scalar(select(TuningJob.state).where(TuningJob.id == job_id))
+            state, kind = session.execute(select(TuningJob.state, TuningJob.kind)
+                                          .where(TuningJob.id == job_id)).one_or_none() or (None, JobKind.TUNING)
         if state == JobState.RUNNING:
-            log.info("tuning job %s: cancel requested; it stops at its next step", job_id)
+            log.info("%s job %s: cancel requested; it stops at its next step", kind, job_id)
         elif state == JobState.CANCELLED:
-            log.info("tuning job %s cancelled", job_id)
+            log.info("%s job %s cancelled", kind, job_id)
         if state != JobState.RUNNING:
             self._cancelled.discard(job_id)
         return state or "missing"
@@ -197,32 +206,45 @@ class JobRunner:
                 job.adapter_version = version
             session.commit()
             wall_s = (job.finished_at - job.started_at).total_seconds() if job.started_at else float("nan")
-            log.info("tuning job %s (collection %s) ended: %s, version %s, wall time %.1f s%s", job_id,
-                     job.collection_id, state.value, version_space(version) if version is not None else ZERO_SHOT,
-                     wall_s, f" ({error})" if error else "")
+            made = (import_jobs.describe(job.progress) if job.kind == JobKind.IMPORT else
+                    f"version {version_space(version) if version is not None else ZERO_SHOT}")
+            log.info("%s job %s (collection %s) ended: %s, %s, wall time %.1f s%s", job.kind, job_id,
+                     job.collection_id, state.value, made, wall_s, f" ({error})" if error else "")
 
     def _run(self, job_id: int) -> None:
+        """Run one claimed job to its end, by its kind (the one function any worker calls)."""
         self.current_job = job_id
+        kind = JobKind.TUNING
         try:
             with self.ctx.session() as session:
                 job = session.get(TuningJob, job_id)
                 if job is None:  # deleted with its collection between the claim and now
                     return
-                collection_id, config, split = job.collection_id, TuningConfig.model_validate(job.config), job.split
-            log.info("tuning job %s started for collection %s (method %s, %s epochs)", job_id, collection_id,
-                     config.method, config.epochs)
-            row = run_tuning(self.ctx, job_id, collection_id, config, split,
-                             self._reporter(job_id), lambda: self._should_cancel(job_id))
+                kind, collection_id = JobKind(job.kind), job.collection_id
+                config, split = job.config, job.split
+            version = None
+            if kind == JobKind.IMPORT:
+                log.info("import job %s started for collection %s", job_id, collection_id)
+                import_jobs.run_import(self.ctx, job_id, collection_id, self._reporter(job_id),
+                                       lambda: self._should_cancel(job_id))
+            else:
+                tuning = TuningConfig.model_validate(config)
+                log.info("tuning job %s started for collection %s (method %s, %s epochs)", job_id, collection_id,
+                         tuning.method, tuning.epochs)
+                version = run_tuning(self.ctx, job_id, collection_id, tuning, split,
+                                     self._reporter(job_id), lambda: self._should_cancel(job_id)).version
         except TrainingCancelled:
             if job_id in self._cancelled:
                 self._finish(job_id, JobState.CANCELLED)
+            elif kind == JobKind.IMPORT:  # a shutdown: the next start resumes it
+                import_jobs.requeue_stopped(self.ctx, job_id)
             else:
                 self._finish(job_id, JobState.FAILED, "interrupted by a service shutdown; start a new job")
         except Exception as exc:
-            log.exception("tuning job %s failed", job_id)
+            log.exception("%s job %s failed", kind, job_id)
             self._finish(job_id, JobState.FAILED, public_error(exc))
         else:
-            self._finish(job_id, JobState.SUCCEEDED, version=row.version)
+            self._finish(job_id, JobState.SUCCEEDED, version=version)
         finally:
             self._cancelled.discard(job_id)
             self.current_job = None

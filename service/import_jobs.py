@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from pydantic import ValidationError
 from sqlalchemy import func, insert, select, update
@@ -25,10 +26,10 @@ from adapters.train import TrainingCancelled
 from service.collections import get_collection
 from service.context import ServiceContext
 from service.errors import Conflict, Forbidden, Invalid
+from service.import_tree import read_caption_file, tree_files
 from service.ingest import IngestItem, IngestResult, ingest
 from service.input_rules import check_filename
 from service.manifest import PlannedFile, manifest_files, resolve_under_root
-from service.import_tree import read_caption_file, tree_files
 from service.models import ImportEntry, TuningJob, utcnow
 from service.progress import Progress
 from service.schemas import ImageMetadata, ImportRequest
@@ -109,7 +110,7 @@ def refuse_while_importing(ctx: ServiceContext, collection_id: int) -> None:
 # --- progress ----------------------------------------------------------------------------------------
 
 
-def tally(total: int, outcomes: dict[str, int], failures: list[dict[str, str]], **fields) -> Progress:
+def tally(total: int, outcomes: dict[str | None, int], failures: list[dict[str, str]], **fields) -> Progress:
     done = sum(outcomes.values())
     return Progress(step=done, total_steps=total, added=outcomes.get(ImportOutcome.ADDED, 0),
                     duplicates=outcomes.get(ImportOutcome.DUPLICATE, 0), failed=outcomes.get(ImportOutcome.FAILED, 0),
@@ -134,7 +135,7 @@ def write_progress(session: Session, job_id: int, progress: Progress) -> None:
         job.progress = {**(job.progress or {}), **progress.as_update()}
 
 
-def record(session: Session, job_id: int, batch: list[ImportEntry], result: IngestResult,
+def record(session: Session, result: IngestResult, *, job_id: int, batch: list[ImportEntry],
            timing: Callable[[int], dict]) -> None:
     """What became of each file of the batch, and the job's progress: in the batch's own transaction."""
     accepted = {a.index: a for a in result.accepted}
@@ -222,11 +223,11 @@ def run_import(
         if not batch:
             break
         items = [read_entry(ctx, entry) for entry in batch]
-        result = ingest(ctx, collection_id, items,
-                        before_commit=lambda session, result: record(session, job_id, batch, result, timing))
+        result = ingest(ctx, collection_id, items, before_commit=partial(record, job_id=job_id, batch=batch,
+                                                                         timing=timing))
         if not result.accepted:  # nothing usable: ingest wrote nothing, so the outcomes are written here
             with ctx.session() as session:
-                record(session, job_id, batch, result, timing)
+                record(session, result, job_id=job_id, batch=batch, timing=timing)
                 session.commit()
     with ctx.session() as session:
         final = measure(session, job_id)

@@ -9,8 +9,8 @@ transaction; then the indexes get the vectors (rebuilt from the committed vector
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 

@@ -19,9 +19,9 @@ from typing import cast
 from sqlalchemy import CursorResult, select, update
 
 from adapters.train import TrainingCancelled
+from service import import_jobs
 from service.collections import get_collection
 from service.context import ServiceContext
-from service import import_jobs
 from service.errors import not_found
 from service.input_rules import public_error
 from service.models import AdapterVersion, TuningJob, utcnow

@@ -10,17 +10,20 @@ import time
 import traceback
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from sqlalchemy import func, select
 
 from service import unit_of_work
+from service.cli import main
 from service.config import Settings
 from service.context import ServiceContext
 from service.import_jobs import enqueue_import
 from service.jobs import JobRunner
 from service.models import ImageRecord
 from service.schemas import ImportRequest
+from tests.service.live_server import live_server
 from tests.service.test_tuning import wait
 from tests.service.test_unit_of_work import assert_consistent
 from tests.support import TEST_BACKBONE, png_bytes
@@ -311,3 +314,20 @@ def test_bad_imports_are_refused_with_4xx_and_queue_nothing(make_client, tmp_pat
     other = disabled.post("/collections", json={"name": "c"}).json()["id"]
     response = disabled.post(f"/collections/{other}/images/import", json={"directory": "pets"})
     assert response.status_code == 403 and response.json()["code"] == "import_disabled"
+
+
+def test_the_cli_import_command_follows_the_job(tiny_backbone, tmp_path, capsys):
+    root = tree(tmp_path / "imports")
+    data_dir = tmp_path / "data"
+    with live_server(tiny_backbone, data_dir=data_dir, import_root=root, import_batch_size=3) as (url, _):
+        with httpx.Client(base_url=url) as http:
+            http.post("/collections", json={"name": "pets"}).raise_for_status()
+        common = ["--data-dir", str(data_dir), "--backbone-model", TEST_BACKBONE]
+        assert main(["import", "pets", "--directory", "pets", "--wait", *common]) == 0
+        out = capsys.readouterr().out
+        assert "import job 1 queued for collection 1" in out and "(8 files)" in out
+        assert "failed pets/dogs/broken.png: not a decodable image" in out
+        assert "import job 1 succeeded: 6 added, 1 duplicates, 1 failed" in out
+        # Without --wait it only queues; a bad request is one error line.
+        assert main(["import", "pets", "--manifest", "nope.jsonl", *common]) == 2
+        assert "manifest 'nope.jsonl' not found" in capsys.readouterr().err

@@ -214,14 +214,14 @@ def run_import(
         return {"elapsed_s": round(elapsed, 2), "eta_s": round(remaining / rate, 1) if rate > 0 else None}
 
     while True:
-        if should_cancel():
-            raise ImportInterrupted()
         with ctx.session() as session:
             batch = list(session.scalars(select(ImportEntry).where(
                 ImportEntry.job_id == job_id, ImportEntry.outcome.is_(None))
                 .order_by(ImportEntry.position).limit(batch_size)))
         if not batch:
             break
+        if should_cancel():  # only while files are left: a job with all its files done has succeeded
+            raise ImportInterrupted()
         items = [read_entry(ctx, entry) for entry in batch]
         result = ingest(ctx, collection_id, items, before_commit=partial(record, job_id=job_id, batch=batch,
                                                                          timing=timing))
@@ -244,10 +244,10 @@ def requeue(session: Session, job: TuningJob) -> None:
         log.info("import job %s (collection %s) cancelled", job.id, job.collection_id)
         return
     job.state = JobState.QUEUED
-    job.progress = {**(job.progress or {}), **Progress(stage=Stage.QUEUED, eta_s=None).as_update()}
-    progress = job.progress or {}
+    progress = measure(session, job.id, stage=Stage.QUEUED, eta_s=None)
+    job.progress = {**(job.progress or {}), **progress.as_update()}
     log.info("import job %s (collection %s) stopped at file %s of %s; queued to resume", job.id,
-             job.collection_id, progress.get("step"), progress.get("total_steps"))
+             job.collection_id, progress.step, progress.total_steps)
 
 
 def requeue_stopped(ctx: ServiceContext, job_id: int) -> None:

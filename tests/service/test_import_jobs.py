@@ -139,7 +139,7 @@ def test_a_directory_import_runs_as_a_job_with_progress(make_client, tmp_path, m
     assert client.get(f"/collections/{cid}").json()["image_count"] == 6
 
 
-def test_a_manifest_import_is_a_job_too(make_client, tmp_path):
+def test_a_manifest_import_is_a_job_too(make_client, tmp_path, caplog):
     root = tmp_path / "imports"
     (root / "pics").mkdir(parents=True)
     for i in range(3):
@@ -151,10 +151,15 @@ def test_a_manifest_import_is_a_job_too(make_client, tmp_path):
     ]))
     client = make_client(import_root=root)
     cid = client.post("/collections", json={"name": "c"}).json()["id"]
+    caplog.set_level("INFO", logger="service")
     response = client.post(f"/collections/{cid}/images/import", json={"manifest": "m.jsonl"})
     assert response.status_code == 202
     job = wait(client, response.json()["id"])
     assert job["state"] == "succeeded"
+    assert f"import job {job['id']} queued for collection {cid} (3 files)" in caplog.text
+    assert f"import job {job['id']} started for collection {cid}" in caplog.text
+    assert (f"import job {job['id']} (collection {cid}) ended: succeeded, 2 added, 0 duplicates, 1 failed of 3 files"
+            in caplog.text)
     assert job["progress"]["failures"] == [{"path": "pics/missing.png", "reason": "file not found"}]
     stored = images(client, cid)
     assert (stored["pics/0.png"]["captions"], stored["pics/0.png"]["category"]) == (["zero", "nil"], "num")
@@ -258,7 +263,8 @@ def test_a_crash_mid_import_resumes_without_duplicates(make_client, tmp_path, ti
 
     caplog.set_level("INFO", logger="service.import_jobs")
     client = make_client(import_root=root, import_batch_size=2)
-    assert "import job 1 (collection 1) stopped at file" in caplog.text
+    done_before = {"staged": 2, "committed": 4}[phase]  # the second batch was rolled back, or committed
+    assert f"import job 1 (collection 1) stopped at file {done_before} of 8; queued to resume" in caplog.text
     job = wait(client, 1)
     assert job["state"] == "succeeded"
     progress = job["progress"]

@@ -221,7 +221,7 @@ def test_a_shutdown_mid_import_resumes_at_the_next_start(make_client, tmp_path, 
     assert client.get(f"/collections/{cid}").json()["image_count"] == 6
 
 
-def crash_mid_import(data_dir: Path, root: Path, phase: str, backbone) -> int:
+def crash_mid_import(data_dir: Path, root: Path, phase: str, backbone, database_url: str | None) -> int:
     """Fork; the child queues a directory import and runs it with a job runner until the second batch
     reaches ``phase``, where it dies (os._exit: no rollback, no clean-up). Returns the child's exit code."""
     pid = os.fork()
@@ -237,8 +237,8 @@ def crash_mid_import(data_dir: Path, root: Path, phase: str, backbone) -> int:
                     os._exit(CRASHED)
 
             unit_of_work.phase_reached = crash_at
-            ctx = ServiceContext(Settings(data_dir=data_dir, backbone_model=TEST_BACKBONE, import_root=root,
-                                          import_batch_size=2), backbone)
+            ctx = ServiceContext(Settings(data_dir=data_dir, database_url=database_url, backbone_model=TEST_BACKBONE,
+                                          import_root=root, import_batch_size=2), backbone)
             from service.collections import create_collection
 
             cid = create_collection(ctx, "pets", None).id
@@ -256,10 +256,11 @@ def crash_mid_import(data_dir: Path, root: Path, phase: str, backbone) -> int:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash is simulated in a forked child")
 @pytest.mark.parametrize("phase", ["staged", "committed"])
-def test_a_crash_mid_import_resumes_without_duplicates(make_client, tmp_path, tiny_backbone, phase, caplog):
+def test_a_crash_mid_import_resumes_without_duplicates(make_client, tmp_path, tiny_backbone, database_url, phase,
+                                                       caplog):
     root = tree(tmp_path / "imports")
     data_dir = tmp_path / "data"
-    assert crash_mid_import(data_dir, root, phase, tiny_backbone) == CRASHED
+    assert crash_mid_import(data_dir, root, phase, tiny_backbone, database_url) == CRASHED
 
     caplog.set_level("INFO", logger="service.import_jobs")
     client = make_client(import_root=root, import_batch_size=2)
@@ -317,7 +318,7 @@ def test_bad_imports_are_refused_with_4xx_and_queue_nothing(make_client, tmp_pat
     assert images(client, cid)["pets/top.png"]["category"] == "pets"
 
     disabled = make_client(data_dir=tmp_path / "other")
-    other = disabled.post("/collections", json={"name": "c"}).json()["id"]
+    other = disabled.post("/collections", json={"name": "elsewhere"}).json()["id"]
     response = disabled.post(f"/collections/{other}/images/import", json={"directory": "pets"})
     assert response.status_code == 403 and response.json()["code"] == "import_disabled"
 

@@ -1,9 +1,9 @@
-"""`prompt-adapters serve | worker | ingest | search | tune | migrate | reembed | keys`.
+"""`prompt-adapters serve | worker | ingest | import | search | tune | migrate | reembed | keys`.
 
 Every setting can come from the environment (PAS_*) or from the flags below. `ingest` and `reembed`
 work on the data directory directly: run them while no server uses the same directory. `search`
 asks the server that holds the data directory (or --url) and works locally when none does; `tune`
-always asks a server (training runs there).
+and `import` always ask a server (their jobs run there).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from service.server_client import ServerClient, ServerError
 from service.vocabulary import ACTIVE, TERMINAL_STATES, JobState
 
 JOB_POLL_S = 0.5
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 SETTING_FLAGS = {
     "data_dir": "--data-dir",
     "database_url": "--database-url",
@@ -77,7 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
     tune.add_argument("--config", type=json.loads, default=None,
                       help='tuning settings as a JSON object (the API\'s TuningConfig), e.g. \'{"epochs": 5}\'')
-    for command in (search, tune):
+    imports = sub.add_parser("import", parents=[common],
+                             help="import a manifest or a directory tree under the server's import root, as a "
+                                  "job on the running server")
+    imports.add_argument("collection", help="collection id or name")
+    source = imports.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help=".jsonl or .csv manifest (path on the server, under its import root)")
+    source.add_argument("--directory", help="directory tree (path on the server, under its import root): folder "
+                                            "names become categories, NAME.txt beside NAME.jpg its captions")
+    imports.add_argument("--no-folder-categories", dest="folder_categories", action="store_false",
+                         help="with --directory: leave categories unset")
+    imports.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    for command in (search, tune, imports):
         command.add_argument("--url", help="the server to ask (default: the one holding the data directory)")
         command.add_argument("--key", default=os.environ.get("PAS_API_KEY"),
                              help="API key for that server (default: $PAS_API_KEY)")
@@ -134,6 +144,7 @@ def cmd_ingest(settings: Settings, directory: Path, collection_name: str, captio
 
     from service.collections import create_collection
     from service.context import ServiceContext
+    from service.import_tree import IMAGE_SUFFIXES
     from service.ingest import IngestItem, ingest
     from service.models import Collection
 
@@ -208,7 +219,35 @@ def remote_tune(client: ServerClient, collection: str, config: dict | None, wait
     print(f"tuning job {job['id']} queued for collection {cid} on {client.url}")
     if not wait:
         return 0
-    with tqdm(total=None, unit="step", desc=f"job {job['id']}") as bar:
+    job = follow_job(client, job, "step")
+    version = f"v{job['adapter_version']}" if job.get("adapter_version") is not None else "no version"
+    print(f"tuning job {job['id']} {job['state']}: {version}" + (f" ({job['error']})" if job.get("error") else ""))
+    return 0 if job["state"] == JobState.SUCCEEDED else 1
+
+
+def remote_import(client: ServerClient, collection: str, manifest: str | None, directory: str | None,
+                  folder_categories: bool, wait: bool) -> int:
+    cid = client.collection_id(collection)
+    request = {"manifest": manifest} if manifest is not None else {"directory": directory,
+                                                                   "folder_categories": folder_categories}
+    job = client.call("POST", f"/collections/{cid}/images/import", request)
+    print(f"import job {job['id']} queued for collection {cid} on {client.url} "
+          f"({job['progress'].get('total_steps')} files)")
+    if not wait:
+        return 0
+    job = follow_job(client, job, "file")
+    progress = job.get("progress") or {}
+    for failure in progress.get("failures") or []:
+        print(f"failed {failure['path']}: {failure['reason']}")
+    print(f"import job {job['id']} {job['state']}: {progress.get('added', 0)} added, "
+          f"{progress.get('duplicates', 0)} duplicates, {progress.get('failed', 0)} failed"
+          + (f" ({job['error']})" if job.get("error") else ""))
+    return 0 if job["state"] == JobState.SUCCEEDED else 1
+
+
+def follow_job(client: ServerClient, job: dict, unit: str) -> dict:
+    """Poll the job with a progress bar (its step of total_steps) until it ends; the last state."""
+    with tqdm(total=None, unit=unit, desc=f"job {job['id']}") as bar:
         while job["state"] not in TERMINAL_STATES:
             time.sleep(JOB_POLL_S)
             job = client.call("GET", f"/jobs/{job['id']}")
@@ -218,9 +257,7 @@ def remote_tune(client: ServerClient, collection: str, config: dict | None, wait
             if progress.get("step") is not None and progress["step"] > bar.n:
                 bar.update(progress["step"] - bar.n)
             bar.set_postfix_str(f"{job['state']} {progress.get('stage') or ''}".strip())
-    version = f"v{job['adapter_version']}" if job.get("adapter_version") is not None else "no version"
-    print(f"tuning job {job['id']} {job['state']}: {version}" + (f" ({job['error']})" if job.get("error") else ""))
-    return 0 if job["state"] == JobState.SUCCEEDED else 1
+    return job
 
 
 def cmd_reembed(settings: Settings) -> int:
@@ -243,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from service.data_lock import DataDirBusy, hold_data_dir, holding_server_url
 
-    if args.command in ("search", "tune"):
+    if args.command in ("search", "tune", "import"):
         # Before anything imports torch: asking a server must not pay for loading a model.
         url = args.url or holding_server_url(settings.data_dir)
         if url is not None:
@@ -252,9 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             except ServerError as exc:
                 print(f"error: {exc.detail}", file=sys.stderr)
                 return 2
-        if args.command == "tune":
-            print(f"error: no server holds the data directory {settings.data_dir}; training runs in the server: "
-                  f"start it with `prompt-adapters serve` (same --data-dir), or pass --url", file=sys.stderr)
+        if args.command in ("tune", "import"):
+            print(f"error: no server holds the data directory {settings.data_dir}; {args.command} jobs run in the "
+                  f"server: start it with `prompt-adapters serve` (same --data-dir), or pass --url", file=sys.stderr)
             return 2
 
     from adapters.backbone import BackboneError
@@ -277,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
 def ask_server(args: argparse.Namespace, client: ServerClient) -> int:
     if args.command == "search":
         return remote_search(client, args.collection, args.query, args.k, args.adapter)
+    if args.command == "import":
+        return remote_import(client, args.collection, args.manifest, args.directory, args.folder_categories,
+                             args.wait)
     return remote_tune(client, args.collection, args.config, args.wait)
 
 

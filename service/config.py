@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     max_files_per_upload: int = Field(256, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="Width x height above this is refused")
     import_root: Path | None = Field(None, description="Server-side imports must lie under this directory")
+    import_batch_size: int = Field(64, ge=1, le=4096, description="Files an import job ingests per transaction "
+                                                                  "(its progress and resume point advance by batches)")
 
     ann_threshold: int = Field(20_000, ge=1, description="Vectors at or above which an index becomes approximate")
     ann_nprobe: int = Field(32, ge=1, description="IVF lists probed per query")

@@ -9,13 +9,14 @@ transaction; then the indexes get the vectors (rebuilt from the committed vector
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from service.context import ServiceContext, vector_bytes
 from service.imaging import DecodedImage, ImageRejected, decode_image
@@ -93,7 +94,11 @@ def update_metadata(target: ImageRecord, item: IngestItem) -> None:
         target.meta = {**(target.meta or {}), **item.meta}
 
 
-def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> IngestResult:
+def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem],
+           before_commit: Callable[[Session, IngestResult], None] | None = None) -> IngestResult:
+    """Store the usable items. ``before_commit`` writes its own rows in the same transaction, seeing the
+    result (an import job records what became of its files, so a restart neither repeats nor skips
+    any); it is not called when no item was usable, as nothing is written then."""
     settings = ctx.settings
     result = IngestResult()
     valid: list[tuple[int, IngestItem, DecodedImage]] = []
@@ -108,6 +113,7 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
             continue
         valid.append((position, item, decoded))
     if not valid:
+        result.rejected.sort(key=lambda r: r.index)
         return result
 
     with CollectionWriter(ctx, collection_id) as writer:
@@ -173,14 +179,15 @@ def ingest(ctx: ServiceContext, collection_id: int, items: list[IngestItem]) -> 
                 # If adding fails, the committed vectors rebuild the index.
                 writer.after_commit(partial(ctx.indexes.add, collection_id, space, ids, vectors[space]),
                                     repair=partial(ctx.indexes.rebuild, collection_id, space))
+        duplicate_positions = {position for position, _, _ in duplicates}
+        for position, item, decoded in valid:
+            record = merged_into[decoded.sha256]
+            result.accepted.append(Accepted(index=position, id=record.id, filename=item.filename,
+                                            sha256=decoded.sha256, duplicate=position in duplicate_positions))
+        result.accepted.sort(key=lambda a: a.index)
+        result.rejected.sort(key=lambda r: r.index)
+        if before_commit is not None:
+            before_commit(session, result)
         writer.commit()
-
-    duplicate_positions = {position for position, _, _ in duplicates}
-    for position, item, decoded in valid:
-        record = merged_into[decoded.sha256]
-        result.accepted.append(Accepted(index=position, id=record.id, filename=item.filename,
-                                        sha256=decoded.sha256, duplicate=position in duplicate_positions))
-    result.accepted.sort(key=lambda a: a.index)
-    result.rejected.sort(key=lambda r: r.index)
     return result
 

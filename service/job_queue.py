@@ -53,9 +53,9 @@ def run_queued_job(context: JobContext, job_id: int) -> None:
     if ctx is None:
         raise RuntimeError("run_queued_job runs inside `prompt-adapters worker`")
     if not claim_job(ctx, job_id):
-        log.info("tuning job %s is no longer queued (cancelled or deleted); skipped", job_id)
+        log.info("job %s is no longer queued (cancelled or deleted); skipped", job_id)
         return
-    log.info("tuning job %s taken by worker %s", job_id, context.worker_name)
+    log.info("job %s taken by worker %s", job_id, context.worker_name)
     try:
         run_job(ctx, job_id, CancelFlag(ctx, job_id, stopping=context.should_abort))
     finally:

@@ -1,15 +1,16 @@
-"""Tuning jobs: the row that records them, and the one way a claimed job is run.
+"""Jobs: the row that records them, and the one way a claimed job is run.
 
-A job's row (``TuningJob``) is the service's record of its state and progress, whatever runs it.
-Two dispatchers hand jobs to ``run_job``:
+A job is a tuning job (``service.tuning``) or an import (``service.import_jobs``); ``run_job`` picks
+the code by the job's kind. A job's row (``TuningJob``) is the service's record of its state and
+progress, whatever runs it. Two dispatchers hand jobs to ``run_job``:
 
 - embedded (the default): ``JobRunner``, one worker thread in the server process, polls the table.
   One training runs at a time per process (per device), the rest wait in `queued`, and searches and
   ingests go on meanwhile. A job found `running` at start-up was cut off by a restart of the only
-  process that runs jobs: it is marked failed.
+  process that runs jobs: a tuning job is marked failed, an import is queued again and resumes.
 - scaled out (``PAS_SCALE_OUT``): ``service.job_queue`` carries "run job <id>" through procrastinate
   to ``prompt-adapters worker`` processes; a job whose worker stops sending heartbeats is failed
-  there, and a restart of one process never touches another's jobs.
+  there (an import is queued again), and a restart of one process never touches another's jobs.
 
 Since a version is committed whole or not at all, nothing half-written can become active.
 """
@@ -26,6 +27,7 @@ from typing import Protocol, cast
 from sqlalchemy import CursorResult, select, update
 
 from adapters.train import TrainingCancelled
+from service import import_jobs
 from service.collections import get_collection
 from service.context import ServiceContext
 from service.errors import not_found
@@ -34,7 +36,7 @@ from service.models import AdapterVersion, TuningJob, utcnow
 from service.progress import Progress
 from service.schemas import TuningConfig
 from service.tuning import captioned_image_ids, check_config, plan_split, run_tuning
-from service.vocabulary import OPEN_STATES, TERMINAL_STATES, ZERO_SHOT, JobState, Stage, version_space
+from service.vocabulary import OPEN_STATES, TERMINAL_STATES, ZERO_SHOT, JobKind, JobState, Stage, version_space
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,15 @@ class JobDispatcher(Protocol):
 
 
 def fail_interrupted(ctx: ServiceContext, job_ids: Iterable[int] | None, cause: str) -> list[int]:
-    """Fail jobs cut off while `running` (all of them when ``job_ids`` is None), saying whether their
-    version was stored. ``cause`` completes "interrupted by ..."."""
+    """Jobs cut off while `running` (all of them when ``job_ids`` is None): imports are queued again
+    (they resume); tuning jobs are failed, saying whether their version was stored. ``cause``
+    completes "interrupted by ..."; the failed ids are returned."""
+    job_ids = None if job_ids is None else list(job_ids)
+    import_jobs.requeue_interrupted(ctx, job_ids)
     with ctx.session() as session:
-        query = select(TuningJob).where(TuningJob.state == JobState.RUNNING)
+        query = select(TuningJob).where(TuningJob.state == JobState.RUNNING, TuningJob.kind == JobKind.TUNING)
         if job_ids is not None:
-            query = query.where(TuningJob.id.in_(list(job_ids)))
+            query = query.where(TuningJob.id.in_(job_ids))
         jobs = session.scalars(query).all()
         for job in jobs:
             stored = session.scalar(select(AdapterVersion.version).where(
@@ -87,6 +92,7 @@ def mark_interrupted(ctx: ServiceContext) -> int:
 
 def enqueue(ctx: ServiceContext, collection_id: int, config: TuningConfig) -> TuningJob:
     """Check the config and draw the split now (a bad request fails here, not in the worker); queue it."""
+    import_jobs.refuse_while_importing(ctx, collection_id)
     check_config(ctx, config)
     split = plan_split(captioned_image_ids(ctx, collection_id), config)
     with ctx.session() as session:
@@ -109,10 +115,10 @@ def get_job(ctx: ServiceContext, job_id: int) -> TuningJob:
         return job
 
 
-def list_jobs(ctx: ServiceContext, collection_id: int) -> list[TuningJob]:
+def list_jobs(ctx: ServiceContext, collection_id: int, kind: JobKind = JobKind.TUNING) -> list[TuningJob]:
     with ctx.session() as session:
-        return list(session.scalars(select(TuningJob).where(TuningJob.collection_id == collection_id)
-                                    .order_by(TuningJob.id)))
+        return list(session.scalars(select(TuningJob).where(TuningJob.collection_id == collection_id,
+                                                            TuningJob.kind == kind).order_by(TuningJob.id)))
 
 
 def request_cancel(ctx: ServiceContext, job_id: int) -> str:
@@ -124,11 +130,12 @@ def request_cancel(ctx: ServiceContext, job_id: int) -> str:
         session.execute(update(TuningJob).where(TuningJob.id == job_id, TuningJob.state == JobState.QUEUED)
                         .values(state=JobState.CANCELLED, finished_at=utcnow(), error=None))
         session.commit()
-        state = session.scalar(select(TuningJob.state).where(TuningJob.id == job_id))
+        state, kind = session.execute(select(TuningJob.state, TuningJob.kind)
+                                      .where(TuningJob.id == job_id)).one_or_none() or (None, JobKind.TUNING)
     if state == JobState.RUNNING:
-        log.info("tuning job %s: cancel requested; it stops at its next step", job_id)
+        log.info("%s job %s: cancel requested; it stops at its next step", kind, job_id)
     elif state == JobState.CANCELLED:
-        log.info("tuning job %s cancelled", job_id)
+        log.info("%s job %s cancelled", kind, job_id)
     return state or "missing"
 
 
@@ -208,38 +215,50 @@ def _finish(ctx: ServiceContext, job_id: int, state: JobState, error: str | None
             job.adapter_version = version
         session.commit()
         wall_s = (job.finished_at - job.started_at).total_seconds() if job.started_at else float("nan")
-        log.info("tuning job %s (collection %s) ended: %s, version %s, wall time %.1f s%s", job_id,
-                 job.collection_id, state.value, version_space(version) if version is not None else ZERO_SHOT,
-                 wall_s, f" ({error})" if error else "")
+        made = (import_jobs.describe(job.progress) if job.kind == JobKind.IMPORT else
+                f"version {version_space(version) if version is not None else ZERO_SHOT}")
+        log.info("%s job %s (collection %s) ended: %s, %s, wall time %.1f s%s", job.kind, job_id,
+                 job.collection_id, state.value, made, wall_s, f" ({error})" if error else "")
 
 
 def run_job(ctx: ServiceContext, job_id: int, should_cancel: Callable[[], bool]) -> None:
-    """Run one claimed (`running`) job to its end state. Both dispatchers call this and only this.
+    """Run one claimed (`running`) job to its end state, by its kind. Both dispatchers call this and only this.
 
     ``should_cancel`` is polled at every step; when it says stop, the job ends `cancelled` if a cancel
-    was requested for it, else `failed` (its process is shutting down).
+    was requested for it; otherwise its process is shutting down: a tuning job fails, an import is
+    queued again to resume.
     """
+    kind = JobKind.TUNING
+    version = None
     try:
         with ctx.session() as session:
             job = session.get(TuningJob, job_id)
             if job is None:  # deleted with its collection between the claim and now
                 return
-            collection_id, config, split = job.collection_id, TuningConfig.model_validate(job.config), job.split
-        log.info("tuning job %s started for collection %s (method %s, %s epochs)", job_id, collection_id,
-                 config.method, config.epochs)
-        row = run_tuning(ctx, job_id, collection_id, config, split, _reporter(ctx, job_id), should_cancel)
+            kind, collection_id, config, split = JobKind(job.kind), job.collection_id, job.config, job.split
+        if kind == JobKind.IMPORT:
+            log.info("import job %s started for collection %s", job_id, collection_id)
+            import_jobs.run_import(ctx, job_id, collection_id, _reporter(ctx, job_id), should_cancel)
+        else:
+            tuning = TuningConfig.model_validate(config)
+            log.info("tuning job %s started for collection %s (method %s, %s epochs)", job_id, collection_id,
+                     tuning.method, tuning.epochs)
+            version = run_tuning(ctx, job_id, collection_id, tuning, split, _reporter(ctx, job_id),
+                                 should_cancel).version
     except TrainingCancelled:
         with ctx.session() as session:
             requested = session.scalar(select(TuningJob.cancel_requested).where(TuningJob.id == job_id))
         if requested:
             _finish(ctx, job_id, JobState.CANCELLED)
+        elif kind == JobKind.IMPORT:  # a shutdown: the next start (or another worker) resumes it
+            import_jobs.requeue_stopped(ctx, job_id)
         else:
             _finish(ctx, job_id, JobState.FAILED, "interrupted by a service shutdown; start a new job")
     except Exception as exc:
-        log.exception("tuning job %s failed", job_id)
+        log.exception("%s job %s failed", kind, job_id)
         _finish(ctx, job_id, JobState.FAILED, public_error(exc))
     else:
-        _finish(ctx, job_id, JobState.SUCCEEDED, version=row.version)
+        _finish(ctx, job_id, JobState.SUCCEEDED, version=version)
 
 
 class JobRunner:

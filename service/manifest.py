@@ -1,7 +1,9 @@
-"""Server-side imports: a JSON-lines manifest (`path` plus an upload's metadata fields) or a CSV one.
+"""Server-side imports: the import root's path rules, and manifests (a JSON-lines file of `path` plus an
+upload's metadata fields, or a CSV one).
 
 Both the manifest and every image it names must resolve (symlinks followed) inside the configured
-import root; anything else is refused before a single file is read.
+import root; anything else is refused before a single file is read. The import job reads the files
+later and checks each path against the root again then (``service.import_jobs``).
 """
 
 from __future__ import annotations
@@ -9,15 +11,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from service.errors import Forbidden, Invalid, NotFound, TooLarge
-from service.ingest import IngestItem
 from service.schemas import ImageMetadata
 
 MAX_MANIFEST_BYTES = 50 * 1024 * 1024
+
+
+@dataclass
+class PlannedFile:
+    """One file an import will read: what to call it, where it is, what it says about itself."""
+
+    path: str  # as reported (the manifest's path, or the path relative to the import root)
+    file: Path
+    metadata: dict[str, Any] = field(default_factory=dict)  # an upload's metadata fields
+    caption_file: Path | None = None  # a sidecar with one caption per line
 
 
 def inside(root: Path, candidate: Path) -> bool:
@@ -86,7 +99,8 @@ def parse_manifest(text: str, suffix: str) -> list[dict]:
     return rows
 
 
-def load_manifest(root: Path | None, manifest: str, max_bytes: int) -> list[IngestItem]:
+def manifest_files(root: Path | None, manifest: str) -> list[PlannedFile]:
+    """The files a manifest lists, with their metadata; every line and every path is checked, no image is read."""
     path = resolve_under_root(root, manifest)
     if path.suffix not in (".jsonl", ".csv"):
         raise Invalid("bad_manifest", "manifest must be a .jsonl or .csv file")
@@ -97,19 +111,10 @@ def load_manifest(root: Path | None, manifest: str, max_bytes: int) -> list[Inge
     rows = parse_manifest(path.read_text(encoding="utf-8"), path.suffix)
     if not rows:
         raise Invalid("bad_manifest", "manifest lists no images")
-    # Check every path before reading any, so a bad entry refuses the whole import.
-    resolved = [resolve_under_root(root, row["path"] or "", base=path.parent) for row in rows]
-    items = []
-    for row, image_path in zip(rows, resolved, strict=True):
-        data, error = b"", None
-        if not image_path.is_file():
-            error = "file not found"
-        elif image_path.stat().st_size > max_bytes:
-            error = f"file is {image_path.stat().st_size} bytes, over the limit of {max_bytes}"
-        else:
-            data = image_path.read_bytes()
-        items.append(IngestItem(
-            filename=row["path"], data=data, captions=row["captions"],
-            category=row["category"], attributes=row["attributes"], meta=row.get("meta", {}), error=error,
-        ))
-    return items
+    # Check every path before any is read, so a bad entry refuses the whole import.
+    return [
+        PlannedFile(path=row["path"], file=resolve_under_root(root, row["path"] or "", base=path.parent),
+                    metadata={key: row[key] for key in ("captions", "category", "attributes", "meta")
+                              if row.get(key) is not None})
+        for row in rows
+    ]

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from service.vocabulary import ZERO_SHOT, version_space
+from service.vocabulary import ZERO_SHOT, JobKind, version_space
 
 
 def utcnow() -> datetime:
@@ -153,13 +153,16 @@ class AdapterVersion(Base):
 
 
 class TuningJob(Base):
+    """A background job: a tuning job or (``kind`` "import") an import; the table keeps its first name."""
+
     __tablename__ = "tuning_jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), default=JobKind.TUNING, server_default=JobKind.TUNING.value)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
     state: Mapped[str] = mapped_column(String(20), index=True)  # a JobState
     config: Mapped[dict] = mapped_column(JSON)
-    split: Mapped[dict] = mapped_column(JSON)  # image ids of train / val (early stopping) / test
+    split: Mapped[dict] = mapped_column(JSON)  # image ids of train / val (early stopping) / test; {} for an import
     progress: Mapped[dict] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
@@ -201,3 +204,23 @@ class FeedbackRecord(Base):
     query_image_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     relevant: Mapped[bool] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ImportEntry(Base):
+    """One file of an import job, listed when the job is queued; ``outcome`` is written in the same
+    transaction as the batch that ingests it, so a job resumed after a restart starts at the first
+    entry without one and nothing is ingested twice."""
+
+    __tablename__ = "import_entries"
+    __table_args__ = (UniqueConstraint("job_id", "position", name="uq_import_entries_job_position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("tuning_jobs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # order of ingest: manifest order, or sorted paths
+    path: Mapped[str] = mapped_column(Text)  # as reported: the manifest's path, or relative to the import root
+    file: Mapped[str] = mapped_column(Text)  # where to read it (checked against the import root again then)
+    caption_file: Mapped[str | None] = mapped_column(Text, nullable=True)  # a sidecar of captions
+    metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict)  # captions, category, attributes, meta
+    outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)  # an ImportOutcome once done
+    image_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the image it became (no key: deletable)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it failed

@@ -1,4 +1,4 @@
-"""What a running tuning job reports, typed; stored (merged into the job row) and served as JSON."""
+"""What a running job (tuning or import) reports, typed; stored (merged into the job row) and served as JSON."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ class Progress(BaseModel):
     val_zero_shot: dict[str, Any] | None = None  # ... and of the backbone alone
     elapsed_s: float | None = None
     eta_s: float | None = None
+    # An import job: step / total_steps count its files; these say what became of those done.
+    added: int | None = None
+    duplicates: int | None = None  # the collection had the same bytes: metadata updated, no new image
+    failed: int | None = None
+    failures: list[dict[str, str]] | None = None  # the first failed files: {"path", "reason"}
 
     def as_update(self) -> dict[str, Any]:
         """The keys this update sets, ready to merge into the stored progress."""

@@ -5,11 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, computed_field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from adapters.train import TrainConfig
 from service.input_rules import bounded_json, printable_name, printable_text
-from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobState, Method, SearchSort
+from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobKind, JobState, Method, SearchSort
 
 # The training recipe has one home, adapters.train.TrainConfig: the API's defaults are read from it.
 RECIPE = TrainConfig()
@@ -146,9 +155,25 @@ class IngestResponse(ApiModel):
 
 
 class ImportRequest(ApiModel):
+    """What to import: a manifest or a directory tree under the server's import root (exactly one)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    manifest: str = Field(min_length=1, max_length=4096, description="Path of a .jsonl or .csv manifest under the import root")
+    manifest: str | None = Field(None, min_length=1, max_length=4096,
+                                 description="Path of a .jsonl or .csv manifest under the import root "
+                                             "(relative paths are relative to the root; image paths in it to the manifest)")
+    directory: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="A directory under the import root: every image file in its tree "
+                                              "(the folder an image sits in is its category; NAME.txt beside "
+                                              "NAME.jpg holds its captions, one per line)")
+    folder_categories: bool = True
+    """With `directory`: take each image's category from the name of its folder"""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImportRequest:
+        if (self.manifest is None) == (self.directory is None):
+            raise ValueError("give exactly one of manifest and directory")
+        return self
 
 
 class ImageOut(ApiModel):
@@ -364,16 +389,20 @@ class JobOut(ApiModel):
 
     id: int
     """Job id"""
+    kind: JobKind
+    """tuning (trains an adapter) or import (adds a manifest's or a directory's images)"""
     collection_id: int
-    """The collection it tunes"""
+    """The collection it tunes or imports into"""
     state: JobState
     """queued, running, succeeded, failed or cancelled"""
     config: dict[str, Any]
-    """The tuning settings it runs with"""
+    """The tuning settings it runs with; for an import, the import request"""
     split_sizes: dict[str, int]
-    """Training, validation and test pairs drawn for it"""
+    """Training, validation and test pairs drawn for it (empty for an import)"""
     progress: DictOrEmpty
-    """Latest progress: stage, step/total_steps, epoch, loss, held-out metrics, elapsed_s, eta_s (null once finished)"""
+    """Latest progress: stage, step/total_steps, epoch, loss, held-out metrics, elapsed_s, eta_s (null once
+    finished). An import: step/total_steps are files done / files listed, with added, duplicates (same bytes
+    already stored: metadata updated), failed, and failures (the first 100 failed files: path, reason)"""
     error: str | None
     """Why it failed, if it did"""
     adapter_version: int | None
@@ -381,7 +410,7 @@ class JobOut(ApiModel):
     created_at: datetime
     """When it was queued (UTC)"""
     started_at: datetime | None
-    """When training started"""
+    """When it started running (again, for an import resumed after a restart)"""
     finished_at: datetime | None
     """When it ended"""
 

@@ -1,4 +1,4 @@
-"""The service's fixed words: job states, methods, activation policies, and the names of spaces.
+"""The service's fixed words: job kinds and states, methods, activation policies, and the names of spaces.
 
 A space names the image vectors an index holds: ``"none"`` for the zero-shot backbone, ``"v<N>"``
 for adapter version N with visual prompts. ``"none"`` is also an adapter selector (search with no
@@ -26,6 +26,21 @@ class SearchSort(StrEnum):
     DATE = "date"
 
 
+class JobKind(StrEnum):
+    """What a job does; one queue and one job API serve both."""
+
+    TUNING = "tuning"  # train an adapter (service.tuning)
+    IMPORT = "import"  # add the files of a manifest or a directory tree (service.import_jobs)
+
+
+class ImportOutcome(StrEnum):
+    """What became of one file of an import job."""
+
+    ADDED = "added"  # stored as a new image
+    DUPLICATE = "duplicate"  # the collection already had these bytes: its metadata was updated instead
+    FAILED = "failed"  # refused; the entry's reason says why
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -47,6 +62,7 @@ class Stage(StrEnum):
     TRAINING = "training"
     EVALUATING = "evaluating"
     INDEXING = "indexing"
+    IMPORTING = "importing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

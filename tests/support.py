@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,24 @@ def upload(client: TestClient, collection_id: int, blobs: list[tuple[str, bytes]
     files = [("files", (name, data, "application/octet-stream")) for name, data in blobs]
     data = {"metadata": json.dumps(metadata)} if metadata is not None else None
     return client.post(f"/collections/{collection_id}/images", files=files, data=data)
+
+
+def import_and_wait(client: TestClient, collection_id: int, body: dict, timeout: float = 60) -> dict:
+    """Queue an import job (202) and poll it until it ends: the final job."""
+    response = client.post(f"/collections/{collection_id}/images/import", json=body)
+    assert response.status_code == 202, response.text
+    job, deadline = response.json(), time.monotonic() + timeout
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"import job {job['id']} still {job['state']}"
+        time.sleep(0.05)
+        job = client.get(f"/jobs/{job['id']}").json()
+    return job
+
+
+def ids_by_filename(client: TestClient, collection_id: int) -> dict[str, int]:
+    """File name (an import's path) -> image id, from the collection's listing."""
+    items = client.get(f"/collections/{collection_id}/images?limit=1000").json()["items"]
+    return {item["filename"]: item["id"] for item in items}
 
 
 SEARCH_CAPTIONS = ["a red square", "a dog on grass", "blue sky over the sea", "a small cat", "two green apples",

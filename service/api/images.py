@@ -9,14 +9,13 @@ from fastapi.responses import FileResponse
 from pydantic import TypeAdapter, ValidationError
 
 from service import collections as ops
-from service import editing
+from service import editing, import_jobs
 from service.api.deps import CollectionDep, ContextDep
 from service.api.params import ImageId, Offset, PageSize
 from service.errors import Gone, Invalid, TooLarge
 from service.imaging import thumbnail_jpeg
 from service.ingest import IngestItem, IngestResult, ingest
 from service.input_rules import check_filename
-from service.manifest import load_manifest
 from service.schemas import (
     BulkEditResult,
     BulkImagePatch,
@@ -26,6 +25,7 @@ from service.schemas import (
     ImagePatch,
     ImportRequest,
     IngestResponse,
+    JobOut,
 )
 
 router = APIRouter(prefix="/collections/{collection_id}/images", tags=["images"])
@@ -87,16 +87,10 @@ async def upload_images(
     return ingest_response(result)
 
 
-@router.post("/import", response_model=IngestResponse)
-async def import_images(collection_id: CollectionDep, body: ImportRequest, ctx: ContextDep) -> IngestResponse:
-    """Import the images a manifest (.jsonl or .csv under the server's import root) lists, with their metadata."""
-    try:
-        items = await run_in_threadpool(load_manifest, ctx.settings.import_root, body.manifest,
-                                        ctx.settings.max_upload_bytes)
-    except (OSError, ValueError) as exc:  # a name the OS refuses (too long, NUL) or a manifest that is not UTF-8
-        raise Invalid("bad_manifest", "the manifest, or a path it lists, cannot be read") from exc
-    result = await run_in_threadpool(ingest, ctx, collection_id, items)
-    return ingest_response(result)
+@router.post("/import", status_code=202, response_model=JobOut)
+async def import_images(collection_id: CollectionDep, body: ImportRequest, ctx: ContextDep) -> JobOut:
+    """Queue an import job (202): the images a manifest lists, or every image in a directory tree, under the server's import root. The request and every path are checked now (a bad one is a 4xx and nothing is queued); the files are read and ingested in the background, in batches: follow the job at `GET /jobs/{id}` or its events. A restart resumes it; files already stored (same bytes) are not stored again."""
+    return JobOut.model_validate(await run_in_threadpool(import_jobs.enqueue_import, ctx, collection_id, body))
 
 
 @router.get("", response_model=ImagePage)

@@ -12,7 +12,7 @@ from service import jobs
 from service.api.deps import CollectionDep, ContextDep
 from service.api.params import JobId
 from service.schemas import JobOut, TuningConfig
-from service.vocabulary import TERMINAL_STATES
+from service.vocabulary import TERMINAL_STATES, JobKind
 
 router = APIRouter(tags=["tuning jobs"])
 
@@ -29,15 +29,21 @@ def list_jobs(collection_id: CollectionDep, ctx: ContextDep) -> list[JobOut]:
     return [JobOut.model_validate(job) for job in jobs.list_jobs(ctx, collection_id)]
 
 
+@router.get("/collections/{collection_id}/import-jobs", response_model=list[JobOut])
+def list_import_jobs(collection_id: CollectionDep, ctx: ContextDep) -> list[JobOut]:
+    """The collection's import jobs (`POST .../images/import`), oldest first."""
+    return [JobOut.model_validate(job) for job in jobs.list_jobs(ctx, collection_id, JobKind.IMPORT)]
+
+
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: JobId, ctx: ContextDep) -> JobOut:
-    """One job: state, progress (step, loss, held-out metrics, ETA while running), error, the version it stored."""
+    """One job, tuning or import: state, progress (step, loss, held-out metrics, ETA while running; an import's files done, added, duplicates, failures), error, the version it stored."""
     return JobOut.model_validate(jobs.get_job(ctx, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: JobId, ctx: ContextDep) -> JobOut:
-    """Cancel a job: a queued one at once, a running one at its next step. Cancelling a finished job changes nothing."""
+    """Cancel a job: a queued one at once, a running one at its next step (an import keeps the batches it committed). Cancelling a finished job changes nothing."""
     jobs.get_job(ctx, job_id)
     if ctx.jobs is not None:
         ctx.jobs.cancel(job_id)

@@ -9,7 +9,7 @@ import pytest
 
 from service.input_rules import public_error
 from tests.service.live_server import live_server
-from tests.support import png_bytes, upload
+from tests.support import import_and_wait, png_bytes, upload
 
 HUGE = "99999999999999999999999"
 
@@ -94,9 +94,13 @@ def test_unreadable_import_manifests(make_client, tmp_path):
     (root / "long.jsonl").write_text('{"path": "' + "y" * 300 + '.png"}\n')
     client = make_client(import_root=root)
     cid = client.post("/collections", json={"name": "c"}).json()["id"]
-    for manifest in ("a" * 1000 + ".jsonl", "binary.jsonl", "long.jsonl", "x" * 5000):
+    for manifest in ("a" * 1000 + ".jsonl", "binary.jsonl", "x" * 5000):
         body = clean_4xx(client.post(f"/collections/{cid}/images/import", json={"manifest": manifest}), 422)
         assert str(root) not in body["detail"]
+    # A path the OS refuses fails that file (files are read by the import job), with a clean reason.
+    job = import_and_wait(client, cid, {"manifest": "long.jsonl"})
+    assert job["state"] == "failed" and str(root) not in job["error"]
+    assert job["progress"]["failures"] == [{"path": "y" * 300 + ".png", "reason": "the file cannot be read"}]
     for manifest in ("\x00.jsonl", "../outside.jsonl", "/etc/passwd"):
         clean_4xx(client.post(f"/collections/{cid}/images/import", json={"manifest": manifest}), 403)
     assert client.get(f"/collections/{cid}").json()["image_count"] == 0

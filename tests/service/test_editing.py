@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.support import png_bytes, upload
+from tests.support import ids_by_filename, import_and_wait, png_bytes, upload
 
 
 def image(client, cid, iid):
@@ -127,9 +127,8 @@ def test_import_manifest_speaks_the_same_vocabulary(make_client, tmp_path):
     (root / "m.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
     client = make_client(import_root=root)
     cid = client.post("/collections", json={"name": "m"}).json()["id"]
-    response = client.post(f"/collections/{cid}/images/import", json={"manifest": "m.jsonl"})
-    assert response.status_code == 200, response.text
-    ids = [a["id"] for a in response.json()["accepted"]]
+    assert import_and_wait(client, cid, {"manifest": "m.jsonl"})["state"] == "succeeded"
+    ids = [ids_by_filename(client, cid)[f"{i}.png"] for i in range(3)]
     got = [image(client, cid, i) for i in ids]
     assert [g["captions"] for g in got] == [["one"], ["two", "deux"], []]
     assert got[1]["meta"] == {"from": "manifest"} and got[1]["category"] == "c"

@@ -5,7 +5,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from service.models import Embedding, ImageRecord
-from tests.support import png_bytes, upload
+from tests.support import ids_by_filename, import_and_wait, png_bytes, upload
 
 
 def test_list_get_file_thumbnail(client, collection):
@@ -78,11 +78,12 @@ def test_import_from_manifest(make_client, tmp_path):
     client = make_client(import_root=root)
     cid = client.post("/collections", json={"name": "c"}).json()["id"]
 
-    body = client.post(f"/collections/{cid}/images/import", json={"manifest": "m.jsonl"}).json()
-    assert [a["filename"] for a in body["accepted"]] == ["pics/0.png", "pics/1.png"]
-    assert {r["filename"]: r["reason"] for r in body["rejected"]}["pics/missing.png"] == "file not found"
-    body = client.post(f"/collections/{cid}/images/import", json={"manifest": str(root / "m.csv")}).json()
-    image = client.get(f"/collections/{cid}/images/{body['accepted'][0]['id']}").json()
+    job = import_and_wait(client, cid, {"manifest": "m.jsonl"})
+    assert (job["state"], job["progress"]["added"]) == ("succeeded", 2)
+    assert sorted(ids_by_filename(client, cid)) == ["pics/0.png", "pics/1.png"]
+    assert {f["path"]: f["reason"] for f in job["progress"]["failures"]}["pics/missing.png"] == "file not found"
+    job = import_and_wait(client, cid, {"manifest": str(root / "m.csv")})
+    image = client.get(f"/collections/{cid}/images/{ids_by_filename(client, cid)['pics/2.png']}").json()
     assert image["captions"] == ["two", "deux"]
     assert image["category"] == "num"
 

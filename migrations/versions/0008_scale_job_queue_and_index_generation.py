@@ -1,7 +1,7 @@
 """scale-out: procrastinate's job-queue schema (PostgreSQL only) and collections.index_generation
 
-Revision ID: 0007_scale
-Revises: 0006
+Revision ID: 0008_scale
+Revises: 0007_imports
 Create Date: 2026-11-26
 
 procrastinate's tables and functions are its own ``schema.sql`` of the pinned version (pyproject.toml).
@@ -14,8 +14,8 @@ from typing import Sequence, Union
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0007_scale'
-down_revision: Union[str, Sequence[str], None] = '0006'
+revision: str = '0008_scale'
+down_revision: Union[str, Sequence[str], None] = '0007_imports'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

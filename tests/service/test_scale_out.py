@@ -104,7 +104,7 @@ def healthy(url: str) -> bool:
 def taken_by(processes: Processes, job_id: int) -> str | None:
     """The worker whose log says it took the job."""
     for name in ("worker-1", "worker-2"):
-        if re.search(rf"tuning job {job_id} taken by worker", processes.log(name)):
+        if re.search(rf"\bjob {job_id} taken by worker", processes.log(name)):
             return name
     return None
 

@@ -7,6 +7,8 @@ all carry it for this flow to get through.
 
 from __future__ import annotations
 
+import pytest
+
 from service.cli import main
 from tests.web.page import Page, write_photos
 
@@ -16,6 +18,7 @@ def create_key(capsys, data_dir) -> str:
     return capsys.readouterr().out.strip()
 
 
+@pytest.mark.slow  # Chromium plus a tuning job followed over the keyed event stream
 def test_sign_in_with_a_key_and_be_refused_without(serve, browser, tmp_path, capsys):
     key = create_key(capsys, tmp_path / "data")  # the data directory `serve` starts the app on
     page = Page(browser, serve())

@@ -20,7 +20,7 @@ from adapters.backbone import Backbone, load_backbone
 from service.app import create_app
 from service.config import Settings
 from service.db import make_engine, migrate
-from tests.support import TEST_BACKBONE, seed_database
+from tests.support import TEST_BACKBONE, fresh_postgres_database, seed_database
 
 MEMORY_FS = Path("/dev/shm")
 MEMORY_BASETEMP = pytest.StashKey[str]()
@@ -79,8 +79,6 @@ def database_url() -> Iterator[str | None]:
     if not server:
         yield None
         return
-    from tests.support import fresh_postgres_database
-
     with fresh_postgres_database(server) as url:
         yield url
 
@@ -144,6 +142,21 @@ def start_app(tiny_backbone: Backbone, migrated_database: Path):
 @pytest.fixture
 def client(make_client: Apps) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(scope="module")
+def module_client(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Backbone,
+                  migrated_database: Path) -> Iterator[TestClient]:
+    """One app for a whole test module, on a data dir of its own: for tests that only read, or are refused.
+
+    An app per test costs its start and its uploads again; tests that share this one must leave nothing
+    that another test of the module could see (a test that changes state takes ``client``).
+    """
+    server = os.environ.get("PAS_TEST_POSTGRES_URL")
+    with ExitStack() as stack:
+        database_url = stack.enter_context(fresh_postgres_database(server)) if server else None
+        apps = Apps(tmp_path_factory.mktemp("module") / "data", tiny_backbone, database_url, stack, migrated_database)
+        yield apps()
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ Where items have categories, exact-pair recall is not the whole story (a collect
 from class names has many equally right images per query): ``category_metrics`` gives category
 precision@10 and mAP of text->image retrieval, relevant = an image of the query's category.
 The ``per_query_*`` functions return one value per text query, for paired bootstrap intervals
-(``adapters.stats``).
+(``adapters.stats``). ``Metrics`` names every key these functions return, so a type checker
+catches a misspelt one; at run time it is a plain dict.
 """
 
 from __future__ import annotations
@@ -18,10 +19,43 @@ from collections.abc import Sequence
 
 import torch
 
+# typing_extensions' TypedDict (not typing's): pydantic models in service/ validate these on Python < 3.12.
+from typing_extensions import TypedDict
+
 from .data import PairedItem
 from .features import preprocess_images
 
 KS = (1, 5, 10)
+
+
+class CategoryMetrics(TypedDict):
+    """Category metrics of text->image retrieval (NaN when no query has a category that an image has)."""
+
+    cat_p10: float  # mean precision@10, relevant = an image of the query's category
+    cat_map: float  # mean average precision over the full ranking
+
+
+class RetrievalMetrics(TypedDict):
+    """The keys every ``retrieval_metrics`` result has; recalls are fractions in [0, 1], ranks 1-based."""
+
+    n_images: int
+    n_captions: int
+    t2i_r1: float
+    t2i_r5: float
+    t2i_r10: float
+    t2i_medr: float  # median rank of each caption's image
+    i2t_r1: float
+    i2t_r5: float
+    i2t_r10: float
+    i2t_medr: float
+    rsum: float  # the six recalls summed
+
+
+class Metrics(RetrievalMetrics, total=False):
+    """Retrieval metrics of one model on held-out pairs, with ``CategoryMetrics``' keys where items have categories."""
+
+    cat_p10: float
+    cat_map: float
 
 
 def _ranks(sims: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
@@ -36,10 +70,9 @@ def retrieval_metrics(
     image_emb: torch.Tensor,
     text_to_image: torch.Tensor,
     image_ids: torch.Tensor | None = None,
-    ks: Sequence[int] = KS,
     chunk: int = 1024,
-) -> dict[str, float]:
-    """Metrics from precomputed L2-normalised embeddings.
+) -> Metrics:
+    """Metrics from precomputed L2-normalised embeddings (recall at each of ``KS``).
 
     ``text_to_image[j]`` is the row of ``image_emb`` that caption j describes. ``image_ids``
     (optional) marks rows that show the same image (duplicates are then all correct targets).
@@ -56,14 +89,19 @@ def retrieval_metrics(
         sims = image_emb[start : start + chunk] @ text_emb.T
         correct = ids[start : start + chunk, None] == text_ids[None, :]
         i2t.append(_ranks(sims, correct))
+    i2t_ranks = torch.cat(i2t)
 
-    out: dict[str, float] = {"n_images": len(image_emb), "n_captions": len(text_emb)}
-    for name, ranks in (("t2i", t2i), ("i2t", torch.cat(i2t))):
-        for k in ks:
-            out[f"{name}_r{k}"] = float((ranks <= k).float().mean())
-        out[f"{name}_medr"] = float(ranks.float().quantile(0.5))
-    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("t2i", "i2t") for k in ks)
-    return out
+    def recall(ranks: torch.Tensor, k: int) -> float:
+        return float((ranks <= k).float().mean())
+
+    r1, r5, r10 = (recall(t2i, k) for k in KS)
+    i_r1, i_r5, i_r10 = (recall(i2t_ranks, k) for k in KS)
+    return {
+        "n_images": len(image_emb), "n_captions": len(text_emb),
+        "t2i_r1": r1, "t2i_r5": r5, "t2i_r10": r10, "t2i_medr": float(t2i.float().quantile(0.5)),
+        "i2t_r1": i_r1, "i2t_r5": i_r5, "i2t_r10": i_r10, "i2t_medr": float(i2t_ranks.float().quantile(0.5)),
+        "rsum": r1 + r5 + r10 + i_r1 + i_r5 + i_r10,
+    }
 
 
 def per_query_t2i_ranks(text_emb: torch.Tensor, image_emb: torch.Tensor, text_to_image: torch.Tensor,
@@ -114,13 +152,17 @@ def per_query_category(text_emb: torch.Tensor, image_emb: torch.Tensor, query_ca
 
 
 def category_metrics(text_emb: torch.Tensor, image_emb: torch.Tensor, query_categories: Sequence,
-                     image_categories: Sequence, k: int = 10) -> dict[str, float]:
+                     image_categories: Sequence, k: int = 10) -> CategoryMetrics:
     """Mean category precision@k (key ``cat_p10``) and mAP (``cat_map``) over queries with a category."""
     per = per_query_category(text_emb, image_emb, query_categories, image_categories, k)
-    return {name: float(torch.nanmean(values)) if (~values.isnan()).any() else float("nan") for name, values in per.items()}
+
+    def mean(values: torch.Tensor) -> float:
+        return float(torch.nanmean(values)) if (~values.isnan()).any() else float("nan")
+
+    return {"cat_p10": mean(per["cat_p10"]), "cat_map": mean(per["cat_map"])}
 
 
-def item_category_metrics(backbone, items: Sequence[PairedItem], adapter=None, k: int = 10) -> dict[str, float] | None:
+def item_category_metrics(backbone, items: Sequence[PairedItem], adapter=None, k: int = 10) -> CategoryMetrics | None:
     """Category P@k and mAP of text->image retrieval on ``items``; None when no item has a category."""
     if all(item.category is None for item in items):
         return None
@@ -168,7 +210,7 @@ def embed_items(backbone, items: Sequence[PairedItem], adapter=None, batch_size:
     return image_emb, text_emb, owner
 
 
-def evaluate(backbone, items: Sequence[PairedItem], adapter=None, batch_size: int = 64) -> dict[str, float]:
+def evaluate(backbone, items: Sequence[PairedItem], adapter=None, batch_size: int = 64) -> Metrics:
     """Retrieval metrics of the backbone alone (adapter=None) or with a PromptedCLIP."""
     image_emb, text_emb, owner = embed_items(backbone, items, adapter, batch_size)
     return retrieval_metrics(text_emb, image_emb, owner, image_ids_of(items))

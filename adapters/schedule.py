@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .evaluate import Metrics
 
 
 def warmup_cosine(total: int, warmup: float) -> Callable[[int], float]:
@@ -25,7 +28,7 @@ def warmup_cosine(total: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
-def score(metrics: dict) -> tuple[float, float]:
+def score(metrics: Metrics) -> tuple[float, float]:
     """Held-out score: R@1 decides; on a collection's small held-out set it often ties, then the recall sum."""
     return metrics["t2i_r1"], metrics["rsum"]
 
@@ -37,11 +40,11 @@ class EarlyStopping:
     patience: int | None
     best_score: tuple[float, float] = (-math.inf, -math.inf)
     best_epoch: int = 0
-    best_metrics: dict = field(default_factory=dict)
+    best_metrics: Metrics | None = None  # set by the first update
     best_state: Any = None
     bad_epochs: int = 0
 
-    def update(self, epoch: int, metrics: dict, snapshot: Callable[[], Any]) -> bool:
+    def update(self, epoch: int, metrics: Metrics, snapshot: Callable[[], Any]) -> bool:
         """Record an epoch's held-out metrics; ``snapshot()`` is called only when it is the new best."""
         if score(metrics) > self.best_score:
             self.best_score, self.best_epoch, self.best_metrics = score(metrics), epoch, metrics

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import PairedItem
-from .evaluate import flatten_captions, image_ids_of, retrieval_metrics
+from .evaluate import Metrics, flatten_captions, image_ids_of, retrieval_metrics
 from .features import ImageSide, TextSide, preprocess_images
 from .losses import (
     CategoryWeights,
@@ -114,8 +114,8 @@ class TrainResult:
     prompted: PromptedCLIP
     config: TrainConfig
     best_epoch: int  # 0: the initial prompts were never beaten
-    best_metrics: dict
-    zero_shot_metrics: dict  # the backbone without prompts on the same held-out items
+    best_metrics: Metrics
+    zero_shot_metrics: Metrics  # the backbone without prompts on the same held-out items
     wall_time_s: float
     steps: int
     stopped_early: bool
@@ -208,7 +208,7 @@ def train_adapter(
     val_images = ImageSide(prompted, val_pixels)
     val_texts = TextSide(prompted, val_captions)
 
-    def validate() -> dict:
+    def validate() -> Metrics:
         return retrieval_metrics(val_texts.all(), val_images.all(), val_owner, val_ids)
 
     zero_val_text, zero_val_image = TextSide(zero, val_captions).all(), ImageSide(zero, val_pixels).all()
@@ -300,6 +300,7 @@ def train_adapter(
             break
 
     best_metrics = stopper.best_metrics
+    assert best_metrics is not None  # epoch 0 was recorded before the loop
     if cfg.restore_best:
         prompted.load_prompt_state_dict(stopper.best_state)
     if cfg.zero_shot_mix:
@@ -326,10 +327,11 @@ def _cosine_distance(adapted: torch.Tensor, frozen: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def _choose_mix(prompted, text, image, zero_text, zero_image, owner, ids, grid) -> tuple[float, dict, list[dict]]:
+def _choose_mix(prompted, text, image, zero_text, zero_image, owner, ids, grid) -> tuple[float, Metrics, list[dict]]:
     """The adapted-embedding weight with the best held-out score; ties go to more zero-shot."""
     tried = []
-    best_weight, best_metrics = None, None
+    best_weight: float | None = None
+    best_metrics: Metrics | None = None
     for weight in sorted(grid):  # ascending: a later weight must be strictly better to win
         metrics = retrieval_metrics(
             prompted.mix_embeddings(text, zero_text, weight), prompted.mix_embeddings(image, zero_image, weight), owner, ids

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from adapters.evaluate import Metrics  # held-out metrics, typed: the keys adapters.evaluate returns
 from service.vocabulary import Stage
 
 
@@ -20,8 +21,8 @@ class Progress(BaseModel):
     epoch: int | None = None
     epochs: int | None = None
     loss: float | None = None
-    val: dict[str, Any] | None = None  # held-out metrics of the prompts so far
-    val_zero_shot: dict[str, Any] | None = None  # ... and of the backbone alone
+    val: Metrics | None = None  # held-out metrics of the prompts so far
+    val_zero_shot: Metrics | None = None  # ... and of the backbone alone
     elapsed_s: float | None = None
     eta_s: float | None = None
     # An import job: step / total_steps count its files; these say what became of those done.
@@ -36,11 +37,6 @@ class Progress(BaseModel):
 
     def ends_an_epoch(self) -> bool:
         return self.step is not None and self.step == self.total_steps
-
-
-# Retrieval metrics as adapters.evaluate returns them ("t2i_r1", "i2t_r5", "n_images", ...), with
-# "cat_p10" and "cat_map" where the items have categories (service.held_out).
-Metrics = dict[str, int | float]
 
 
 class StoredMetrics(BaseModel):

@@ -17,6 +17,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.config import Settings
+
 TEST_BACKBONE = "tiny-vit-test"  # the project's tiny model config (random init, offline)
 COLOURS = ["red", "green", "blue", "yellow"]
 
@@ -73,6 +75,17 @@ def fill(client: TestClient, n: int = 24, name: str = "c") -> int:
     response = upload(client, cid, [(f"{i}.png", png_bytes(i)) for i in range(n)], meta)
     assert response.status_code == 200, response.text
     return cid
+
+
+def seed_database(settings: Settings, migrated_database: Path) -> None:
+    """Give a data dir without a database a copy of the ``migrated_database`` fixture's file.
+
+    Only where the settings use the default SQLite file in the data dir; any other URL is left alone.
+    """
+    target = settings.data_dir / "service.db"
+    if settings.database_url is None and not target.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_database, target)
 
 
 def adapter_blob(backbone) -> bytes:

@@ -1,21 +1,11 @@
-"""Fixtures for the adapters library tests: offline, CPU, small models."""
+"""Fixtures for the adapters library tests: offline, CPU, small models (``tiny`` is tests/conftest.py's one model)."""
 
 from __future__ import annotations
-
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a model hub
 
 import pytest
 import torch
 
 from adapters.backbone import load_backbone
-
-
-@pytest.fixture(scope="session")
-def tiny():
-    """The tiny randomly initialised test backbone (deterministic)."""
-    return load_backbone("tiny-vit-test", device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapters.evaluate import evaluate, retrieval_metrics
+from adapters.evaluate import CategoryMetrics, Metrics, category_metrics, evaluate, retrieval_metrics
 
 
 def test_known_ranks_with_several_captions_per_image():
@@ -28,6 +28,15 @@ def test_known_ranks_with_several_captions_per_image():
     assert m["i2t_medr"] == 1.0
     assert m["n_images"] == 3
     assert m["n_captions"] == 4
+
+
+def test_the_metrics_carry_exactly_the_keys_their_types_declare():
+    # Metrics is what mypy checks callers against; the dicts at run time must not drift from it.
+    m = retrieval_metrics(torch.eye(3), torch.eye(3), torch.arange(3))
+    assert set(m) == Metrics.__required_keys__
+    assert Metrics.__optional_keys__ == CategoryMetrics.__required_keys__ == {"cat_p10", "cat_map"}
+    assert set(category_metrics(torch.eye(2), torch.eye(2), ["a", "b"], ["a", "b"])) == set(CategoryMetrics.__required_keys__)
+    assert m["rsum"] == pytest.approx(sum(m[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")))
 
 
 def test_ties_count_against_the_query():

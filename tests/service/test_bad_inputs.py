@@ -21,6 +21,14 @@ def filled(client, collection):
     return client, cid, image
 
 
+@pytest.fixture(scope="module")
+def shared(module_client):
+    """``filled`` once for the module's tests that only read: (client, collection id, image id)."""
+    cid = module_client.post("/collections", json={"name": "shared"}).json()["id"]
+    image = upload(module_client, cid, [("a.png", png_bytes(1))], [{"captions": ["a thing"]}]).json()["accepted"][0]["id"]
+    return module_client, cid, image
+
+
 def clean_4xx(response, *statuses):
     assert response.status_code in statuses, (response.status_code, response.text)
     body = response.json()
@@ -37,8 +45,8 @@ def clean_4xx(response, *statuses):
     "/collections/{cid}/adapters/v²", "/collections/{cid}/adapters/²",
     "/collections/{cid}/images?offset=" + "1" + "0" * 23, "/collections/-1", "/collections/1.5",
 ])
-def test_out_of_range_ids_and_selectors(filled, path):
-    client, cid, _ = filled
+def test_out_of_range_ids_and_selectors(shared, path):
+    client, cid, _ = shared
     clean_4xx(client.get(path.format(cid=cid)), 404, 422)
 
 

@@ -13,14 +13,25 @@ def image(client, cid, iid):
     return response.json()
 
 
+FOUR_METADATA = [{"captions": ["old caption"], "category": "cat", "attributes": ["small"], "meta": {"album": "a", "n": 1}},
+                 {"caption": "one caption"}, {}, {"category": "dog", "meta": {"album": "b"}}]
+
+
 @pytest.fixture
 def four(client, collection):
     cid = collection["id"]
-    metadata = [{"captions": ["old caption"], "category": "cat", "attributes": ["small"], "meta": {"album": "a", "n": 1}},
-                {"caption": "one caption"}, {}, {"category": "dog", "meta": {"album": "b"}}]
-    response = upload(client, cid, [(f"{i}.png", png_bytes(500 + i)) for i in range(4)], metadata)
+    response = upload(client, cid, [(f"{i}.png", png_bytes(500 + i)) for i in range(4)], FOUR_METADATA)
     assert response.status_code == 200, response.text
     return cid, [a["id"] for a in response.json()["accepted"]]
+
+
+@pytest.fixture(scope="module")
+def shared_four(module_client):
+    """``four`` once for the module's tests whose edits are all refused: (client, collection id, image ids)."""
+    cid = module_client.post("/collections", json={"name": "shared"}).json()["id"]
+    response = upload(module_client, cid, [(f"{i}.png", png_bytes(500 + i)) for i in range(4)], FOUR_METADATA)
+    assert response.status_code == 200, response.text
+    return module_client, cid, [a["id"] for a in response.json()["accepted"]]
 
 
 def test_caption_is_one_item_captions_on_upload(client, four):
@@ -58,8 +69,8 @@ def test_edited_category_is_what_search_filters_see(client, four):
     ({"meta": {"deep": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}}}, 422, "invalid_request"),
     ({"captions": ["  ", ""] + [f"c{i}" for i in range(64)]}, 422, "invalid_request"),
 ])
-def test_bad_patches_change_nothing(client, four, body, status, code):
-    cid, ids = four
+def test_bad_patches_change_nothing(shared_four, body, status, code):
+    client, cid, ids = shared_four
     before = image(client, cid, ids[0])
     response = client.patch(f"/collections/{cid}/images/{ids[0]}", json=body)
     assert response.status_code == status, response.text

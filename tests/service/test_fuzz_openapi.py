@@ -25,6 +25,10 @@ from service.config import Settings
 from tests.service.live_server import live_server
 from tests.support import png_bytes
 
+# Every operation x EXAMPLES requests: about half a minute on 2 idle cores. Each route also has its own tests
+# in the fast loop; this sweep runs in the full suite.
+pytestmark = pytest.mark.slow
+
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, negative_data_rejection]
 EXAMPLES = 25  # per operation: the whole run stays around a minute on 2 cores
 

@@ -17,6 +17,14 @@ def filled(client, collection):
     return collection["id"], ids, blobs
 
 
+@pytest.fixture(scope="module")
+def shared(module_client):
+    """``filled`` once for the module's tests that only search: (client, collection id, image ids, blobs)."""
+    cid = module_client.post("/collections", json={"name": "shared"}).json()["id"]
+    ids, blobs = upload_captioned(module_client, cid, first_seed=100)
+    return module_client, cid, ids, blobs
+
+
 def direct_ranking(blobs, query):
     """What open_clip itself says, with no service code involved."""
     with torch.random.fork_rng(devices=[]):
@@ -33,8 +41,8 @@ def direct_ranking(blobs, query):
 
 
 @pytest.mark.parametrize("query", ["a red square", "something else entirely", "cat"])
-def test_zero_shot_ranks_exactly_as_open_clip(client, filled, query):
-    cid, ids, blobs = filled
+def test_zero_shot_ranks_exactly_as_open_clip(shared, query):
+    client, cid, ids, blobs = shared
     order, scores = direct_ranking(blobs, query)
     body = client.post(f"/collections/{cid}/search", json={"query": query, "k": len(ids)}).json()
     assert body["adapter"] == "none"
@@ -43,15 +51,15 @@ def test_zero_shot_ranks_exactly_as_open_clip(client, filled, query):
     np.testing.assert_allclose([h["score"] for h in body["results"]], scores[order], atol=1e-5)
 
 
-def test_hits_carry_captions_and_urls(client, filled):
-    cid, ids, blobs = filled
+def test_hits_carry_captions_and_urls(shared):
+    client, cid, ids, blobs = shared
     hit = client.post(f"/collections/{cid}/search", json={"query": "x", "k": 1}).json()["results"][0]
     assert hit["captions"] == [CAPTIONS[ids.index(hit["image_id"])]]
     assert client.get(hit["url"]).content == blobs[ids.index(hit["image_id"])]
 
 
-def test_batch_query_returns_a_list_per_query(client, filled):
-    cid, ids, _ = filled
+def test_batch_query_returns_a_list_per_query(shared):
+    client, cid, ids, _ = shared
     body = client.post(f"/collections/{cid}/search", json={"query": ["dog", "cat", "car"], "k": 3}).json()
     assert len(body["results"]) == 3
     assert all(len(row) == 3 for row in body["results"])
@@ -59,8 +67,8 @@ def test_batch_query_returns_a_list_per_query(client, filled):
     assert [h["image_id"] for h in body["results"][1]] == [h["image_id"] for h in single]
 
 
-def test_k_larger_than_collection_returns_all(client, filled):
-    cid, ids, _ = filled
+def test_k_larger_than_collection_returns_all(shared):
+    client, cid, ids, _ = shared
     body = client.post(f"/collections/{cid}/search", json={"query": "x", "k": 500}).json()
     assert len(body["results"]) == len(ids)
 
@@ -86,7 +94,8 @@ def test_empty_collection_returns_no_hits(client, collection):
     ({"k": 3}, "bad_query"),
     ({"query": "x", "image_id": 1}, "bad_query"),
 ])
-def test_bad_search_requests(client, collection, body, code):
-    response = client.post(f"/collections/{collection['id']}/search", json=body)
+def test_bad_search_requests(shared, body, code):
+    client, cid, _, _ = shared
+    response = client.post(f"/collections/{cid}/search", json=body)
     assert 400 <= response.status_code < 500
     assert response.json()["code"] == code, response.json()

@@ -36,14 +36,20 @@ def fill(client, n=24, start=0):
     return cid, [a["id"] for a in response.json()["accepted"]], metadata
 
 
+@pytest.fixture(scope="module")
+def filled(module_client):
+    """``fill`` once for the module's tests that only search it: (client, collection id, image ids, metadata)."""
+    return module_client, *fill(module_client)
+
+
 def search(client, cid, **body):
     response = client.post(f"/collections/{cid}/search", json=body)
     assert response.status_code == 200, response.text
     return response.json()["results"]
 
 
-def test_a_filter_keeps_k_results_in_the_unfiltered_order(client):
-    cid, ids, metadata = fill(client)
+def test_a_filter_keeps_k_results_in_the_unfiltered_order(filled):
+    client, cid, ids, metadata = filled
     everything = search(client, cid, query="a thing", k=len(ids))
     reds = [h for h in everything if h["category"] == "red"]
     assert len(reds) == 6
@@ -61,8 +67,8 @@ def test_a_filter_keeps_k_results_in_the_unfiltered_order(client):
     ({"meta": {"missing": "x"}}, lambda i, m: False),
     ({"category": "blue", "meta": {"album": "home"}}, lambda i, m: m["category"] == "blue" and i >= 12),
 ])
-def test_attribute_and_meta_filters(client, flt, expected):
-    cid, ids, metadata = fill(client)
+def test_attribute_and_meta_filters(filled, flt, expected):
+    client, cid, ids, metadata = filled
     got = {h["image_id"] for h in search(client, cid, query="x", k=len(ids), filter=flt)}
     assert got == {ids[i] for i, m in enumerate(metadata) if expected(i, m)}
 
@@ -152,7 +158,8 @@ def test_image_upload_search_takes_filters(client):
     ({"query": "x", "min_score": 2}, "invalid_request"),
     ({"query": "x", "sort": "random"}, "invalid_request"),
 ])
-def test_bad_filters(client, collection, body, code):
-    response = client.post(f"/collections/{collection['id']}/search", json=body)
+def test_bad_filters(filled, body, code):
+    client, cid, _, _ = filled
+    response = client.post(f"/collections/{cid}/search", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["code"] == code

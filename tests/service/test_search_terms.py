@@ -21,6 +21,14 @@ def filled(client, collection):
 
 
 @pytest.fixture(scope="module")
+def shared(module_client):
+    """``filled`` once for the module's tests that only search: (client, collection id, image ids, blobs)."""
+    cid = module_client.post("/collections", json={"name": "shared"}).json()["id"]
+    ids, blobs = upload_captioned(module_client, cid, first_seed=200)
+    return module_client, cid, ids, blobs
+
+
+@pytest.fixture(scope="module")
 def direct():
     """open_clip itself, with no service code: unit image and text vectors."""
     with torch.random.fork_rng(devices=[]):
@@ -53,8 +61,8 @@ def search(client, cid, **body):
     return response.json()
 
 
-def test_more_like_this_ranks_by_the_stored_vector(client, filled, direct):
-    cid, ids, blobs = filled
+def test_more_like_this_ranks_by_the_stored_vector(shared, direct):
+    client, cid, ids, blobs = shared
     vectors = direct[0](blobs)
     body = search(client, cid, image_id=ids[3], k=len(ids))
     order, scores = ranked(vectors[3], vectors)
@@ -63,8 +71,8 @@ def test_more_like_this_ranks_by_the_stored_vector(client, filled, direct):
     np.testing.assert_allclose([h["score"] for h in body["results"]], scores[order], atol=1e-5)
 
 
-def test_uploaded_image_answers_like_the_stored_one(client, filled):
-    cid, ids, blobs = filled
+def test_uploaded_image_answers_like_the_stored_one(shared):
+    client, cid, ids, blobs = shared
     stored = search(client, cid, image_id=ids[5], k=5)["results"]
     response = client.post(f"/collections/{cid}/search/image", files={"file": ("q.png", blobs[5], "image/png")},
                            data={"options": json.dumps({"k": 5})})
@@ -77,8 +85,8 @@ def test_uploaded_image_answers_like_the_stored_one(client, filled):
     assert client.get(f"/collections/{cid}/images").json()["total"] == len(ids)
 
 
-def test_weighted_terms_are_the_normalised_weighted_sum(client, filled, direct):
-    cid, ids, blobs = filled
+def test_weighted_terms_are_the_normalised_weighted_sum(shared, direct):
+    client, cid, ids, blobs = shared
     images, texts = direct
     image_vectors = images(blobs)
     text_vectors = texts(["golden retriever", "fruit"])
@@ -90,16 +98,16 @@ def test_weighted_terms_are_the_normalised_weighted_sum(client, filled, direct):
     np.testing.assert_allclose([h["score"] for h in body["results"]], scores[order], atol=1e-4)
 
 
-def test_a_single_text_term_is_the_plain_query(client, filled):
-    cid, ids, _ = filled
+def test_a_single_text_term_is_the_plain_query(shared):
+    client, cid, ids, _ = shared
     plain = search(client, cid, query="a small cat", k=4)["results"]
     term = search(client, cid, terms=[{"text": "a small cat", "weight": 3}], k=4)["results"]
     assert [h["image_id"] for h in term] == [h["image_id"] for h in plain]
     np.testing.assert_allclose([h["score"] for h in term], [h["score"] for h in plain], atol=1e-5)
 
 
-def test_uploaded_image_combines_with_terms(client, filled, direct):
-    cid, ids, blobs = filled
+def test_uploaded_image_combines_with_terms(shared, direct):
+    client, cid, ids, blobs = shared
     images, texts = direct
     image_vectors = images(blobs)
     query = png_bytes(999)
@@ -125,8 +133,8 @@ def test_uploaded_image_combines_with_terms(client, filled, direct):
     ({"terms": [{"image_id": 999999}]}, 404, "image_not_found"),
     ({"image_id": 1, "terms": [{"text": "x"}]}, 422, "bad_query"),
 ])
-def test_bad_combined_queries(client, filled, body, status, code):
-    cid, _, _ = filled
+def test_bad_combined_queries(shared, body, status, code):
+    client, cid, _, _ = shared
     response = client.post(f"/collections/{cid}/search", json=body)
     assert response.status_code == status, response.text
     assert response.json()["code"] == code
@@ -149,8 +157,8 @@ def test_an_image_of_another_collection_is_not_found(client, filled):
     ({"file": ("q.png", png_bytes(1), "image/png")}, {"weight": "0"}, "bad_term"),
     ({"file": ("q.png", png_bytes(1), "image/png")}, {"options": '{"adapter": "v9"}'}, "adapter_not_found"),
 ])
-def test_bad_image_searches(client, filled, files, data, code):
-    cid, _, _ = filled
+def test_bad_image_searches(shared, files, data, code):
+    client, cid, _, _ = shared
     response = client.post(f"/collections/{cid}/search/image", files=files, data=data)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["code"] == code

@@ -13,12 +13,13 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings
+from tests.support import seed_database
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture
-def serve(tmp_path, tiny_backbone):
+def serve(tmp_path, tiny_backbone, migrated_database):
     """serve(wrap=None, backbone=None) -> base URL: the real app (optionally wrapped; tiny backbone unless
     another is given) served by uvicorn in a thread."""
     servers = []
@@ -27,7 +28,9 @@ def serve(tmp_path, tiny_backbone):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        app = create_app(Settings(data_dir=tmp_path / "data"), backbone or tiny_backbone)
+        settings = Settings(data_dir=tmp_path / "data")
+        seed_database(settings, migrated_database)
+        app = create_app(settings, backbone or tiny_backbone)
         server = uvicorn.Server(uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=port,
                                                log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)

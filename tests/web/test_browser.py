@@ -41,6 +41,7 @@ def signed(x: float) -> str:
     return f"{'−' if x < 0 else '+'}{abs(x):.3f}"
 
 
+@pytest.mark.slow  # about a minute: Chromium, an upload, a tuning job and every screen
 def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     base = serve(backbone=load_backbone() if SCREENSHOTS else None)
     page = Page(browser, base, screenshot_dir(tmp_path / "shots"))

@@ -7,6 +7,8 @@ all carry it for this flow to get through.
 
 from __future__ import annotations
 
+import pytest
+
 from service.cli import main
 from tests.web.page import Page, write_photos
 
@@ -16,6 +18,24 @@ def create_key(capsys, data_dir) -> str:
     return capsys.readouterr().out.strip()
 
 
+def test_the_page_signs_in_and_out(serve, browser, tmp_path, capsys):
+    """The fast loop's browser check: the page's modules load and talk to the API (the whole flow is below)."""
+    key = create_key(capsys, tmp_path / "data")
+    page = Page(browser, serve())
+    page.open("/")
+    page.fill("#api-key", "wrong")
+    page.button("Sign in").click()
+    page.wait_text("#toast", "refused")
+    page.fill("#api-key", key)
+    page.button("Sign in").click()
+    page.wait_text("#main", "No collections yet")
+    page.button("Sign out", within="#account").click()
+    page.find("#api-key")
+    assert browser.execute_script("return sessionStorage.getItem('pas-api-key')") is None
+    assert page.console_errors(allowed="status of 401") == []
+
+
+@pytest.mark.slow  # Chromium plus a tuning job followed over the keyed event stream
 def test_sign_in_with_a_key_and_be_refused_without(serve, browser, tmp_path, capsys):
     key = create_key(capsys, tmp_path / "data")  # the data directory `serve` starts the app on
     page = Page(browser, serve())

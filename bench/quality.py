@@ -451,16 +451,52 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
         if key not in seen:
             seen.add(key)
             unique.append(r)
-    records = unique
+    records, combined = combine_sweeps(unique)
     params = base["backbone"]["parameters"]
     summary = summarize(records, params)
-    notes = summary_notes(summary) + list(extra_notes)
+    notes = summary_notes(summary) + list(extra_notes) + combined
     incomplete = [p["file"] for p in parts if not p["complete"]]
     if incomplete:
         notes.append(f"Merged from runs stopped before their end (partial records): {', '.join(incomplete)}; "
                      "methods missing from a shift did not finish in the time budget.")
     return {**base, "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "merged_from": parts, "summary": summary, "notes": notes, "runs": records}
+
+
+def combine_sweeps(records: list[dict]) -> tuple[list[dict], list[str]]:
+    """One record per baseline and seed from runs that each tried part of its lr sweep.
+
+    A sweep may be split over processes (``--ft-lrs`` one value each, run side by side); the merged
+    record is the one ``swept`` would have kept: the lr with the best val R@1 (recall sum breaks
+    ties), with every tried lr in its ``lr_sweep``. Test results of the other lrs are dropped unread.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    out: list[dict] = []
+    for r in records:
+        if r["method"] in ("linear", "full-ft") and "lr_sweep" in r:
+            key = (r["spec"], r["train_size"], r["method"], r["seed"])
+            if key not in groups:
+                groups[key] = []
+                out.append(key)  # placeholder: keeps the record's place
+            groups[key].append(r)
+        else:
+            out.append(r)
+    notes = []
+    merged = []
+    for item in out:
+        if not isinstance(item, tuple):
+            merged.append(item)
+            continue
+        runs = groups[item]
+        if len(runs) == 1:
+            merged.append(runs[0])
+            continue
+        sweep = sorted({s["lr"]: s for r in runs for s in r["lr_sweep"]}.values(), key=lambda s: s["lr"])
+        chosen = max(sweep, key=lambda s: (s["val_t2i_r1"], s["val_rsum"]))["lr"]
+        merged.append({**next(r for r in runs if r["lr_chosen"] == chosen), "lr_sweep": sweep, "lr_chosen": chosen})
+        notes.append(f"{item[0]}/{item[1]} {item[2]} seed {item[3]}: lr sweep {[s['lr'] for s in sweep]} ran as "
+                     f"{len(runs)} processes side by side; {chosen:g} chosen on val R@1.")
+    return merged, notes
 
 
 def _write_partial(opts: Options, records: list[dict]) -> None:

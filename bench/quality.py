@@ -453,6 +453,10 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
             unique.append(r)
     records, combined = combine_sweeps(unique)
     params = base["backbone"]["parameters"]
+    for method, key in (("linear", "linear_lrs"), ("full-ft", "full_ft_lrs")):  # the rates actually tried
+        tried = sorted({s["lr"] for r in records if r["method"] == method for s in r.get("lr_sweep", [])})
+        if tried:
+            base = {**base, key: tried}
     summary = summarize(records, params)
     notes = summary_notes(summary) + list(extra_notes) + combined
     incomplete = [p["file"] for p in parts if not p["complete"]]

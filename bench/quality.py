@@ -453,13 +453,13 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
             unique.append(r)
     records, combined = combine_sweeps(unique)
     params = base["backbone"]["parameters"]
-    for method, key in (("linear", "linear_lrs"), ("full-ft", "full_ft_lrs")):  # the rates actually tried
+    for method, lrs_key in (("linear", "linear_lrs"), ("full-ft", "full_ft_lrs")):  # the rates actually tried
         tried = sorted({s["lr"] for r in records if r["method"] == method for s in r.get("lr_sweep", [])})
         if tried:
-            base = {**base, key: tried}
+            base = {**base, lrs_key: tried}
     summary = summarize(records, params)
     notes = summary_notes(summary) + list(extra_notes) + combined
-    incomplete = [p["file"] for p in parts if not p["complete"]]
+    incomplete = [str(p["file"]) for p in parts if not p["complete"]]
     if incomplete:
         notes.append(f"Merged from runs stopped before their end (partial records): {', '.join(incomplete)}; "
                      "methods missing from a shift did not finish in the time budget.")
@@ -475,7 +475,7 @@ def combine_sweeps(records: list[dict]) -> tuple[list[dict], list[str]]:
     ties), with every tried lr in its ``lr_sweep``. Test results of the other lrs are dropped unread.
     """
     groups: dict[tuple, list[dict]] = {}
-    out: list[dict] = []
+    out: list[dict | tuple] = []
     for r in records:
         if r["method"] in ("linear", "full-ft") and "lr_sweep" in r:
             key = (r["spec"], r["train_size"], r["method"], r["seed"])
@@ -485,8 +485,8 @@ def combine_sweeps(records: list[dict]) -> tuple[list[dict], list[str]]:
             groups[key].append(r)
         else:
             out.append(r)
-    notes = []
-    merged = []
+    notes: list[str] = []
+    merged: list[dict] = []
     for item in out:
         if not isinstance(item, tuple):
             merged.append(item)

@@ -451,11 +451,15 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
         if key not in seen:
             seen.add(key)
             unique.append(r)
-    records = unique
+    records, combined = combine_sweeps(unique)
     params = base["backbone"]["parameters"]
+    for method, lrs_key in (("linear", "linear_lrs"), ("full-ft", "full_ft_lrs")):  # the rates actually tried
+        tried = sorted({s["lr"] for r in records if r["method"] == method for s in r.get("lr_sweep", [])})
+        if tried:
+            base = {**base, lrs_key: tried}
     summary = summarize(records, params)
-    notes = summary_notes(summary) + list(extra_notes)
-    incomplete = [p["file"] for p in parts if not p["complete"]]
+    notes = summary_notes(summary) + list(extra_notes) + combined
+    incomplete = [str(p["file"]) for p in parts if not p["complete"]]
     if incomplete:
         notes.append(f"Merged from runs stopped before their end (partial records): {', '.join(incomplete)}; "
                      "methods missing from a shift did not finish in the time budget.")
@@ -463,10 +467,103 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
             "merged_from": parts, "summary": summary, "notes": notes, "runs": records}
 
 
+def combine_sweeps(records: list[dict]) -> tuple[list[dict], list[str]]:
+    """One record per baseline and seed from runs that each tried part of its lr sweep.
+
+    A sweep may be split over processes (``--ft-lrs`` one value each, run side by side); the merged
+    record is the one ``swept`` would have kept: the lr with the best val R@1 (recall sum breaks
+    ties), with every tried lr in its ``lr_sweep``. Test results of the other lrs are dropped unread.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    out: list[dict | tuple] = []
+    for r in records:
+        if r["method"] in ("linear", "full-ft") and "lr_sweep" in r:
+            key = (r["spec"], r["train_size"], r["method"], r["seed"])
+            if key not in groups:
+                groups[key] = []
+                out.append(key)  # placeholder: keeps the record's place
+            groups[key].append(r)
+        else:
+            out.append(r)
+    notes: list[str] = []
+    merged: list[dict] = []
+    for item in out:
+        if not isinstance(item, tuple):
+            merged.append(item)
+            continue
+        runs = groups[item]
+        if len(runs) == 1:
+            merged.append(runs[0])
+            continue
+        sweep = sorted({s["lr"]: s for r in runs for s in r["lr_sweep"]}.values(), key=lambda s: s["lr"])
+        chosen = max(sweep, key=lambda s: (s["val_t2i_r1"], s["val_rsum"]))["lr"]
+        merged.append({**next(r for r in runs if r["lr_chosen"] == chosen), "lr_sweep": sweep, "lr_chosen": chosen})
+        notes.append(f"{item[0]}/{item[1]} {item[2]} seed {item[3]}: lr sweep {[s['lr'] for s in sweep]} ran as "
+                     f"{len(runs)} processes side by side; {chosen:g} chosen on val R@1.")
+    return merged, notes
+
+
 def _write_partial(opts: Options, records: list[dict]) -> None:
     """Keep what has been measured so far on disk, so an interrupted run is not lost."""
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / ("quality-quick.partial.json" if opts.quick else "quality.partial.json")).write_text(json.dumps(records))
+
+
+def _drop_option(argv: list[str], name: str) -> list[str]:
+    """argv without ``name`` and its values (up to the next option)."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            skipping = arg == name or arg.startswith(name + "=")
+        if not skipping:
+            out.append(arg)
+    return out
+
+
+def run_in_parallel(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--jobs N``: the shifts dealt round-robin to N child runs (``--out`` OUT/parts/i), then merged into OUT.
+
+    Each shift's runs are independent of the others' (own data, seeded training), so the merged
+    report holds the same records a single process would write, in shift order.
+    """
+    import subprocess
+
+    from bench.report import readme_table, write_outputs
+
+    specs = list(args.specs or SHIFTS)
+    jobs = min(args.jobs, len(specs))
+    base = _drop_option(_drop_option(_drop_option(argv, "--jobs"), "--spec"), "--out")
+    base = _drop_option(base, "--shifts")
+    parts, procs = [], []
+    for i in range(jobs):
+        out = args.out / "parts" / str(i)
+        cmd = [sys.executable, "-m", "bench.quality", *base, "--spec", *specs[i::jobs], "--out", str(out)]
+        log = (args.out / "parts" / f"{i}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        # Each child in its own session: with the kernel's autogroup scheduling a session's
+        # processes share one CPU slice, so children left in ours would split one share between them.
+        procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True), log))
+        parts.append(out / "quality.json")
+    failed = [str(log) for proc, log in procs if proc.wait() != 0]
+    if failed:
+        print(f"child runs failed, see {', '.join(failed)}", file=sys.stderr)
+        return 1
+    command = " ".join(["python -m bench.quality", *argv])
+    report = merge_reports(parts, command)
+    order = {name: i for i, name in enumerate(specs)}
+    report["runs"].sort(key=lambda r: order.get(r["spec_ref"], len(order)))
+    from bench.summary import summarize
+
+    report["summary"] = summarize(report["runs"], report["backbone"]["parameters"])
+    report["notes"] = [n for n in report["notes"] if not n.startswith("Merged from")]
+    child = json.loads(parts[0].read_text())
+    report["notes"] += [n for n in child["notes"] if not n.startswith(tuple(f"{s}/" for s in specs))]
+    report["wall_time_s"] = max(json.loads(p.read_text())["wall_time_s"] for p in parts)
+    report["parallel_jobs"] = jobs
+    paths = write_outputs(report, args.out)
+    print(f"{jobs} parallel runs merged; wrote {', '.join(str(p) for p in paths)}")
+    print(readme_table(report))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -489,6 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--from-json", type=Path, default=None, help="rewrite the markdown and plots from a saved quality.json")
     parser.add_argument("--note", action="append", default=None, help="a sentence for the report's notes (with --merge)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="run the shifts in this many processes side by side (each with its own shifts, one thread), "
+                             "then merge their quality.json into --out: the same runs as one process, sooner on several cores")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="combine the runs of several quality.json / quality.partial.json files (e.g. one per shift, run "
                              "in parallel) into one report in --out")
@@ -508,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rewrote {', '.join(str(p) for p in paths)} from {args.from_json}")
         print(readme_table(report))
         return 0
+    if args.jobs > 1:
+        return run_in_parallel(args, list(argv if argv is not None else sys.argv[1:]))
     # One thread: on a CPU shared with other jobs two OpenMP threads spin against each other (a
     # pretraining step measured 13-18 s with two threads vs 2-5 s with one at load average 7).
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))

@@ -70,3 +70,20 @@ def test_spec_file_outside_the_repo_runs_from_another_directory(tmp_path):
     assert list(report["summary"]["collections"]) == ["outside/20"]
     assert "| outside (20) |" in proc.stdout
     assert "goals: not run" in (out / "quality.md").read_text()
+
+
+def test_an_lr_sweep_split_over_processes_keeps_the_val_best_rate_and_every_tried_rate():
+    from bench.quality import combine_sweeps
+
+    def ft(lr, val_r1, test_r1):
+        return {"spec": "style", "train_size": 1000, "method": "full-ft", "seed": 0, "lr_chosen": lr,
+                "lr_sweep": [{"lr": lr, "val_t2i_r1": val_r1, "val_rsum": 1.0, "best_epoch": 3}], "test_r1": test_r1}
+
+    zero = {"spec": "style", "train_size": 1000, "method": "zero-shot", "seed": None}
+    # The rate with the best test R@1 (3e-4) is not the val-best one (1e-4): test never decides.
+    records, notes = combine_sweeps([zero, ft(3e-5, 0.10, 0.09), ft(1e-4, 0.14, 0.12), ft(3e-4, 0.13, 0.15)])
+    assert [r["method"] for r in records] == ["zero-shot", "full-ft"]
+    kept = records[1]
+    assert kept["lr_chosen"] == 1e-4 and kept["test_r1"] == 0.12
+    assert [s["lr"] for s in kept["lr_sweep"]] == [3e-5, 1e-4, 3e-4]
+    assert len(notes) == 1 and "3 processes" in notes[0]

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(1000, ge=1)
     max_batch_queries: int = Field(64, ge=1)
 
-    adapter_cache_size: int = Field(32, ge=1, description="Loaded adapters kept in memory (LRU)")
+    adapter_cache_size: int = Field(1024, ge=1, description="Loaded adapters kept in memory (LRU)")
+    adapter_cache_bytes: int = Field(256 * 2**20, ge=1, description="Bytes of adapter tensors kept in memory (LRU): "
+                                                                     "least recently used adapters are dropped beyond it")
 
     host: str = "127.0.0.1"
     port: int = 8000

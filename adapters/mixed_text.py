@@ -116,19 +116,21 @@ class MixedTextEncoder:
             # Causal and pooled at the end-of-text token: columns after the longest row are never read.
             ids = ids[:, : int(self._eot_positions(ids).max()) + 1]
         x = parts.token_embedding(ids.clamp(min=0)).to(cast)
-        prompted_rows = [(p, rows.adapted, self._prompts(p)) for p, rows in placed if self._prompts(p)]
-        for prompted, rows, M in prompted_rows:
-            x[rows, 1 : 1 + M] = prompted.text_prompts.to(cast)
+        # (first prompts, deep prompts or None, rows) of every adapter with text prompts
+        prompted_rows = [(p.text_prompts, p.text_deep_prompts, rows.adapted) for p, rows in placed
+                         if p is not None and p.text_prompts is not None]
+        for first, _, rows in prompted_rows:
+            x[rows, 1 : 1 + first.shape[0]] = first.to(cast)
         L = x.shape[1]
         x = x + parts.positional_embedding[:L].to(cast)
         mask = parts.attn_mask[:L, :L] if parts.attn_mask is not None else None
-        deep = [(p, rows, M) for p, rows, M in prompted_rows if p.text_deep_prompts is not None]
+        deep = [(d, rows) for _, d, rows in prompted_rows if d is not None]
         if deep:
             batch_first = getattr(parts.transformer, "batch_first", True)
             for index, block in enumerate(parts.transformer.resblocks):
                 if index > 0:  # each deep adapter's own prompts for this block, on its rows only
-                    for prompted, rows, M in deep:
-                        x[rows, 1 : 1 + M] = prompted.text_deep_prompts[index - 1].to(cast)
+                    for prompts, rows in deep:
+                        x[rows, 1 : 1 + prompts.shape[1]] = prompts[index - 1].to(cast)
                 x = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         else:
             x = parts.transformer(x, attn_mask=mask)

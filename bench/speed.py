@@ -358,7 +358,57 @@ def search_components(backbone, sizes: Sizes) -> dict:
         "encode_texts": encode,
         "flat_search_1_query_ms": _median_ms(lambda: index.search(query, sizes.search_k), repeats),
         "note": "medians in the bench process (same model, same torch threads), no HTTP, no DB",
+        "request_parts": search_request_parts(backbone, sizes),
     }
+
+
+def search_request_parts(backbone, sizes: Sizes) -> dict:
+    """Where one search request's milliseconds go: the steps of the search handler, called in order
+    in the bench process on a real data directory (SQLite, FAISS, the same model), one query at a time."""
+    from fastapi.testclient import TestClient
+
+    from service import adapter_versions, feedback, search_terms
+    from service import search as searching
+    from service.app import create_app
+    from service.schemas import SearchHit, SearchRequest, SearchResponse
+
+    items = make_upload_items(min(sizes.ingest_images, 500), SEEDS["ingest_images"] + 2)
+    queries = make_queries(60, SEEDS["search_queries"] + 3)
+    repeats = 30 if sizes is QUICK else 200
+    steps: dict[str, list[float]] = {k: [] for k in ("parse", "resolve", "encode", "index_and_rows", "hits",
+                                                     "record_search", "response_json", "sum")}
+    with tempfile.TemporaryDirectory(prefix="bench-parts-") as tmp, \
+            TestClient(create_app(Settings(data_dir=Path(tmp)), backbone), base_url="http://localhost") as client:
+        ctx = client.app.state.context
+        cid = create_collection(client, "parts")
+        upload_batches(client, cid, items, sizes.ingest_batch)
+        for n in range(repeats + 10):
+            marks = [time.perf_counter()]
+            body = SearchRequest.model_validate({"query": queries[n % len(queries)], "k": sizes.search_k})
+            marks.append(time.perf_counter())
+            who = adapter_versions.resolve(ctx, cid, body.adapter)
+            marks.append(time.perf_counter())
+            query = search_terms.query_vectors(ctx, cid, who, query=body.query, image_id=None, terms=None)
+            marks.append(time.perf_counter())
+            hits = searching.search(ctx, cid, query.vectors, body.k, who)
+            marks.append(time.perf_counter())
+            results = [SearchHit(**vars(h)) for h in hits[0]]
+            marks.append(time.perf_counter())
+            [search_id] = feedback.record_searches(ctx, cid, body.adapter, who.name, [feedback.search_query(body.query)],
+                                                   [[h.image_id for h in hits[0]]])
+            marks.append(time.perf_counter())
+            SearchResponse(adapter=who.name, results=results, search_id=search_id).model_dump_json()
+            marks.append(time.perf_counter())
+            if n >= 10:  # warm-up not recorded
+                for name, a, b in zip(list(steps)[:-1], marks[:-1], marks[1:], strict=True):
+                    steps[name].append(1000.0 * (b - a))
+                steps["sum"].append(1000.0 * (marks[-1] - marks[0]))
+    return {"median_ms": {k: statistics.median(v) for k, v in steps.items()}, "requests": repeats,
+            "collection_images": len(items),
+            "note": "the handler's steps (api/search.py) called in order, one query at a time, no HTTP: "
+                    "parse = request body validation, resolve = which adapter answers (one DB read), "
+                    "encode = text batcher, index_and_rows = FAISS + image rows, record_search = the stored "
+                    "search (one DB write + commit), response_json = response model + JSON"}
 
 
 def measure_tuning(backbone, sizes: Sizes) -> dict:
@@ -510,7 +560,16 @@ def service_markdown(ingest: dict | None, search: dict | None, level: str) -> li
                   + ", ".join(f"{b} text{'s' if b != '1' else ''} {v['ms_per_call']:.2f} ms ({v['ms_per_query']:.2f} ms/query)"
                               for b, v in enc.items())
                   + f"; flat FAISS search of one query {comp['flat_search_1_query_ms']:.3f} ms.",
-                  ] + (["", "![latency distribution](latency.png)"] if not level else [])
+                  ]
+        parts = comp.get("request_parts")
+        if parts:
+            med = parts["median_ms"]
+            lines += ["", f"Where one request's milliseconds go (medians over {parts['requests']} queries, "
+                      f"{parts['collection_images']} images, no HTTP; {parts['note']}): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in med.items() if k != "sum")
+                      + f"; sum {med['sum']:.2f} ms, against a p50 of "
+                      + f"{search['levels'][0]['latency_ms'].get('p50', float('nan')):.2f} ms over HTTP at 1 client."]
+        lines += (["", "![latency distribution](latency.png)"] if not level else [])
 
     return lines
 

@@ -69,8 +69,9 @@ class TextBatcher:
         mixed = [g for g in groups if self._mixable(g[0].encoder)]
         alone = [g for g in groups if not self._mixable(g[0].encoder)]
         if mixed:
-            assert self.mixer is not None
-            self._settle(mixed, lambda: [v.numpy() for v in self.mixer.encode(  # type: ignore[union-attr]
+            assert self.mixer is not None  # _mixable says so
+            mixer = self.mixer
+            self._settle(mixed, lambda: [v.numpy() for v in mixer.encode(
                 [(g[0].encoder.text_adapter, [t for p in g for t in p.texts]) for g in mixed])])  # type: ignore[attr-defined]
         for group in alone:
             self._settle([group], lambda group=group: [group[0].encoder.encode_texts([t for p in group for t in p.texts])])

@@ -113,7 +113,7 @@ FULL = Sizes(
     faiss_main_sizes=(100_000, 1_000_000), faiss_main_clusters=1000, faiss_hard_n=100_000, faiss_hard_clusters=32,
     faiss_queries=1000, faiss_exact_latency_queries=200, faiss_noise=0.8, faiss_nprobes=(8, 16, 32, 64, 128),
     faiss_sampled_max_points=40,
-    adapter_collections=1000, adapter_images=6, adapter_requests=1000, adapter_seconds=60.0, adapter_rounds=2,
+    adapter_collections=1000, adapter_images=2, adapter_requests=1000, adapter_seconds=60.0, adapter_rounds=2,
     cli_repeats=5,
 )
 QUICK = Sizes(
@@ -123,11 +123,11 @@ QUICK = Sizes(
     faiss_main_sizes=(50_000,), faiss_main_clusters=50, faiss_hard_n=20_000, faiss_hard_clusters=4,
     faiss_queries=200, faiss_exact_latency_queries=50, faiss_noise=0.8, faiss_nprobes=(8, 32),
     faiss_sampled_max_points=40,
-    adapter_collections=12, adapter_images=6, adapter_requests=60, adapter_seconds=10.0, adapter_rounds=1,
+    adapter_collections=8, adapter_images=2, adapter_requests=40, adapter_seconds=5.0, adapter_rounds=1,
     cli_repeats=2,
 )
 ADAPTER_CLIENTS = 8
-ADAPTER_K = 5
+ADAPTER_K = 2  # each collection holds adapter_images images: setting up 1,000 stays a few minutes
 # The second, user-sized model (ingest and search only): sizes that keep it to a few minutes here.
 REALISTIC_MODEL = "ViT-B-32"
 REALISTIC_INGEST_IMAGES = 192

@@ -20,6 +20,7 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,19 +58,22 @@ def rss_mb(pid: int) -> float:
 
 
 def build_collections(client: httpx.Client, backbone, n: int, items: Sequence[UploadItem], seed: int) -> tuple[list[int], int]:
-    """``n`` collections with ``items`` each and one active synthetic adapter; their ids and one adapter's file size."""
-    ids, size = [], 0
-    for c in range(n):
+    """``n`` collections with ``items`` each and one active synthetic adapter (4 uploaders at once);
+    their ids and one adapter's file size."""
+
+    def one(c: int) -> tuple[int, int]:
         cid = create_collection(client, f"tenant-{c}")
         files = [("files", (it.filename, it.png, "image/png")) for it in items]
         meta = [{"captions": it.captions} for it in items]
         client.post(f"/collections/{cid}/images", files=files, data={"metadata": json.dumps(meta)}).raise_for_status()
         blob = serialize_adapter(synthetic_adapter(backbone, seed + c))
-        size = len(blob)
         client.post(f"/collections/{cid}/adapters", files={"file": ("a.safetensors", blob)},
                     data={"activate": "true"}).raise_for_status()
-        ids.append(cid)
-    return ids, size
+        return cid, len(blob)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        built = list(pool.map(one, range(n)))
+    return [cid for cid, _ in built], built[0][1]
 
 
 def first_searches(client: httpx.Client, ids: Sequence[int], queries: Sequence[str], k: int) -> dict:

@@ -342,7 +342,7 @@ def _median_ms(fn, repeats: int) -> float:
 def search_components(backbone, sizes: Sizes) -> dict:
     """In-process costs of the parts of one search (evidence for batching concurrent queries)."""
     queries = make_queries(60, SEEDS["search_queries"] + 1)
-    repeats = 30 if sizes is QUICK else min(100, sizes.search_requests // 10)
+    repeats = 30 if sizes.search_requests <= QUICK.search_requests else min(100, sizes.search_requests // 10)
     encode = {}
     for batch in (1, 8, 32):
         texts = (queries * math.ceil(batch / len(queries)))[:batch]
@@ -374,7 +374,7 @@ def search_request_parts(backbone, sizes: Sizes) -> dict:
 
     items = make_upload_items(min(sizes.ingest_images, 500), SEEDS["ingest_images"] + 2)
     queries = make_queries(60, SEEDS["search_queries"] + 3)
-    repeats = 30 if sizes is QUICK else 200
+    repeats = 30 if sizes.search_requests <= QUICK.search_requests else 200
     steps: dict[str, list[float]] = {k: [] for k in ("parse", "resolve", "encode", "index_and_rows", "hits",
                                                      "record_search", "response_json", "sum")}
     with tempfile.TemporaryDirectory(prefix="bench-parts-") as tmp, \
@@ -574,6 +574,43 @@ def service_markdown(ingest: dict | None, search: dict | None, level: str) -> li
     return lines
 
 
+def reasons_markdown(report: dict) -> list[str]:
+    """What this run's own numbers say about each target not met (measured, not guessed)."""
+    out = []
+    search = report.get("search")
+    if search and search.get("p50_ratio_8_vs_1") is not None and search["p50_ratio_8_vs_1"] > TARGETS["search"]:
+        by = {lv["clients"]: lv for lv in search["levels"]}
+        one, eight = by[1], by[8]
+        cpu_ms = 1000.0 * eight["server_cpu_cores"] / eight["throughput_rps"]
+        parts = search["components"].get("request_parts", {}).get("median_ms", {})
+        serial = sum(v for k, v in parts.items() if k not in ("encode", "sum"))
+        out.append(
+            f"- search, 8 vs 1 client: with 8 closed-loop clients the server answers {eight['throughput_rps']:.0f} req/s "
+            f"on {eight['server_cpu_cores']:.2f} busy cores, i.e. {cpu_ms:.1f} ms of server CPU per request, so a request "
+            f"waits for the 7 others (p50 {eight['latency_ms']['p50']:.1f} ms ≈ 8 / {eight['throughput_rps']:.0f} req/s). "
+            f"Only the text encode is shared between queued requests (it is batched, across adapters too); the per-request "
+            f"steps outside it add up to {serial:.1f} ms in-process (see 'Where one request's milliseconds go': the stored "
+            f"search's commit and the adapter/row reads dominate, FAISS is {search['components']['flat_search_1_query_ms']:.3f} ms), "
+            f"plus HTTP parsing and the event loop; that Python work holds the GIL, so it does not spread over the 2 cores. "
+            f"≤ 2× needs the server to answer ~4× the 1-client rate ({one['throughput_rps']:.0f} req/s) on the same 2 cores.")
+    ingest = report.get("ingest")
+    if ingest and ingest["ratio"] < TARGETS["ingest"]:
+        out.append(
+            f"- ingest: the bare loop only decodes and encodes ({ingest['bare_images_per_s']:.0f} img/s); the service also "
+            "parses multipart bodies, hashes, writes and fsyncs every file, and commits rows, captions and vectors per "
+            "request. With the miniature model an image encodes in about a millisecond, so that bookkeeping, not the "
+            "encoder, sets the rate (with the user-sized model below the service keeps up with the bare loop).")
+    tuning = report.get("tuning")
+    if tuning and any(p["wall_speedup"] < TARGETS["tuning"] for p in tuning["visual"].values()):
+        out.append(f"- tuning: {tuning.get('ceiling_note', '')} Wall time also counts preprocessing and validation, "
+                   "which the cache does not shorten.")
+    cli = report.get("cli")
+    if cli and cli["median_s"] >= TARGETS["cli_s"]:
+        out.append(f"- CLI: {cli['median_s']:.2f} s, of which a bare interpreter start is {cli['bare_python_median_s']:.2f} s; "
+                   "the rest is imports (pydantic-settings) and two requests to the server.")
+    return ["", "Why a target is not met, from this run's numbers:", "", *out] if out else []
+
+
 def write_markdown(report: dict, path: Path) -> None:
     m, model = report["machine"], report["model"]
     lines = [
@@ -600,6 +637,7 @@ def write_markdown(report: dict, path: Path) -> None:
     for row in report["targets"]:
         lines.append(f"| {row['what']} | {row['target']} | {row['value']} | {'yes' if row['met'] else '**no**'} |")
 
+    lines += reasons_markdown(report)
     lines += service_markdown(report.get("ingest"), report.get("search"), "")
     real = report.get("realistic")
     if real:
@@ -834,6 +872,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--realistic-model", default=None,
                         help=f"also time ingest and search with this open_clip model at random init "
                              f"(full runs default to {REALISTIC_MODEL}; 'none' to skip)")
+    parser.add_argument("--adapter-collections", type=int, default=None,
+                        help="collections (one adapter each) of the adapters section (default: 1,000; --quick: 8)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads for the server and the bench process alike (default: torch's own)")
     args = parser.parse_args(argv)
@@ -845,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
     if sections & {"search", "cli"}:
         sections.add("ingest")
     sizes = QUICK if args.quick else FULL
+    if args.adapter_collections:
+        sizes = replace(sizes, adapter_collections=args.adapter_collections)
     argv_used = sys.argv[1:] if argv is None else argv
     command = "python -m bench.speed" + ("" if not argv_used else " " + shlex.join(argv_used))
     args.out.mkdir(parents=True, exist_ok=True)

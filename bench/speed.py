@@ -9,7 +9,10 @@
 3. tuning: ``train_adapter`` wall time with and without the frozen-activation cache, same data + seed,
    and whether the results agree;
 4. FAISS: exact vs IVF through ``service.index.VectorIndex`` on clustered synthetic vectors: recall@10
-   against exact, single-query latency, build time.
+   against exact, single-query latency, build time;
+5. adapters: many collections with an adapter each, mixed query traffic vs all queries on one adapter
+   (``bench.speed_adapters``): throughput ratio, p99 latency, server memory;
+6. cli: wall time of one ``prompt-adapters search`` against the running server (with ingest).
 
 Writes ``speed.json`` (every number, command, machine, model, sizes, seeds, versions),
 ``speed.md`` (a table with targets, met or not) and ``latency.png`` into ``--out``.
@@ -44,6 +47,7 @@ import torch  # noqa: E402
 
 from adapters.backbone import OFFLINE_CHECKPOINT, OFFLINE_MODEL_NAME, load_backbone  # noqa: E402
 from bench.machine import machine_info as shared_machine_info  # noqa: E402
+from bench.speed_adapters import run_adapters  # noqa: E402
 from bench.speed_faiss import run_faiss  # noqa: E402
 from bench.speed_http import (  # noqa: E402
     REPO_ROOT,
@@ -64,6 +68,8 @@ TARGETS = {
     "search": 2.0,  # p50 at 8 clients <= 2 x p50 at 1 client
     "tuning": 3.0,  # >= 3x faster with the cache, same result
     "recall": 0.95,  # ANN recall@10 against exact
+    "adapters": 0.9,  # mixed-adapter throughput >= 0.9 x all queries on one adapter
+    "cli_s": 2.0,  # one CLI search against a running server < 2 s
 }
 
 
@@ -92,6 +98,12 @@ class Sizes:
     faiss_noise: float
     faiss_nprobes: tuple[int, ...]
     faiss_sampled_max_points: int
+    adapter_collections: int  # collections with one adapter each
+    adapter_images: int  # images per such collection
+    adapter_requests: int  # per round and traffic kind
+    adapter_seconds: float
+    adapter_rounds: int
+    cli_repeats: int
 
 
 FULL = Sizes(
@@ -101,6 +113,8 @@ FULL = Sizes(
     faiss_main_sizes=(100_000, 1_000_000), faiss_main_clusters=1000, faiss_hard_n=100_000, faiss_hard_clusters=32,
     faiss_queries=1000, faiss_exact_latency_queries=200, faiss_noise=0.8, faiss_nprobes=(8, 16, 32, 64, 128),
     faiss_sampled_max_points=40,
+    adapter_collections=1000, adapter_images=2, adapter_requests=1000, adapter_seconds=60.0, adapter_rounds=2,
+    cli_repeats=5,
 )
 QUICK = Sizes(
     ingest_images=200, ingest_batch=32, ingest_rounds=2,
@@ -109,13 +123,17 @@ QUICK = Sizes(
     faiss_main_sizes=(50_000,), faiss_main_clusters=50, faiss_hard_n=20_000, faiss_hard_clusters=4,
     faiss_queries=200, faiss_exact_latency_queries=50, faiss_noise=0.8, faiss_nprobes=(8, 32),
     faiss_sampled_max_points=40,
+    adapter_collections=8, adapter_images=2, adapter_requests=40, adapter_seconds=5.0, adapter_rounds=1,
+    cli_repeats=2,
 )
+ADAPTER_CLIENTS = 8
+ADAPTER_K = 2  # each collection holds adapter_images images: setting up 1,000 stays a few minutes
 # The second, user-sized model (ingest and search only): sizes that keep it to a few minutes here.
 REALISTIC_MODEL = "ViT-B-32"
 REALISTIC_INGEST_IMAGES = 192
 REALISTIC_SEARCH_REQUESTS = 200
 REALISTIC_SEARCH_SECONDS = 30.0
-SEEDS = {"ingest_images": 101, "search_queries": 202, "tuning_items": 303, "tuning": 0, "faiss": 404}
+SEEDS = {"ingest_images": 101, "search_queries": 202, "tuning_items": 303, "tuning": 0, "faiss": 404, "adapters": 505}
 
 
 def log(message: str) -> None:
@@ -289,6 +307,28 @@ def measure_search(server, collection_id: int, backbone, sizes: Sizes) -> dict:
     }
 
 
+def measure_cli(server, collection_id: int, repeats: int) -> dict:
+    """Wall time of `prompt-adapters search` as a user runs it, the server holding the data directory,
+    beside a bare interpreter start on the same machine."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PAS_DATA_DIR": server.env["PAS_DATA_DIR"]}
+    search_cmd = [sys.executable, "-m", "service.cli", "search", str(collection_id), "a red circle", "-k", "5"]
+    bare_cmd = [sys.executable, "-c", "pass"]
+
+    def wall(cmd) -> float:
+        t = time.perf_counter()
+        done = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} failed: {done.stderr[-2000:]}")
+        return time.perf_counter() - t
+
+    wall(search_cmd)  # warm the page cache
+    search_s = [wall(search_cmd) for _ in range(repeats)]
+    bare_s = [wall(bare_cmd) for _ in range(repeats)]
+    return {"command": "prompt-adapters search <id> 'a red circle' -k 5 (run as " + shlex.join(search_cmd[:3]) + ")",
+            "search_s": search_s, "median_s": statistics.median(search_s),
+            "bare_python_median_s": statistics.median(bare_s)}
+
+
 def _median_ms(fn, repeats: int) -> float:
     fn()
     times = []
@@ -302,7 +342,7 @@ def _median_ms(fn, repeats: int) -> float:
 def search_components(backbone, sizes: Sizes) -> dict:
     """In-process costs of the parts of one search (evidence for batching concurrent queries)."""
     queries = make_queries(60, SEEDS["search_queries"] + 1)
-    repeats = 30 if sizes is QUICK else min(100, sizes.search_requests // 10)
+    repeats = 30 if sizes.search_requests <= QUICK.search_requests else min(100, sizes.search_requests // 10)
     encode = {}
     for batch in (1, 8, 32):
         texts = (queries * math.ceil(batch / len(queries)))[:batch]
@@ -318,7 +358,57 @@ def search_components(backbone, sizes: Sizes) -> dict:
         "encode_texts": encode,
         "flat_search_1_query_ms": _median_ms(lambda: index.search(query, sizes.search_k), repeats),
         "note": "medians in the bench process (same model, same torch threads), no HTTP, no DB",
+        "request_parts": search_request_parts(backbone, sizes),
     }
+
+
+def search_request_parts(backbone, sizes: Sizes) -> dict:
+    """Where one search request's milliseconds go: the steps of the search handler, called in order
+    in the bench process on a real data directory (SQLite, FAISS, the same model), one query at a time."""
+    from fastapi.testclient import TestClient
+
+    from service import adapter_versions, feedback, search_terms
+    from service import search as searching
+    from service.app import create_app
+    from service.schemas import SearchHit, SearchRequest, SearchResponse
+
+    items = make_upload_items(min(sizes.ingest_images, 500), SEEDS["ingest_images"] + 2)
+    queries = make_queries(60, SEEDS["search_queries"] + 3)
+    repeats = 30 if sizes.search_requests <= QUICK.search_requests else 200
+    steps: dict[str, list[float]] = {k: [] for k in ("parse", "resolve", "encode", "index_and_rows", "hits",
+                                                     "record_search", "response_json", "sum")}
+    with tempfile.TemporaryDirectory(prefix="bench-parts-") as tmp, \
+            TestClient(create_app(Settings(data_dir=Path(tmp)), backbone), base_url="http://localhost") as client:
+        ctx = client.app.state.context
+        cid = create_collection(client, "parts")
+        upload_batches(client, cid, items, sizes.ingest_batch)
+        for n in range(repeats + 10):
+            marks = [time.perf_counter()]
+            body = SearchRequest.model_validate({"query": queries[n % len(queries)], "k": sizes.search_k})
+            marks.append(time.perf_counter())
+            who = adapter_versions.resolve(ctx, cid, body.adapter)
+            marks.append(time.perf_counter())
+            query = search_terms.query_vectors(ctx, cid, who, query=body.query, image_id=None, terms=None)
+            marks.append(time.perf_counter())
+            hits = searching.search(ctx, cid, query.vectors, body.k, who)
+            marks.append(time.perf_counter())
+            results = [SearchHit(**vars(h)) for h in hits[0]]
+            marks.append(time.perf_counter())
+            [search_id] = feedback.record_searches(ctx, cid, body.adapter, who.name, [feedback.search_query(body.query)],
+                                                   [[h.image_id for h in hits[0]]])
+            marks.append(time.perf_counter())
+            SearchResponse(adapter=who.name, results=results, search_id=search_id).model_dump_json()
+            marks.append(time.perf_counter())
+            if n >= 10:  # warm-up not recorded
+                for name, a, b in zip(list(steps)[:-1], marks[:-1], marks[1:], strict=True):
+                    steps[name].append(1000.0 * (b - a))
+                steps["sum"].append(1000.0 * (marks[-1] - marks[0]))
+    return {"median_ms": {k: statistics.median(v) for k, v in steps.items()}, "requests": repeats,
+            "collection_images": len(items),
+            "note": "the handler's steps (api/search.py) called in order, one query at a time, no HTTP: "
+                    "parse = request body validation, resolve = which adapter answers (one DB read), "
+                    "encode = text batcher, index_and_rows = FAISS + image rows, record_search = the stored "
+                    "search (one DB write + commit), response_json = response model + JSON"}
 
 
 def measure_tuning(backbone, sizes: Sizes) -> dict:
@@ -390,6 +480,19 @@ def verdicts(report: dict) -> list[dict]:
                      "value": f"{text['wall_speedup']:.2f}x (steps {text['step_speedup']:.2f}x), "
                               f"result {'same' if same else 'DIFFERENT'}",
                      "met": text["wall_speedup"] >= TARGETS["tuning"] and same})
+    ad = report.get("adapters")
+    if ad:
+        h = ad["http"]
+        rows.append({"what": f"search throughput, {ad['collections']:,} collections' adapters mixed / all queries on one "
+                             f"adapter ({ad['clients']} clients, HTTP)", "target": f">= {TARGETS['adapters']}x",
+                     "value": f"{h['ratio']:.2f}x ({h['mixed_rps']:.1f} vs {h['one_rps']:.1f} req/s; p99 "
+                              f"{h['mixed_p99_ms']:.1f} vs {h['one_p99_ms']:.1f} ms)",
+                     "met": h["ratio"] >= TARGETS["adapters"]})
+    cli = report.get("cli")
+    if cli:
+        rows.append({"what": "one CLI search against a running server (wall, new process)", "target": f"< {TARGETS['cli_s']:.0f} s",
+                     "value": f"{cli['median_s']:.2f} s (bare python start {cli['bare_python_median_s']:.2f} s)",
+                     "met": cli["median_s"] < TARGETS["cli_s"]})
     fa = report.get("faiss")
     if fa:
         main = [r for r in fa["results"] if r["dataset"] == "main"]
@@ -457,9 +560,55 @@ def service_markdown(ingest: dict | None, search: dict | None, level: str) -> li
                   + ", ".join(f"{b} text{'s' if b != '1' else ''} {v['ms_per_call']:.2f} ms ({v['ms_per_query']:.2f} ms/query)"
                               for b, v in enc.items())
                   + f"; flat FAISS search of one query {comp['flat_search_1_query_ms']:.3f} ms.",
-                  ] + (["", "![latency distribution](latency.png)"] if not level else [])
+                  ]
+        parts = comp.get("request_parts")
+        if parts:
+            med = parts["median_ms"]
+            lines += ["", f"Where one request's milliseconds go (medians over {parts['requests']} queries, "
+                      f"{parts['collection_images']} images, no HTTP; {parts['note']}): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in med.items() if k != "sum")
+                      + f"; sum {med['sum']:.2f} ms, against a p50 of "
+                      + f"{search['levels'][0]['latency_ms'].get('p50', float('nan')):.2f} ms over HTTP at 1 client."]
+        lines += (["", "![latency distribution](latency.png)"] if not level else [])
 
     return lines
+
+
+def reasons_markdown(report: dict) -> list[str]:
+    """What this run's own numbers say about each target not met (measured, not guessed)."""
+    out = []
+    search = report.get("search")
+    if search and search.get("p50_ratio_8_vs_1") is not None and search["p50_ratio_8_vs_1"] > TARGETS["search"]:
+        by = {lv["clients"]: lv for lv in search["levels"]}
+        one, eight = by[1], by[8]
+        cpu_ms = 1000.0 * eight["server_cpu_cores"] / eight["throughput_rps"]
+        parts = search["components"].get("request_parts", {}).get("median_ms", {})
+        serial = sum(v for k, v in parts.items() if k not in ("encode", "sum"))
+        out.append(
+            f"- search, 8 vs 1 client: with 8 closed-loop clients the server answers {eight['throughput_rps']:.0f} req/s "
+            f"on {eight['server_cpu_cores']:.2f} busy cores, i.e. {cpu_ms:.1f} ms of server CPU per request, so a request "
+            f"waits for the 7 others (p50 {eight['latency_ms']['p50']:.1f} ms ≈ 8 / {eight['throughput_rps']:.0f} req/s). "
+            f"Only the text encode is shared between queued requests (it is batched, across adapters too); the per-request "
+            f"steps outside it add up to {serial:.1f} ms in-process (see 'Where one request's milliseconds go': the stored "
+            f"search's commit and the adapter/row reads dominate, FAISS is {search['components']['flat_search_1_query_ms']:.3f} ms), "
+            f"plus HTTP parsing and the event loop; that Python work holds the GIL, so it does not spread over the 2 cores. "
+            f"≤ 2× needs the server to answer ~4× the 1-client rate ({one['throughput_rps']:.0f} req/s) on the same 2 cores.")
+    ingest = report.get("ingest")
+    if ingest and ingest["ratio"] < TARGETS["ingest"]:
+        out.append(
+            f"- ingest: the bare loop only decodes and encodes ({ingest['bare_images_per_s']:.0f} img/s); the service also "
+            "parses multipart bodies, hashes, writes and fsyncs every file, and commits rows, captions and vectors per "
+            "request. With the miniature model an image encodes in about a millisecond, so that bookkeeping, not the "
+            "encoder, sets the rate (with the user-sized model below the service keeps up with the bare loop).")
+    tuning = report.get("tuning")
+    if tuning and any(p["wall_speedup"] < TARGETS["tuning"] for p in tuning["visual"].values()):
+        out.append(f"- tuning: {tuning.get('ceiling_note', '')} Wall time also counts preprocessing and validation, "
+                   "which the cache does not shorten.")
+    cli = report.get("cli")
+    if cli and cli["median_s"] >= TARGETS["cli_s"]:
+        out.append(f"- CLI: {cli['median_s']:.2f} s, of which a bare interpreter start is {cli['bare_python_median_s']:.2f} s; "
+                   "the rest is imports (pydantic-settings) and two requests to the server.")
+    return ["", "Why a target is not met, from this run's numbers:", "", *out] if out else []
 
 
 def write_markdown(report: dict, path: Path) -> None:
@@ -488,6 +637,7 @@ def write_markdown(report: dict, path: Path) -> None:
     for row in report["targets"]:
         lines.append(f"| {row['what']} | {row['target']} | {row['value']} | {'yes' if row['met'] else '**no**'} |")
 
+    lines += reasons_markdown(report)
     lines += service_markdown(report.get("ingest"), report.get("search"), "")
     real = report.get("realistic")
     if real:
@@ -517,6 +667,37 @@ def write_markdown(report: dict, path: Path) -> None:
                 f"{'yes' if p['same_result']['equal_within_tolerance'] else 'no'} |")
         lines += ["", tuning.get("ceiling_note", "")]
 
+    ad = report.get("adapters")
+    if ad:
+        h, rss, cold, tb = ad["http"], ad["server_rss_mb"], ad["first_search_ms"], ad["text_batcher_only"]
+        cfg = ad["adapter_config"]
+        lines += ["", "## Many adapters at once", "",
+                  f"{ad['collections']:,} collections of {ad['images_per_collection']} images, each with its own active "
+                  f"synthetic text adapter (the recipe's shape: {cfg['text_tokens']} text prompts, residual rank "
+                  f"{cfg['residual_rank']}, zero-shot mixing at weight {ad['adapted_weight']}; {ad['adapter_file_bytes']:,} "
+                  f"bytes on disk, {ad['adapter_tensor_bytes']:,} bytes of tensors). {ad['clients']} closed-loop clients, "
+                  f"k={ad['k']}; {ad['traffic']}. Queries of different adapters share one text forward pass "
+                  "(`adapters/mixed_text.py`).", "",
+                  "| traffic | round | req/s | p50 ms | p99 ms | server cores |",
+                  "|---|---|---|---|---|---|"]
+        for kind in ("one", "mixed"):
+            for i, r in enumerate(h[kind]):
+                lat = r["latency_ms"]
+                lines.append(f"| {kind} | {i} | {r['throughput_rps']:.1f} | {lat.get('p50', float('nan')):.1f} | "
+                             f"{lat.get('p99', float('nan')):.1f} | {r['server_cpu_cores']:.2f} |")
+        lines += ["", f"Mixed / one: {h['ratio']:.2f}x throughput over HTTP ({h['distinct_collections_in_mixed']} distinct "
+                  f"collections in the mixed traffic); the text batcher alone (in-process, {tb['clients']} threads, "
+                  f"{tb['adapters']} adapters): {tb['ratio']:.2f}x.",
+                  f"Server memory (RSS): {rss['before_first_searches']:.0f} MB before any search, "
+                  f"{rss['after_every_adapter_loaded']:.0f} MB once every adapter was loaded (one first search each: "
+                  f"p50 {cold['p50']:.1f} ms, p99 {cold['p99']:.1f} ms, sequential), {rss['after_traffic']:.0f} MB after "
+                  f"the traffic; the adapters' tensors alone: {ad['collections'] * ad['adapter_tensor_bytes'] / 2**20:.1f} MB."]
+    cli = report.get("cli")
+    if cli:
+        lines += ["", "## CLI", "",
+                  f"`{cli['command']}` with a server holding the data directory: median {cli['median_s']:.2f} s over "
+                  f"{len(cli['search_s'])} runs (bare `python -c pass`: {cli['bare_python_median_s']:.2f} s). The CLI asks "
+                  "the server (`service/server_client.py`) and imports neither torch nor the model."]
     fa = report.get("faiss")
     if fa:
         d = fa["data"]
@@ -609,7 +790,7 @@ def tuning_ceiling_note(tuning: dict) -> str:
 
 # --------------------------------------------------------------------------- main
 
-def measure_service(backbone, backbone_env: dict, sizes: Sizes, with_search: bool) -> dict:
+def measure_service(backbone, backbone_env: dict, sizes: Sizes, with_search: bool, with_cli: bool = False) -> dict:
     """Ingest (and search) through a uvicorn server that loads the same backbone as the bare loop."""
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
@@ -623,12 +804,32 @@ def measure_service(backbone, backbone_env: dict, sizes: Sizes, with_search: boo
             out["ingest"], collection_id = measure_ingest(server, backbone, sizes)
             if with_search:
                 out["search"] = measure_search(server, collection_id, backbone, sizes)
+            if with_cli:
+                out["cli"] = measure_cli(server, collection_id, sizes.cli_repeats)
+                log(f"cli search: median {out['cli']['median_s']:.2f} s (bare python {out['cli']['bare_python_median_s']:.2f} s)")
         except BaseException:
             log("server log tail:\n" + server.log_tail())
             raise
         finally:
             server.stop()
     return out
+
+
+def measure_adapters(backbone, backbone_env: dict, sizes: Sizes) -> dict:
+    """Many collections with an adapter each on a fresh server: mixed vs single-adapter traffic."""
+    with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
+        server = start_server(Path(tmp) / "data", backbone_env, sizes.ingest_batch, torch.get_num_threads())
+        try:
+            return run_adapters(server, backbone, sizes.adapter_collections,
+                                make_upload_items(sizes.adapter_images, SEEDS["adapters"]),
+                                make_queries(sizes.search_query_items, SEEDS["search_queries"]),
+                                ADAPTER_CLIENTS, ADAPTER_K, sizes.adapter_requests, sizes.adapter_seconds,
+                                sizes.adapter_rounds, SEEDS["adapters"], log=log)
+        except BaseException:
+            log("server log tail:\n" + server.log_tail())
+            raise
+        finally:
+            server.stop()
 
 
 def run_sections(report: dict, sections: set[str], sizes: Sizes, realistic_model: str | None) -> None:
@@ -638,10 +839,12 @@ def run_sections(report: dict, sections: set[str], sizes: Sizes, realistic_model
         f"{report['model']['torch_threads']} torch threads, load {report['load_start']}")
 
     if "ingest" in sections:
-        report.update(measure_service(backbone, backbone_env, sizes, "search" in sections))
+        report.update(measure_service(backbone, backbone_env, sizes, "search" in sections, "cli" in sections))
     if "tuning" in sections:
         report["tuning"] = measure_tuning(backbone, sizes)
         report["tuning"]["ceiling_note"] = tuning_ceiling_note(report["tuning"])
+    if "adapters" in sections:
+        report["adapters"] = measure_adapters(backbone, backbone_env, sizes)
     if "faiss" in sections:
         report["faiss"] = measure_faiss(sizes)
     if realistic_model and "ingest" in sections:
@@ -664,11 +867,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< about a minute), for the smoke test")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench", help="output directory")
-    parser.add_argument("--only", default="ingest,search,tuning,faiss",
-                        help="comma-separated sections to run (default: all; search needs ingest)")
+    parser.add_argument("--only", default="ingest,search,cli,tuning,adapters,faiss",
+                        help="comma-separated sections to run (default: all; search and cli need ingest)")
     parser.add_argument("--realistic-model", default=None,
                         help=f"also time ingest and search with this open_clip model at random init "
                              f"(full runs default to {REALISTIC_MODEL}; 'none' to skip)")
+    parser.add_argument("--adapter-collections", type=int, default=None,
+                        help="collections (one adapter each) of the adapters section (default: 1,000; --quick: 8)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads for the server and the bench process alike (default: torch's own)")
     args = parser.parse_args(argv)
@@ -677,9 +882,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    if "search" in sections:
+    if sections & {"search", "cli"}:
         sections.add("ingest")
     sizes = QUICK if args.quick else FULL
+    if args.adapter_collections:
+        sizes = replace(sizes, adapter_collections=args.adapter_collections)
     argv_used = sys.argv[1:] if argv is None else argv
     command = "python -m bench.speed" + ("" if not argv_used else " " + shlex.join(argv_used))
     args.out.mkdir(parents=True, exist_ok=True)

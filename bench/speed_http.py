@@ -176,9 +176,10 @@ def bare_encode_loop(backbone, items: Sequence[UploadItem], batch: int) -> dict:
 
 # --------------------------------------------------------------------------- search
 
-async def _search_level(base_url: str, collection_id: int, queries: Sequence[str], clients: int, k: int,
-                        max_requests: int, max_seconds: float, warmup: int, server_pid: int) -> dict:
-    url = f"/collections/{collection_id}/search"
+async def _search_level(base_url: str, collection_id: int | Sequence[int], queries: Sequence[str], clients: int,
+                        k: int, max_requests: int, max_seconds: float, warmup: int, server_pid: int) -> dict:
+    """Closed-loop clients; request i asks ``collection_id`` (or, given a sequence, its entry i, cyclically)."""
+    targets = [collection_id] if isinstance(collection_id, int) else list(collection_id)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120.0) as client:
 
@@ -190,6 +191,7 @@ async def _search_level(base_url: str, collection_id: int, queries: Sequence[str
                     if time.perf_counter() > deadline:
                         return
                     query = queries[(offset + i) % len(queries)]
+                    url = f"/collections/{targets[(offset + i) % len(targets)]}/search"
                     t = time.perf_counter()
                     response = await client.post(url, json={"query": query, "k": k})
                     elapsed = time.perf_counter() - t
@@ -227,6 +229,13 @@ async def _search_level(base_url: str, collection_id: int, queries: Sequence[str
         "client_cpu_cores": client_cpu / wall if wall > 0 else 0.0,  # ... and in this load generator
         "stopped_by": "time" if len(latencies) + len(errors) < max_requests else "requests",
     }
+
+
+def search_level(base_url: str, collection_ids: Sequence[int], queries: Sequence[str], clients: int, k: int,
+                 max_requests: int, max_seconds: float, server_pid: int) -> dict:
+    """One level of closed-loop clients; request i searches ``collection_ids[i % len]``."""
+    return asyncio.run(_search_level(base_url, collection_ids, queries, clients, k, max_requests, max_seconds,
+                                     max(10, 2 * clients), server_pid))
 
 
 def search_levels(base_url: str, collection_id: int, queries: Sequence[str], levels: Sequence[int], k: int,

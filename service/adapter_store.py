@@ -1,7 +1,10 @@
 """Adapter files of each collection, and a bounded cache of loaded adapters ready to encode.
 
 Adapters are kilobytes: loading one is cheap, but a busy collection should not reload it on every
-query, so loaded adapters live in an LRU keyed by (collection, version).
+query, so loaded adapters live in an LRU keyed by (collection, version), bounded both in count and
+in the bytes of their tensors (``adapter_cache_size``, ``adapter_cache_bytes``). A load reads a
+file outside the cache's lock: searches of cached adapters (and loads of other adapters) never wait
+for it, and concurrent first searches of one adapter load it once.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ class AdapterEncoder:
         self.backbone = backbone
         self.space = space
         self.batch_size = batch_size
+        self.nbytes = sum(t.numel() * t.element_size() for t in prompted.prompt_state_dict().values())
+
+    @property
+    def text_adapter(self) -> PromptedCLIP:
+        """What a mixed-adapter text batch needs of this encoder (``service.batching``)."""
+        return self.prompted
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -49,13 +58,17 @@ class AdapterEncoder:
 
 
 class AdapterStore:
-    def __init__(self, root: Path, backbone: Backbone, batch_size: int, cache_size: int):
+    def __init__(self, root: Path, backbone: Backbone, batch_size: int, cache_size: int,
+                 cache_bytes: int = 256 * 2**20):
         self.root = root
         self.backbone = backbone
         self.batch_size = batch_size
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[int, int], AdapterEncoder] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()  # the cache's bookkeeping only, never held during a load
+        self._loading: dict[tuple[int, int], threading.Lock] = {}
 
     def path(self, collection_id: int, version: int) -> Path:
         return self.root / str(collection_id) / "adapters" / f"{version_space(version)}.safetensors"
@@ -67,16 +80,44 @@ class AdapterStore:
     def encoder(self, collection_id: int, version: int, space: str) -> AdapterEncoder:
         key = (collection_id, version)
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        prompted = load_adapter(self.path(collection_id, version), self.backbone)
-        encoder = AdapterEncoder(prompted, self.backbone, space, self.batch_size)
-        with self._lock:
-            self._cache[key] = encoder
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            cached = self._hit(key)
+            if cached is not None:
+                return cached
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # only the searches of this one adapter wait here
+            try:
+                with self._lock:
+                    cached = self._hit(key)
+                if cached is not None:
+                    return cached
+                prompted = load_adapter(self.path(collection_id, version), self.backbone)
+                encoder = AdapterEncoder(prompted, self.backbone, space, self.batch_size)
+                with self._lock:
+                    self._cache[key] = encoder
+                    self._cached_bytes += encoder.nbytes
+                    self._evict()
+                return encoder
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+
+    def _hit(self, key: tuple[int, int]) -> AdapterEncoder | None:
+        encoder = self._cache.get(key)
+        if encoder is not None:
+            self._cache.move_to_end(key)
         return encoder
+
+    def _evict(self) -> None:
+        """Least recently used first, down to both bounds (the newest stays even if alone over them)."""
+        while len(self._cache) > 1 and (len(self._cache) > self.cache_size or self._cached_bytes > self.cache_bytes):
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= evicted.nbytes
+
+    @property
+    def cached(self) -> tuple[int, int]:
+        """(adapters, bytes of their tensors) held in the cache now."""
+        with self._lock:
+            return len(self._cache), self._cached_bytes
 
     def encoder_for(self, prompted: PromptedCLIP, space: str) -> AdapterEncoder:
         """An encoder for prompts not yet stored (a job's fresh result)."""
@@ -85,7 +126,7 @@ class AdapterStore:
     def forget(self, collection_id: int, version: int | None = None) -> None:
         with self._lock:
             for key in [k for k in self._cache if k[0] == collection_id and version in (None, k[1])]:
-                del self._cache[key]
+                self._cached_bytes -= self._cache.pop(key).nbytes
 
     def delete(self, collection_id: int, version: int) -> None:
         self.forget(collection_id, version)

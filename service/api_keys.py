@@ -18,8 +18,8 @@ from sqlalchemy import JSON, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.models import Base, UTCDateTime, utcnow
+from service.vocabulary import SCOPES
 
-SCOPES = ("read", "write", "admin")
 KEY_PREFIX = "pas_"
 
 

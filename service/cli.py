@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from service.cli_keys import add_keys_commands, check_serving_exposure, run_keys_command
 from service.config import Settings
 from service.server_client import ServerClient, ServerError
@@ -161,6 +159,8 @@ def cmd_ingest(settings: Settings, directory: Path, collection_name: str, captio
         collection = create_collection(ctx, collection_name, None)
     accepted = duplicates = rejected = 0
     chunk = settings.batch_size * 4
+    from tqdm import tqdm  # here, not at the top: a search asking the server starts faster without it
+
     with tqdm(total=len(files), unit="img", desc=f"ingest into {collection_name}") as bar:
         for start in range(0, len(files), chunk):
             items = []
@@ -247,6 +247,8 @@ def remote_import(client: ServerClient, collection: str, manifest: str | None, d
 
 def follow_job(client: ServerClient, job: dict, unit: str) -> dict:
     """Poll the job with a progress bar (its step of total_steps) until it ends; the last state."""
+    from tqdm import tqdm
+
     with tqdm(total=None, unit=unit, desc=f"job {job['id']}") as bar:
         while job["state"] not in TERMINAL_STATES:
             time.sleep(JOB_POLL_S)

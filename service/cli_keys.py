@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.api_keys import SCOPES
+from service.vocabulary import SCOPES  # not from api_keys: `search` must not import SQLAlchemy
 
 
 def add_keys_commands(sub, common: argparse.ArgumentParser) -> None:

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(1000, ge=1)
     max_batch_queries: int = Field(64, ge=1)
 
-    adapter_cache_size: int = Field(32, ge=1, description="Loaded adapters kept in memory (LRU)")
+    adapter_cache_size: int = Field(1024, ge=1, description="Loaded adapters kept in memory (LRU)")
+    adapter_cache_bytes: int = Field(256 * 2**20, ge=1, description="Bytes of adapter tensors kept in memory (LRU): "
+                                                                     "least recently used adapters are dropped beyond it")
 
     # Scaled-out deployment (README "Embedded default vs scaled-out deployment").
     scale_out: bool = Field(False, description="Several API and worker processes over one PostgreSQL and one shared "

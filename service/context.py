@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.backbone import Backbone, BackboneIdentity, load_backbone
+from adapters.mixed_text import MixedTextEncoder, NotMixable
 from service.adapter_store import AdapterStore
 from service.batching import TextBatcher
 from service.config import Settings
@@ -62,6 +63,15 @@ def check_backbone_identity(session: Session, identity: BackboneIdentity) -> Non
         )
 
 
+def text_mixer(backbone: Backbone) -> MixedTextEncoder | None:
+    """One text pass for queries of many adapters, where the text tower takes spliced prompts."""
+    try:
+        return MixedTextEncoder.for_backbone(backbone)
+    except NotMixable:
+        log.info("text queries of different adapters are encoded one adapter at a time: %s", backbone.source_note)
+        return None
+
+
 def vector_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype=np.float32).tobytes()
 
@@ -89,8 +99,8 @@ class ServiceContext:
         )
         self.zero_shot = ZeroShotEncoder(self.backbone, settings.batch_size)
         self.adapters = AdapterStore(settings.collections_dir, self.backbone, settings.batch_size,
-                                     settings.adapter_cache_size)
-        self.text_batcher = TextBatcher()
+                                     settings.adapter_cache_size, settings.adapter_cache_bytes)
+        self.text_batcher = TextBatcher(text_mixer(self.backbone))
         self.jobs: JobDispatcher | None = None  # a server has one; the CLI and a worker do not
         self._collection_locks: dict[int, threading.RLock] = defaultdict(threading.RLock)
         self._locks_guard = threading.Lock()

@@ -24,6 +24,7 @@ class ZeroShotEncoder:
     """The frozen backbone as it is."""
 
     space = ZERO_SHOT
+    text_adapter = None  # joins mixed-adapter text batches as zero-shot rows (service.batching)
 
     def __init__(self, backbone: Backbone, batch_size: int):
         self.backbone = backbone

@@ -92,6 +92,8 @@ class Activation(StrEnum):
     NEVER = "never"
 
 
+SCOPES = ("read", "write", "admin")  # an API key's scope, each including the ones before it
+
 ZERO_SHOT = "none"  # the zero-shot space, and the selector for "no adapter"
 ACTIVE = "active"  # the selector for "whichever version is active"
 

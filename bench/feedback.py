@@ -1,7 +1,7 @@
 """Feedback benchmark: does a job trained on a user's marks alone improve held-out queries?
 
     python -m bench.feedback [--spec style] [--queries 20 50 200] [--seeds 0] [--pool 1000] [--test 1000]
-                             [--backbone MODEL] [--out docs/bench]
+                             [--no-ablation] [--backbone MODEL] [--out docs/bench]
 
 The scenario, in the miniature world (``bench.world``; the same draws as ``bench.quality``):
 
@@ -20,6 +20,9 @@ The scenario, in the miniature world (``bench.world``; the same draws as ``bench
 - held-out evaluation: ``generate(spec.clean(), test, seed=3003)`` (the quality benchmark's test
   set): other images, other texts, never marked, never used for any choice. R@1/5/10 and category
   P@10 with 95 % bootstrap intervals over the test queries, and the paired gain over zero-shot.
+
+The ablation (on unless ``--no-ablation``) trains the same job without the named negatives
+(relevant marks only), so the negatives' own effect is a paired difference on the same test queries.
 
 N runs are prefixes of one session: N = 20 marks the first 20 of the queries N = 200 marks. With
 several seeds, per-query results are averaged over seeds before resampling queries. Outputs:
@@ -162,9 +165,13 @@ def _marked_item(item: PairedItem, captions: list[str]) -> PairedItem:
 
 
 # ====================================================================== runs and intervals
-def run_feedback_job(backbone, coll: Collection, job: FeedbackJob, seed: int) -> dict:
+VARIANTS = {"all marks": True, "relevant marks only": False}  # name -> the named negatives train
+
+
+def run_feedback_job(backbone, coll: Collection, job: FeedbackJob, seed: int, with_negatives: bool = True) -> dict:
     torch.manual_seed(seed)
-    result = train_adapter(backbone, job.train, job.val, TrainConfig(seed=seed), negatives=job.negatives)
+    result = train_adapter(backbone, job.train, job.val, TrainConfig(seed=seed),
+                           negatives=job.negatives if with_negatives else None)
     prompted = result.prompted
     record = {
         "seed": seed, **job.counts, "negative_pairs_used": result.negative_pairs_used,
@@ -205,6 +212,7 @@ class Options:
     pool: int = POOL_SIZE
     test: int = TEST_SIZE
     backbone: str | None = None  # None: the shipped miniature-world backbone
+    ablation: bool = True  # also train each job without its named negatives
 
 
 def run_benchmark(opts: Options, backbone=None) -> dict:
@@ -215,7 +223,8 @@ def run_benchmark(opts: Options, backbone=None) -> dict:
     coll = Collection.draw(backbone, opts.spec, opts.pool, Sizes(train=(opts.pool,), val=1, test=opts.test))
     zero = run_zero_shot(backbone, coll)
     zero_values = per_query(zero)
-    runs: dict[int, list[dict]] = {n: [] for n in opts.queries}
+    variants = [v for v, negatives in VARIANTS.items() if negatives or opts.ablation]
+    runs: dict[tuple[int, str], list[dict]] = {(n, v): [] for n in opts.queries for v in variants}
     skipped: dict[int, list[int]] = {n: [] for n in opts.queries}
     for seed in opts.seeds:
         session = simulate_session(backbone, coll.train, max(opts.queries), seed)
@@ -224,22 +233,28 @@ def run_benchmark(opts: Options, backbone=None) -> dict:
             if job is None:
                 skipped[n].append(seed)
                 continue
-            print(f"N={n} seed {seed}: {job.counts['train_pairs']} relevant pairs, "
-                  f"{job.counts['negative_pairs_given']} negatives", file=sys.stderr, flush=True)
-            runs[n].append(run_feedback_job(backbone, coll, job, seed))
+            for variant in variants:
+                print(f"N={n} seed {seed} {variant}: {job.counts['train_pairs']} relevant pairs, "
+                      f"{job.counts['negative_pairs_given']} negatives", file=sys.stderr, flush=True)
+                runs[n, variant].append(run_feedback_job(backbone, coll, job, seed, VARIANTS[variant]))
     rows = []
     for n in opts.queries:
-        row: dict = {"queries": n, "runs": runs[n], "skipped_seeds": skipped[n]}
-        if runs[n]:
-            row.update(with_intervals(seed_mean(runs[n]), zero_values))
-        rows.append(row)
+        for variant in variants:
+            row: dict = {"queries": n, "variant": variant, "runs": runs[n, variant], "skipped_seeds": skipped[n]}
+            if row["runs"]:
+                row.update(with_intervals(seed_mean(row["runs"]), zero_values))
+            rows.append(row)
+        if opts.ablation and runs[n, "all marks"]:
+            alone, full = seed_mean(runs[n, "relevant marks only"]), seed_mean(runs[n, "all marks"])
+            rows[-2]["gain_over_relevant_only"] = {m: paired_bootstrap_gain(alone[m], full[m]).to_dict() for m in METRICS
+                                                   if not np.isnan(full[m]).all()}
     return {
         "benchmark": "feedback", "spec": spec.name, "spec_description": spec.data.get("description", ""),
         "backbone": backbone.identity.to_dict(), "recipe": RECIPE, "top_k_marked": TOP_K, "val_every": VAL_EVERY,
         "sizes": {"pool": opts.pool, "test": opts.test, "test_queries": len(zero["per_query"]["rank"])},
         "seeds": {"world": {"collection": TRAIN_SEED, "test": TEST_SEED}, "runs": list(opts.seeds)},
         "zero_shot": {**with_intervals(zero_values), "summary": zero["summary"]},
-        "rows": rows, "machine": machine_info(),
+        "variants": variants, "rows": rows, "machine": machine_info(),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(time.time() - started, 1),
     }
@@ -260,32 +275,42 @@ def table(report: dict) -> str:
     lines = [f"| none (zero-shot) | – | {_ci(z['r1'])} | {_ci(z['r5'])} | {_ci(z['r10'])} | {_ci(z.get('cat_p10'))} "
              "| – | – | – |"]
     for row in report["rows"]:
+        label = f"N = {row['queries']} queries" + ("" if row["variant"] == "all marks" else f", {row['variant']}")
         if not row["runs"]:
-            lines.append(f"| N = {row['queries']} queries | too few found anything: no job | – | – | – | – | – | – | – |")
+            lines.append(f"| {label} | too few found anything: no job | – | – | – | – | – | – | – |")
             continue
         m, g = row["metrics"], row["gain"]
         rel = sum(r["relevant_marks"] for r in row["runs"]) / len(row["runs"])
         nrel = sum(r["not_relevant_marks"] for r in row["runs"]) / len(row["runs"])
-        lines.append(f"| N = {row['queries']} queries | {rel:.0f} / {nrel:.0f} | {_ci(m['r1'])} | {_ci(m['r5'])} | "
+        marks = f"{rel:.0f} / {nrel:.0f}" if row["variant"] == "all marks" else f"{rel:.0f} / ({nrel:.0f} unused)"
+        lines.append(f"| {label} | {marks} | {_ci(m['r1'])} | {_ci(m['r5'])} | "
                      f"{_ci(m['r10'])} | {_ci(m.get('cat_p10'))} | {_ci(g['r1'], True)} | {_ci(g['r10'], True)} | "
                      f"{_ci(g.get('cat_p10'), True)} |")
     return "\n".join(head + lines)
+
+
+def _judged(gains: dict, labels=(("r1", "R@1"), ("r10", "R@10"), ("cat_p10", "category P@10"))) -> str:
+    parts = []
+    for m, label in labels:
+        g = gains.get(m)
+        if g is not None:
+            word = "improves" if g["low"] > 0 else "worsens" if g["high"] < 0 else "no measurable change in"
+            parts.append(f"{word} {label} ({_ci(g, True)})")
+    return "; ".join(parts)
 
 
 def verdicts(report: dict) -> list[str]:
     out = []
     for row in report["rows"]:
         if not row["runs"]:
-            out.append(f"- N = {row['queries']}: no job (fewer than two queries had a relevant result in the top {TOP_K}).")
+            if row["variant"] == "all marks":
+                out.append(f"- N = {row['queries']}: no job (fewer than two queries had a relevant result in the top {TOP_K}).")
             continue
-        parts = []
-        for m, label in (("r1", "R@1"), ("r10", "R@10"), ("cat_p10", "category P@10")):
-            g = row["gain"].get(m)
-            if g is None:
-                continue
-            word = "improves" if g["low"] > 0 else "worsens" if g["high"] < 0 else "no measurable change in"
-            parts.append(f"{word} {label} ({_ci(g, True)})")
-        out.append(f"- N = {row['queries']}: feedback alone " + "; ".join(parts) + ".")
+        who = "feedback alone" if row["variant"] == "all marks" else "relevant marks alone"
+        out.append(f"- N = {row['queries']}, {who} vs zero-shot: " + _judged(row["gain"]) + ".")
+        if "gain_over_relevant_only" in row:
+            out.append(f"- N = {row['queries']}, the named negatives (all marks vs relevant marks only): "
+                       + _judged(row["gain_over_relevant_only"]) + ".")
     return out
 
 
@@ -309,7 +334,9 @@ def markdown(report: dict) -> str:
         "- The job: `adapters.train.train_adapter` with `TrainConfig()` (the service's default recipe), as the service "
         "turns marks into data: a relevant mark makes the query a caption of the image, a not-relevant one names the "
         f"image as a negative of the query (`adapters/negatives.py`). Every {report['val_every']}th query with a "
-        "relevant mark is the job's val set (early stopping, zero-shot mixing weight), the others train.",
+        "relevant mark is the job's val set (early stopping, zero-shot mixing weight), the others train. "
+        + ("The same job without the named negatives (\"relevant marks only\") isolates their effect."
+           if "relevant marks only" in report.get("variants", []) else ""),
         f"- Held-out test: the quality benchmark's test set ({sizes['test']:,} images, "
         f"{sizes['test_queries']:,} captions, seed {report['seeds']['world']['test']}, clean captions): other images "
         "and other texts, never marked and never used for any choice. Intervals: 95 % percentile bootstrap over test "
@@ -321,18 +348,18 @@ def markdown(report: dict) -> str:
         "",
         *verdicts(report),
         "",
-        "| N | seed | queries with a relevant hit | train pairs / images | negatives given / used | val queries / images "
+        "| N | variant | seed | queries with a relevant hit | train pairs / images | negatives given / used | val queries / images "
         "| best epoch | adapted weight | val R@1 adapter vs zero-shot | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         for r in row["runs"]:
-            lines.append(f"| {row['queries']} | {r['seed']} | {r['queries_with_relevant']} | {r['train_pairs']} / "
+            lines.append(f"| {row['queries']} | {row['variant']} | {r['seed']} | {r['queries_with_relevant']} | {r['train_pairs']} / "
                          f"{r['train_images']} | {r['negative_pairs_given']} / {r['negative_pairs_used']} | "
                          f"{r['val_queries']} / {r['val_images']} | {r['best_epoch']} | {r['adapted_weight']} | "
                          f"{100 * r['val']['t2i_r1']:.1f} vs {100 * r['val_zero_shot']['t2i_r1']:.1f} | {r['wall_time_s']} |")
     if not runs:
-        lines.append("| – | – | – | – | – | – | – | – | – | – |")
+        lines.append("| – | – | – | – | – | – | – | – | – | – | – |")
     lines += ["", f"Recipe: `{json.dumps(report['recipe'], sort_keys=True)}`.", ""]
     return "\n".join(lines)
 
@@ -352,6 +379,8 @@ def main(argv: Sequence[str] | None = None, backbone=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--pool", type=int, default=POOL_SIZE, help="images in the user's collection")
     parser.add_argument("--test", type=int, default=TEST_SIZE, help="held-out test images")
+    parser.add_argument("--no-ablation", dest="ablation", action="store_false",
+                        help="skip the relevant-marks-only job per N (the negatives' own effect)")
     parser.add_argument("--backbone", default=None, help="open_clip model name (default: the shipped backbone)")
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     args = parser.parse_args(argv)
@@ -360,7 +389,7 @@ def main(argv: Sequence[str] | None = None, backbone=None) -> int:
     if args.backbone is None and backbone is None and not OFFLINE_CHECKPOINT.exists():
         print(f"warning: {OFFLINE_CHECKPOINT} is missing; load_backbone() falls back to a random tiny model", file=sys.stderr)
     opts = Options(out=args.out, spec=args.spec, queries=args.queries, seeds=args.seeds, pool=args.pool,
-                   test=args.test, backbone=args.backbone)
+                   test=args.test, backbone=args.backbone, ablation=args.ablation)
     report = run_benchmark(opts, backbone)
     report["command"] = " ".join(["python -m bench.feedback", *(argv if argv is not None else sys.argv[1:])])
     for path in write_outputs(report, opts.out):

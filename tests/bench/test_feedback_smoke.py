@@ -65,7 +65,8 @@ def test_the_command_writes_its_report_on_the_tiny_model(tiny_backbone, tmp_path
     report = json.loads((tmp_path / "feedback.json").read_text())
     text = (tmp_path / "feedback.md").read_text()
     assert "python -m bench.feedback --backbone tiny-vit-test" in text and "| none (zero-shot) |" in text
-    assert [row["queries"] for row in report["rows"]] == [5, 60]
+    assert [(row["queries"], row["variant"]) for row in report["rows"]] == [
+        (n, v) for n in (5, 60) for v in ("all marks", "relevant marks only")]
     zero = report["zero_shot"]["metrics"]
     for m in feedback.METRICS:
         assert zero[m]["low"] <= zero[m]["mean"] <= zero[m]["high"]
@@ -78,5 +79,9 @@ def test_the_command_writes_its_report_on_the_tiny_model(tiny_backbone, tmp_path
         assert len(ranks) == report["sizes"]["test_queries"]
         assert row["metrics"]["r1"]["mean"] == pytest.approx(float(np.mean(ranks <= 1)))
         assert row["gain"]["r1"]["mean"] == pytest.approx(row["metrics"]["r1"]["mean"] - zero["r1"]["mean"])
-        assert 0 < run["negative_pairs_used"] <= run["negative_pairs_given"]
-        assert f"| N = {row['queries']} queries |" in text
+        if row["variant"] == "all marks":
+            assert 0 < run["negative_pairs_used"] <= run["negative_pairs_given"]
+            assert set(row["gain_over_relevant_only"]) == set(row["gain"])
+            assert f"| N = {row['queries']} queries |" in text
+        else:  # the ablation: the same job without its named negatives
+            assert run["negative_pairs_used"] == 0 and run["negative_pairs_given"] > 0

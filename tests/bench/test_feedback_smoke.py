@@ -60,7 +60,8 @@ def test_a_spec_with_partial_captions_is_refused():
 
 
 def test_the_command_writes_its_report_on_the_tiny_model(tiny_backbone, tmp_path):
-    argv = ["--backbone", "tiny-vit-test", "--pool", "60", "--test", "30", "--queries", "5", "60", "--out", str(tmp_path)]
+    argv = ["--backbone", "tiny-vit-test", "--pool", "60", "--test", "30", "--queries", "5", "60", "--ablation",
+            "--out", str(tmp_path)]
     assert feedback.main(argv, backbone=tiny_backbone) == 0
     report = json.loads((tmp_path / "feedback.json").read_text())
     text = (tmp_path / "feedback.md").read_text()

@@ -2,7 +2,8 @@
 
 Only the adapter's tensors are optimised (prompts, and the residual maps when asked for; AdamW,
 linear warm-up then cosine decay). Frozen work is done once (``features``), batches come from
-``sampling``, the objective from ``losses``. After every epoch the adapter is scored by
+``sampling``, the objective from ``losses`` (plus, when given, the user's named negatives of a caption:
+``adapters.negatives``). After every epoch the adapter is scored by
 text->image R@1 on ``val_items`` (a held-out split the caller keeps apart from its final test
 split); the best epoch is kept and training stops after ``patience`` epochs without improvement.
 
@@ -34,6 +35,7 @@ from .losses import (
     frozen_logit_scale,
     mine_hard_negatives,
 )
+from .negatives import NegativeTerm, QueryNegatives
 from .prompted import PromptConfig, PromptedCLIP
 from .sampling import BatchSampler, TrainingSet, category_codes, compose_attribute_captions
 from .schedule import EarlyStopping, score, warmup_cosine
@@ -120,6 +122,7 @@ class TrainResult:
     steps: int
     stopped_early: bool
     history: dict = field(default_factory=dict)  # "loss", "lr" per step; "epochs": list of records
+    negative_pairs_used: int = 0  # (caption, image) pairs of ``negatives`` whose caption trained
 
     def summary(self) -> dict:
         """JSON-safe facts worth storing with the adapter."""
@@ -176,7 +179,9 @@ def train_adapter(
     config: TrainConfig,
     on_progress: Callable[[dict], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    negatives: QueryNegatives | None = None,
 ) -> TrainResult:
+    """``negatives``: images that must rank below a caption's own image (``adapters.negatives``)."""
     start_time = time.perf_counter()
     cfg = config
     if cfg.device is not None and torch.device(cfg.device) != backbone.device:
@@ -203,6 +208,9 @@ def train_adapter(
 
     images = ImageSide(prompted, train_pixels, cache=cfg.cache_features)
     texts = TextSide(prompted, data.captions)
+    named = None
+    if negatives is not None and negatives.pairs_for(data.captions) > 0:
+        named = NegativeTerm(backbone, prompted, data.captions, negatives, cfg.batch_size, cfg.cache_features, cfg.seed)
     val_captions, val_owner = flatten_captions(val_items)
     val_ids = image_ids_of(val_items)
     val_images = ImageSide(prompted, val_pixels)
@@ -261,6 +269,9 @@ def train_adapter(
                         _cosine_distance(image_emb, image_bank[items].to(device))
                         + _cosine_distance(text_emb, caption_bank[caption_index].to(device))
                     )
+                if named is not None:
+                    term = named(text_emb, image_emb, caption_index, slot, log_scale.exp().clamp(max=100.0))
+                    loss = loss if term is None else loss + term
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -318,6 +329,7 @@ def train_adapter(
         steps=step,
         stopped_early=stopped_early,
         history=history,
+        negative_pairs_used=named.pairs_used if named is not None else 0,
     )
 
 

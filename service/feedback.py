@@ -7,12 +7,17 @@ query itself instead). Marks (``feedback``) are kept until their image (or their
 deleted (``collections.delete_image``, in the same unit of work).
 
 What a tuning job takes from the marks (``training_marks``): the latest mark per (query text,
-image) decides; a relevant one adds the query text as a caption of that image for training only,
-and never for an image in the job's val or test split (those keep only their own captions, so the
-held-out comparison stays honest). A not-relevant mark only cancels an earlier relevant one: the
-training recipe (``adapters.train``) has no way yet to take a given image as a negative of a given
-text, so such marks are counted as unused. Marks on image queries or combined queries have no text
-to pair with and are counted as skipped.
+image) decides. A relevant one adds the query text as a caption of that image for training only; a
+not-relevant one names the image as a negative of that query text (``adapters.negatives``: the text
+must score its own images above it). Neither ever uses an image in the job's val or test split (those
+keep only their own captions and are never trained against, so the held-out comparison stays
+honest). A negative trains only when its query text trains some image (a relevant mark, or an
+image's own caption): otherwise there is nothing to rank it below, and the job counts it as skipped.
+
+Marks on image queries or combined queries are counted and skipped: the recipe's objective is
+text-to-image, so there is no text to pair with; an image-to-image objective would shape the visual
+prompts for a task the job's held-out comparison (text queries) does not measure, so its effect
+could not be checked before activation.
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ def list_feedback(ctx: ServiceContext, collection_id: int, offset: int, limit: i
 @dataclass
 class TrainingMarks:
     captions: dict[int, list[str]] = field(default_factory=dict)  # image id -> extra training captions
+    negatives: dict[str, list[int]] = field(default_factory=dict)  # query text -> image ids ranked below it
     use: FeedbackUse = field(default_factory=FeedbackUse)
 
 
@@ -130,16 +136,18 @@ def training_marks(ctx: ServiceContext, collection_id: int, split: dict[str, lis
             if row.relevant:
                 out.use.relevant_skipped_no_text += 1
             else:
-                out.use.not_relevant_unused += 1
+                out.use.not_relevant_skipped_no_text += 1
             continue
         latest[(row.query_text, row.image_id)] = row.relevant  # a later mark overrides an earlier one
     for (text, image_id), relevant in latest.items():
-        if not relevant:
-            out.use.not_relevant_unused += 1
-        elif image_id in held_out:
-            out.use.relevant_skipped_held_out += 1
-        else:
+        if image_id in held_out:
+            if relevant:
+                out.use.relevant_skipped_held_out += 1
+            else:
+                out.use.not_relevant_skipped_held_out += 1
+        elif relevant:
             out.captions.setdefault(image_id, []).append(text)
             out.use.relevant_used += 1
+        else:
+            out.negatives.setdefault(text, []).append(image_id)
     return out
-

@@ -76,7 +76,10 @@ class FeedbackUse(BaseModel):
     relevant_used: int = 0  # (query text, image) pairs added to training
     relevant_skipped_held_out: int = 0  # the image is in the job's val or test split
     relevant_skipped_no_text: int = 0  # an image or combined query: no text to pair with
-    not_relevant_unused: int = 0  # the recipe cannot take an explicit negative yet
+    not_relevant_used: int = 0  # (query text, image) pairs that trained as negatives of the query
+    not_relevant_skipped_held_out: int = 0  # the image is in the job's val or test split
+    not_relevant_skipped_no_positive: int = 0  # the query text trains no image: nothing to rank it below
+    not_relevant_skipped_no_text: int = 0  # an image or combined query
     images_added: int = 0  # images outside the split that trained only because of marks
 
 

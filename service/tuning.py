@@ -2,8 +2,9 @@
 
 The split is drawn when the job is created and stored with it, so the comparison can be repeated
 and no test pair ever reaches training or early stopping. Images with a category but no caption
-take part with captions templated from their category and attributes. The user's relevant marks
-(``service.feedback``) add their query texts as training captions, never to a val or test image.
+take part with captions templated from their category and attributes. The user's marks
+(``service.feedback``) add their query texts as training captions (relevant) or name images the
+query must rank lower (not relevant), never with a val or test image.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.orm import selectinload
 from adapters.artifact import serialize_adapter
 from adapters.captions import templated_captions
 from adapters.data import PairedItem
+from adapters.negatives import QueryNegatives
 from adapters.prompted import PromptedCLIP, PromptsUnsupported
 from adapters.train import TrainConfig, train_adapter
 from service import adapter_versions, feedback
@@ -128,6 +130,25 @@ def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int],
     return items, templated
 
 
+def load_negatives(ctx: ServiceContext, collection_id: int, negatives: dict[str, list[int]]) -> QueryNegatives:
+    """The marked images of each query text, each image read once (one deleted since is left out)."""
+    wanted = sorted({image_id for ids in negatives.values() for image_id in ids})
+    with ctx.session() as session:
+        records = session.scalars(select(ImageRecord).where(ImageRecord.id.in_(wanted))).all()
+    out, position = QueryNegatives(), {}
+    for record in records:
+        try:
+            out.images.append(ctx.store.open_rgb(collection_id, record.sha256))
+        except FileNotFoundError:
+            continue
+        position[record.id] = len(out.images) - 1
+    for text, ids in negatives.items():
+        kept = [position[i] for i in ids if i in position]
+        if kept:
+            out.of_caption[text] = kept
+    return out
+
+
 def active_prompts(ctx: ServiceContext, collection_id: int) -> tuple[str, PromptedCLIP | None]:
     who = adapter_versions.resolve(ctx, collection_id, ACTIVE)
     return who.name, getattr(who.encoder, "prompted", None)
@@ -163,7 +184,11 @@ def run_tuning(
                         val=event.get("metrics"), val_zero_shot=event.get("zero_shot_metrics"),
                         elapsed_s=round(elapsed, 2), eta_s=event.get("eta_s")))
 
-    result = train_adapter(ctx.backbone, train, val, train_cfg, on_progress=on_progress, should_cancel=should_cancel)
+    negatives = load_negatives(ctx, collection_id, marks.negatives)
+    result = train_adapter(ctx.backbone, train, val, train_cfg, on_progress=on_progress, should_cancel=should_cancel,
+                           negatives=negatives)
+    marks.use.not_relevant_used = result.negative_pairs_used
+    marks.use.not_relevant_skipped_no_positive = negatives.pairs() - result.negative_pairs_used
     report(Progress(stage=Stage.EVALUATING, val_zero_shot=result.zero_shot_metrics, val=result.best_metrics))
     # Each model meets the test pairs once; metrics and per-query values come from those embeddings.
     adapter_test = measure(ctx.backbone, test, adapter=result.prompted)

@@ -142,11 +142,55 @@ def test_a_job_trains_on_relevant_marks_but_never_on_its_held_out_images(client)
 
     report = client.get(f"/collections/{cid}/adapters/{job['adapter_version']}").json()["report"]
     assert report["feedback"] == {"relevant_used": 2, "relevant_skipped_held_out": 1, "relevant_skipped_no_text": 1,
-                                  "not_relevant_unused": 2, "images_added": 1}
+                                  "not_relevant_used": 1,  # "a red thing" trains (its relevant mark): train[4] ranks below
+                                  "not_relevant_skipped_held_out": 0,
+                                  "not_relevant_skipped_no_positive": 1,  # "sky" trains no image
+                                  "not_relevant_skipped_no_text": 0, "images_added": 1}
     assert report["split_sizes"] == {"train": len(train) + 1, "val": len(split["val"]), "test": len(test)}
 
     # What training received: the marked texts on train images only; the test image keeps its own caption.
-    captions = feedback.training_marks(ctx, cid, split).captions
-    assert captions == {in_train: ["a red thing"], unlabelled: ["my favourite"]}
+    marks_read = feedback.training_marks(ctx, cid, split)
+    assert marks_read.captions == {in_train: ["a red thing"], unlabelled: ["my favourite"]}
+    assert marks_read.negatives == {"sky": [train[3]], "a red thing": [train[4]]}
     with ctx.session() as session:
         assert session.scalar(select(func.count(FeedbackRecord.id))) == len(marks)
+
+
+def test_not_relevant_marks_train_as_negatives_of_their_query(client):
+    """Marks -> the job report's counts -> the negatives change what training optimises (and nothing else does)."""
+    cid = fill(client)
+    ctx = client.app.state.context
+    config = {"method": "dual", "activation": "never", "seed": 3, **QUICK}
+    split = plan_split(captioned_image_ids(ctx, cid), TuningConfig(**config))
+    train, test = split["train"], split["test"]
+
+    def tune() -> dict:
+        response = client.post(f"/collections/{cid}/tuning-jobs", json=config)
+        assert response.status_code == 202, response.text
+        job = wait(client, response.json()["id"])
+        assert job["state"] == "succeeded", job["error"]
+        return client.get(f"/collections/{cid}/adapters/{job['adapter_version']}").json()["report"]
+
+    before = tune()
+    anchor = client.get(f"/collections/{cid}/images/{train[0]}").json()
+    query = anchor["captions"][0]  # the anchor's own caption trains it: its negatives have something to rank below
+    found = client.post(f"/collections/{cid}/search", json={"query": query, "k": 24}).json()
+    wrong = [h["image_id"] for h in found["results"] if h["image_id"] in train[1:]][:3]
+    marks = [dict(search_id=found["search_id"], image_id=i, relevant=False) for i in wrong] + [
+        dict(query={"text": query}, image_id=test[0], relevant=False),  # a test image: never trained against
+        dict(query={"text": "a query no image is captioned with"}, image_id=train[1], relevant=False),
+        dict(query={"image_id": train[2]}, image_id=train[3], relevant=False),  # an image query: no text
+    ]
+    for body in marks:
+        assert mark(client, cid, **body).status_code == 201
+
+    after = tune()
+    assert after["feedback"] == {"relevant_used": 0, "relevant_skipped_held_out": 0, "relevant_skipped_no_text": 0,
+                                 "not_relevant_used": 3, "not_relevant_skipped_held_out": 1,
+                                 "not_relevant_skipped_no_positive": 1, "not_relevant_skipped_no_text": 1,
+                                 "images_added": 0}
+    assert before["feedback"]["not_relevant_used"] == 0
+    # Same split, captions, seed and config: only the negatives differ, and the optimised loss with them.
+    assert after["split_sizes"] == before["split_sizes"]
+    assert len(after["loss_curve"]) == len(before["loss_curve"])
+    assert after["loss_curve"] != before["loss_curve"]

@@ -49,7 +49,8 @@ export function activationSummary(report, id) {
     parts.push(h("p", { dataset: { field: "feedback" } },
       `Marks: ${f.relevant_used} relevant used for training (${f.images_added} images added), ${skipped} relevant skipped `
       + `(${f.relevant_skipped_held_out} on held-out images, ${f.relevant_skipped_no_text} without a query text), `
-      + `${f.not_relevant_unused} not relevant unused.`));
+      + `${f.not_relevant_used} not relevant used as negatives, ${f.not_relevant_skipped_held_out + f.not_relevant_skipped_no_positive + f.not_relevant_skipped_no_text} skipped `
+      + `(${f.not_relevant_skipped_held_out} on held-out images, ${f.not_relevant_skipped_no_positive} for a query that trains no image, ${f.not_relevant_skipped_no_text} without a query text).`));
   }
   if (report?.templated_captions) {
     parts.push(h("p", { class: "muted", dataset: { field: "templated" } },

@@ -1,0 +1,403 @@
+"""Feedback benchmark: does a job trained on a user's marks alone improve held-out queries?
+
+    python -m bench.feedback [--spec style] [--queries 20 50 200] [--seeds 0] [--pool 1000] [--test 1000]
+                             [--ablation] [--backbone MODEL] [--out docs/bench]
+
+The scenario, in the miniature world (``bench.world``; the same draws as ``bench.quality``):
+
+- the user's collection: ``generate(spec, pool, seed=1001)``, the quality benchmark's training
+  images, **without captions**: nothing trains but the marks;
+- a simulated user searches N texts (captions of N different collection images, drawn with the
+  run's seed) and marks each of the zero-shot top 10 truthfully: relevant when the world says the
+  text describes the image (its own image, or one whose main object has the same category and every
+  attribute; the spec's captions must name every attribute, so this is the whole truth), else not;
+- one job per N, through ``adapters.train.train_adapter`` with ``TrainConfig()`` (the service's
+  default recipe) and the marks turned into training data as the service turns them: a relevant
+  mark makes the query a caption of the image, a not-relevant one makes the image a named negative
+  of the query (``adapters.negatives``). Queries with a relevant mark are split by query: every
+  fourth is the job's val set (early stopping and the zero-shot mixing weight; its gallery is its
+  queries' marked images that do not train), the rest train;
+- held-out evaluation: ``generate(spec.clean(), test, seed=3003)`` (the quality benchmark's test
+  set): other images, other texts, never marked, never used for any choice. R@1/5/10 and category
+  P@10 with 95 % bootstrap intervals over the test queries, and the paired gain over zero-shot.
+
+``--ablation`` also trains each job without its named negatives (relevant marks only), so the
+negatives' own effect is a paired difference on the same test queries (it doubles the training time).
+
+N runs are prefixes of one session: N = 20 marks the first 20 of the queries N = 200 marks. With
+several seeds, per-query results are averaged over seeds before resampling queries. Outputs:
+``feedback.json`` (every number) and ``feedback.md`` in ``--out``; the README table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
+
+import numpy as np
+import torch
+
+from adapters.backbone import OFFLINE_CHECKPOINT, load_backbone
+from adapters.data import PairedItem
+from adapters.negatives import QueryNegatives
+from adapters.stats import bootstrap_mean, paired_bootstrap_gain
+from adapters.train import TrainConfig, train_adapter
+from bench.machine import machine_info
+from bench.quality import TEST_SEED, TRAIN_SEED, Collection, Sizes, run_zero_shot, test_results
+from bench.world import WorldSpec, load_spec
+
+SPEC = "style"
+QUERY_COUNTS = (20, 50, 200)
+POOL_SIZE, TEST_SIZE = 1000, 1000
+SEEDS = (0,)
+TOP_K = 10  # results the simulated user marks per query
+VAL_EVERY = 4  # every fourth query with a relevant mark is the job's val set
+KS = (1, 5, 10)
+METRICS = ("r1", "r5", "r10", "cat_p10")
+RECIPE = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("seed", "device")}
+
+
+# ====================================================================== the simulated user
+@dataclass
+class QueryMarks:
+    """One search of the session: its text and the truthful marks on its top results (collection indices)."""
+
+    text: str
+    relevant: list[int] = field(default_factory=list)
+    not_relevant: list[int] = field(default_factory=list)
+
+
+def describes(query_item: PairedItem, image_item: PairedItem) -> bool:
+    """The world's truth: a caption of ``query_item`` describes ``image_item``."""
+    return query_item.key == image_item.key or (
+        query_item.category == image_item.category and sorted(query_item.attributes) == sorted(image_item.attributes))
+
+
+def check_truthful(spec: WorldSpec) -> None:
+    """``describes`` is the whole truth only when every caption names every attribute and none wrongly."""
+    cap = spec.caption
+    if float(cap.get("partial_prob", 0.0)) > 0 or float(cap.get("noise_prob", 0.0)) > 0:
+        raise ValueError(f"spec {spec.name!r} has partial or noisy captions: a simulated user could not judge "
+                         "relevance from the world's ground truth (use a spec with partial_prob = noise_prob = 0)")
+
+
+def simulate_session(backbone, pool: Sequence[PairedItem], n_queries: int, seed: int) -> list[QueryMarks]:
+    """N searches over the collection with the backbone alone, each top ``TOP_K`` marked truthfully."""
+    rng = random.Random(f"feedback-session:{seed}")
+    owners = rng.sample(range(len(pool)), n_queries)
+    texts = [rng.choice(pool[o].captions) for o in owners]
+    image_emb = backbone.encode_images([item.image for item in pool])
+    text_emb = backbone.encode_texts(texts)
+    top = (text_emb @ image_emb.T).topk(min(TOP_K, len(pool)), dim=1).indices.tolist()
+    session = []
+    for owner, text, hits in zip(owners, texts, top, strict=True):
+        marks = QueryMarks(text)
+        for hit in hits:
+            (marks.relevant if describes(pool[owner], pool[hit]) else marks.not_relevant).append(hit)
+        session.append(marks)
+    return session
+
+
+# ====================================================================== marks -> a job's data
+@dataclass
+class FeedbackJob:
+    train: list[PairedItem]
+    val: list[PairedItem]
+    negatives: QueryNegatives
+    counts: dict
+
+
+def job_data(pool: Sequence[PairedItem], session: Sequence[QueryMarks]) -> FeedbackJob | None:
+    """Training and val items from the marks alone (None: fewer than two queries found anything)."""
+    answered = [m for m in session if m.relevant]
+    if len(answered) < 2:
+        return None
+    val_queries = {id(m) for k, m in enumerate(answered) if k % VAL_EVERY == VAL_EVERY - 1}
+    train_queries = [m for m in session if id(m) not in val_queries]
+    captions: dict[int, list[str]] = {}
+    for marks in train_queries:
+        for index in marks.relevant:
+            captions.setdefault(index, []).append(marks.text)
+    train = [_marked_item(pool[i], texts) for i, texts in sorted(captions.items())]
+
+    negatives, position = QueryNegatives(), {}
+    for marks in train_queries:
+        for index in marks.not_relevant:
+            if index not in position:
+                position[index] = len(negatives.images)
+                negatives.images.append(pool[index].image)
+            negatives.of_caption.setdefault(marks.text, []).append(position[index])
+
+    val_captions: dict[int, list[str]] = {}
+    for marks in (m for m in answered if id(m) in val_queries):
+        for index in marks.relevant + marks.not_relevant:
+            if index not in captions:  # an image that trains would make val easy
+                val_captions.setdefault(index, [])
+                if index in marks.relevant:
+                    val_captions[index].append(marks.text)
+    val = [_marked_item(pool[i], texts) for i, texts in sorted(val_captions.items())]
+    if not any(item.captions for item in val) or len(train) < 2:
+        return None
+    counts = {
+        "queries": len(session), "relevant_marks": sum(len(m.relevant) for m in session),
+        "not_relevant_marks": sum(len(m.not_relevant) for m in session),
+        "queries_with_relevant": len(answered), "train_queries": len(train_queries), "val_queries": len(val_queries),
+        "train_images": len(train), "train_pairs": sum(len(t) for t in captions.values()),
+        "negative_pairs_given": negatives.pairs(), "val_images": len(val),
+        "val_pairs": sum(len(item.captions) for item in val),
+    }
+    return FeedbackJob(train, val, negatives, counts)
+
+
+def _marked_item(item: PairedItem, captions: list[str]) -> PairedItem:
+    """The image with only what the marks say: no category, no attributes, the query texts as captions."""
+    return PairedItem(item.image, list(captions), key=item.key)
+
+
+# ====================================================================== runs and intervals
+VARIANTS = {"all marks": True, "relevant marks only": False}  # name -> the named negatives train
+
+
+def run_feedback_job(backbone, coll: Collection, job: FeedbackJob, seed: int, with_negatives: bool = True) -> dict:
+    torch.manual_seed(seed)
+    result = train_adapter(backbone, job.train, job.val, TrainConfig(seed=seed),
+                           negatives=job.negatives if with_negatives else None)
+    prompted = result.prompted
+    record = {
+        "seed": seed, **job.counts, "negative_pairs_used": result.negative_pairs_used,
+        "best_epoch": result.best_epoch, "steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
+        "adapted_weight": None if prompted.adapted_weight is None else float(prompted.adapted_weight),
+        "val": {k: result.best_metrics[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10")},
+        "val_zero_shot": {k: result.zero_shot_metrics[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10")},
+    }
+    record.update(test_results(coll, prompted.encode_image, prompted.encode_text, lambda caps: prompted.tokenize(caps).cpu()))
+    return record
+
+
+def per_query(result: dict) -> dict[str, np.ndarray]:
+    ranks = np.asarray(result["per_query"]["rank"], dtype=np.float64)
+    out = {f"r{k}": (ranks <= k).astype(np.float64) for k in KS}
+    out["cat_p10"] = np.asarray(result["per_query"]["cat_p10"], dtype=np.float64)
+    return out
+
+
+def with_intervals(values: dict[str, np.ndarray], zero: dict[str, np.ndarray] | None = None) -> dict:
+    out = {"metrics": {m: bootstrap_mean(values[m]).to_dict() for m in METRICS if not np.isnan(values[m]).all()}}
+    if zero is not None:
+        out["gain"] = {m: paired_bootstrap_gain(zero[m], values[m]).to_dict() for m in out["metrics"]}
+    return out
+
+
+def seed_mean(results: list[dict]) -> dict[str, np.ndarray]:
+    parts = [per_query(r) for r in results]
+    return {m: np.mean([p[m] for p in parts], axis=0) for m in METRICS}
+
+
+@dataclass
+class Options:
+    out: Path = Path("docs/bench")
+    spec: str = SPEC
+    queries: Sequence[int] = QUERY_COUNTS
+    seeds: Sequence[int] = SEEDS
+    pool: int = POOL_SIZE
+    test: int = TEST_SIZE
+    backbone: str | None = None  # None: the shipped miniature-world backbone
+    ablation: bool = False  # also train each job without its named negatives
+
+
+def run_benchmark(opts: Options, backbone=None) -> dict:
+    started = time.time()
+    backbone = backbone if backbone is not None else load_backbone(opts.backbone)
+    spec = load_spec(opts.spec)
+    check_truthful(spec)
+    coll = Collection.draw(backbone, opts.spec, opts.pool, Sizes(train=(opts.pool,), val=1, test=opts.test))
+    zero = run_zero_shot(backbone, coll)
+    zero_values = per_query(zero)
+    variants = [v for v, negatives in VARIANTS.items() if negatives or opts.ablation]
+    runs: dict[tuple[int, str], list[dict]] = {(n, v): [] for n in opts.queries for v in variants}
+    skipped: dict[int, list[int]] = {n: [] for n in opts.queries}
+    for seed in opts.seeds:
+        session = simulate_session(backbone, coll.train, max(opts.queries), seed)
+        for n in sorted(opts.queries):
+            job = job_data(coll.train, session[:n])
+            if job is None:
+                skipped[n].append(seed)
+                continue
+            for variant in variants:
+                print(f"N={n} seed {seed} {variant}: {job.counts['train_pairs']} relevant pairs, "
+                      f"{job.counts['negative_pairs_given']} negatives", file=sys.stderr, flush=True)
+                runs[n, variant].append(run_feedback_job(backbone, coll, job, seed, VARIANTS[variant]))
+    rows = []
+    for n in opts.queries:
+        for variant in variants:
+            row: dict = {"queries": n, "variant": variant, "runs": runs[n, variant], "skipped_seeds": skipped[n]}
+            if row["runs"]:
+                row.update(with_intervals(seed_mean(row["runs"]), zero_values))
+            rows.append(row)
+        if opts.ablation and runs[n, "all marks"]:
+            alone, full = seed_mean(runs[n, "relevant marks only"]), seed_mean(runs[n, "all marks"])
+            rows[-2]["gain_over_relevant_only"] = {m: paired_bootstrap_gain(alone[m], full[m]).to_dict() for m in METRICS
+                                                   if not np.isnan(full[m]).all()}
+    return {
+        "benchmark": "feedback", "spec": spec.name, "spec_description": spec.data.get("description", ""),
+        "backbone": backbone.identity.to_dict(), "recipe": RECIPE, "top_k_marked": TOP_K, "val_every": VAL_EVERY,
+        "sizes": {"pool": opts.pool, "test": opts.test, "test_queries": len(zero["per_query"]["rank"])},
+        "seeds": {"world": {"collection": TRAIN_SEED, "test": TEST_SEED}, "runs": list(opts.seeds)},
+        "zero_shot": {**with_intervals(zero_values), "summary": zero["summary"]},
+        "variants": variants, "rows": rows, "machine": machine_info(),
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+
+
+# ====================================================================== report
+def _ci(d: dict | None, signed: bool = False) -> str:
+    if not d:
+        return "–"
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f"{f.format(100 * d['mean'])} [{f.format(100 * d['low'])}, {f.format(100 * d['high'])}]"
+
+
+def table(report: dict) -> str:
+    head = ["| feedback | marks: relevant / not | R@1 | R@5 | R@10 | category P@10 | ΔR@1 | ΔR@10 | ΔP@10 |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    z = report["zero_shot"]["metrics"]
+    lines = [f"| none (zero-shot) | – | {_ci(z['r1'])} | {_ci(z['r5'])} | {_ci(z['r10'])} | {_ci(z.get('cat_p10'))} "
+             "| – | – | – |"]
+    for row in report["rows"]:
+        label = f"N = {row['queries']} queries" + ("" if row["variant"] == "all marks" else f", {row['variant']}")
+        if not row["runs"]:
+            lines.append(f"| {label} | too few found anything: no job | – | – | – | – | – | – | – |")
+            continue
+        m, g = row["metrics"], row["gain"]
+        rel = sum(r["relevant_marks"] for r in row["runs"]) / len(row["runs"])
+        nrel = sum(r["not_relevant_marks"] for r in row["runs"]) / len(row["runs"])
+        marks = f"{rel:.0f} / {nrel:.0f}" if row["variant"] == "all marks" else f"{rel:.0f} / ({nrel:.0f} unused)"
+        lines.append(f"| {label} | {marks} | {_ci(m['r1'])} | {_ci(m['r5'])} | "
+                     f"{_ci(m['r10'])} | {_ci(m.get('cat_p10'))} | {_ci(g['r1'], True)} | {_ci(g['r10'], True)} | "
+                     f"{_ci(g.get('cat_p10'), True)} |")
+    return "\n".join(head + lines)
+
+
+def _judged(gains: dict, labels=(("r1", "R@1"), ("r10", "R@10"), ("cat_p10", "category P@10"))) -> str:
+    parts = []
+    for m, label in labels:
+        g = gains.get(m)
+        if g is not None:
+            word = "improves" if g["low"] > 0 else "worsens" if g["high"] < 0 else "no measurable change in"
+            parts.append(f"{word} {label} ({_ci(g, True)})")
+    return "; ".join(parts)
+
+
+def verdicts(report: dict) -> list[str]:
+    out = []
+    for row in report["rows"]:
+        if not row["runs"]:
+            if row["variant"] == "all marks":
+                out.append(f"- N = {row['queries']}: no job (fewer than two queries had a relevant result in the top {TOP_K}).")
+            continue
+        who = "feedback alone" if row["variant"] == "all marks" else "relevant marks alone"
+        out.append(f"- N = {row['queries']}, {who} vs zero-shot: " + _judged(row["gain"]) + ".")
+        if "gain_over_relevant_only" in row:
+            out.append(f"- N = {row['queries']}, the named negatives (all marks vs relevant marks only): "
+                       + _judged(row["gain_over_relevant_only"]) + ".")
+    return out
+
+
+def markdown(report: dict) -> str:
+    sizes = report["sizes"]
+    runs = [r for row in report["rows"] for r in row["runs"]]
+    lines = [
+        "# Feedback benchmark: a job trained on a user's marks alone, on held-out queries",
+        "",
+        f"Generated by `{report.get('command', 'python -m bench.feedback')}` on {report['generated_at']} in "
+        f"{report['wall_time_s'] / 60:.1f} min (CPU, load average at start "
+        f"{', '.join(str(x) for x in report['machine']['loadavg_at_start'])}).",
+        "",
+        f"- World: shift `{report['spec']}`; backbone `{report['backbone'].get('model_name')}`. The user's collection is "
+        f"{sizes['pool']:,} images (`generate(spec, {sizes['pool']}, seed={report['seeds']['world']['collection']})`, the "
+        "quality benchmark's training images) **without captions**: nothing trains but the marks.",
+        f"- The simulated user searches N texts (captions of N different collection images) with the backbone alone "
+        f"and marks every one of the top {report['top_k_marked']} truthfully from the world's ground truth: relevant "
+        "when the text describes the image (its own image, or the same main object: category and every attribute, "
+        "which this spec's captions always name), not relevant otherwise. N = 20 and 50 are prefixes of the N = 200 session.",
+        "- The job: `adapters.train.train_adapter` with `TrainConfig()` (the service's default recipe), as the service "
+        "turns marks into data: a relevant mark makes the query a caption of the image, a not-relevant one names the "
+        f"image as a negative of the query (`adapters/negatives.py`). Every {report['val_every']}th query with a "
+        "relevant mark is the job's val set (early stopping, zero-shot mixing weight), the others train. "
+        + ("The same job without the named negatives (\"relevant marks only\") isolates their effect."
+           if "relevant marks only" in report.get("variants", []) else ""),
+        f"- Held-out test: the quality benchmark's test set ({sizes['test']:,} images, "
+        f"{sizes['test_queries']:,} captions, seed {report['seeds']['world']['test']}, clean captions): other images "
+        "and other texts, never marked and never used for any choice. Intervals: 95 % percentile bootstrap over test "
+        "queries (2,000 replicates); Δ are paired differences to zero-shot"
+        + (f"; per-query results averaged over seeds {report['seeds']['runs']}." if len(report['seeds']['runs']) > 1
+           else f"; one seed ({report['seeds']['runs'][0]}): the spread over sessions and training seeds is not in the interval."),
+        "",
+        table(report),
+        "",
+        *verdicts(report),
+        "",
+        "| N | variant | seed | queries with a relevant hit | train pairs / images | negatives given / used | val queries / images "
+        "| best epoch | adapted weight | val R@1 adapter vs zero-shot | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        for r in row["runs"]:
+            lines.append(f"| {row['queries']} | {row['variant']} | {r['seed']} | {r['queries_with_relevant']} | {r['train_pairs']} / "
+                         f"{r['train_images']} | {r['negative_pairs_given']} / {r['negative_pairs_used']} | "
+                         f"{r['val_queries']} / {r['val_images']} | {r['best_epoch']} | {r['adapted_weight']} | "
+                         f"{100 * r['val']['t2i_r1']:.1f} vs {100 * r['val_zero_shot']['t2i_r1']:.1f} | {r['wall_time_s']} |")
+    if not runs:
+        lines.append("| – | – | – | – | – | – | – | – | – | – | – |")
+    lines += ["", f"Recipe: `{json.dumps(report['recipe'], sort_keys=True)}`.", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(report: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "feedback.json", out / "feedback.md"]
+    paths[0].write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    paths[1].write_text(markdown(report))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None, backbone=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.feedback", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", default=SPEC, help=f"world spec: a name in bench/specs or a JSON path (default {SPEC})")
+    parser.add_argument("--queries", type=int, nargs="+", default=list(QUERY_COUNTS), help="session sizes N")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--pool", type=int, default=POOL_SIZE, help="images in the user's collection")
+    parser.add_argument("--test", type=int, default=TEST_SIZE, help="held-out test images")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also train each job on its relevant marks only (the negatives' own effect)")
+    parser.add_argument("--backbone", default=None, help="open_clip model name (default: the shipped backbone)")
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"))
+    args = parser.parse_args(argv)
+    if max(args.queries) > args.pool:
+        parser.error("--queries may not exceed --pool (each query describes a different collection image)")
+    if args.backbone is None and backbone is None and not OFFLINE_CHECKPOINT.exists():
+        print(f"warning: {OFFLINE_CHECKPOINT} is missing; load_backbone() falls back to a random tiny model", file=sys.stderr)
+    opts = Options(out=args.out, spec=args.spec, queries=args.queries, seeds=args.seeds, pool=args.pool,
+                   test=args.test, backbone=args.backbone, ablation=args.ablation)
+    report = run_benchmark(opts, backbone)
+    report["command"] = " ".join(["python -m bench.feedback", *(argv if argv is not None else sys.argv[1:])])
+    for path in write_outputs(report, opts.out):
+        print(f"wrote {path}", file=sys.stderr)
+    print(table(report))
+    print("\n".join(verdicts(report)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

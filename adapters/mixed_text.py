@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
 from torch import nn
 
 from adapters.prompted import PromptedCLIP, _text_parts
@@ -134,13 +133,7 @@ class MixedTextEncoder:
                 x = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         else:
             x = parts.transformer(x, attn_mask=mask)
-        x = parts.ln_final(x)
-        x = text_global_pool(x, ids, parts.pool_type, eos_token_id=parts.eos_id)
-        if isinstance(parts.text_projection, nn.Linear):
-            x = parts.text_projection(x)
-        elif parts.text_projection is not None:
-            x = x @ parts.text_projection
-        return x
+        return parts.head(x, ids)
 
     def _eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
         if self.parts.pool_type == "eos" and self.parts.eos_id is not None:

@@ -103,6 +103,16 @@ class _TextParts:
     eos_id: int | None
     attn_mask: torch.Tensor | None
 
+    def head(self, x: torch.Tensor, pool_tokens: torch.Tensor) -> torch.Tensor:
+        """After the blocks: the final norm, open_clip's pooling at the end-of-text token, the projection."""
+        x = self.ln_final(x)
+        x = text_global_pool(x, pool_tokens, self.pool_type, eos_token_id=self.eos_id)
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        if self.text_projection is not None:
+            return x @ self.text_projection
+        return x
+
 
 def _text_parts(model: Any) -> _TextParts | None:
     """None when the text tower is not one we can splice prompts into (HF encoders, CoCa-style cls)."""
@@ -362,13 +372,7 @@ class PromptedCLIP(nn.Module):
             x = self._run_text_blocks_deep(x, mask, cast)
         else:
             x = parts.transformer(x, attn_mask=mask)
-        x = parts.ln_final(x)
-        x = text_global_pool(x, pool_tokens, parts.pool_type, eos_token_id=parts.eos_id)
-        if isinstance(parts.text_projection, nn.Linear):
-            x = parts.text_projection(x)
-        elif parts.text_projection is not None:
-            x = x @ parts.text_projection
-        return x
+        return parts.head(x, pool_tokens)
 
     def _run_text_blocks_deep(self, x: torch.Tensor, mask: torch.Tensor | None, cast: torch.dtype) -> torch.Tensor:
         transformer = self._text.transformer

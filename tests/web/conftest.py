@@ -38,7 +38,8 @@ def serve(tmp_path, tiny_backbone, migrated_database):
         servers.append((server, thread))
         deadline = time.monotonic() + 30
         while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the live server did not start"
+            assert thread.is_alive(), "the live server did not start"
+            assert time.monotonic() < deadline, "the live server did not start"
             time.sleep(0.05)
         return f"http://127.0.0.1:{port}"
 

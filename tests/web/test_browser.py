@@ -82,7 +82,8 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     assert page.text("#page-info") == f"Page 1 of {pages} · {images} images"
     page.images_loaded("#grid")
     assert len(page.all("#grid .tile")) == 24
-    assert {b.text for b in page.all("#grid .badge")} <= categories and len(page.all("#grid .badge")) == 24
+    assert {b.text for b in page.all("#grid .badge")} <= categories
+    assert len(page.all("#grid .badge")) == 24
     assert page.unlabelled_controls() == []
     page.shot("images")
     page.button("Next").click()
@@ -114,7 +115,8 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     assert page.text("[data-field=state]") == "succeeded"
     assert page.text("[data-field=split]") != "– / – / –"
     r1_cells = page.all("#job-test [data-metric=t2i_r1]")
-    assert len(r1_cells) == 2 and all("%" in c.text for c in r1_cells)
+    assert len(r1_cells) == 2
+    assert all("%" in c.text for c in r1_cells)
     assert len(page.all("#job-charts svg path")) >= 3  # loss, R@1, R@5 (and the zero-shot line)
     assert "v1: active" in page.text("#job-outcome")
     # The activation decision with the server's paired interval of the gain (no page-computed Wilson intervals).
@@ -132,7 +134,8 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.wait_text("#serving-state", "adapter v1")
     row = page.find("#adapters tr[data-version='1']")
     assert row.get_attribute("data-active") == "true"
-    assert "%" in page.text("#adapters [data-field=r1]") and "%" in page.text("#adapters [data-field=r1-zero-shot]")
+    assert "%" in page.text("#adapters [data-field=r1]")
+    assert "%" in page.text("#adapters [data-field=r1-zero-shot]")
     page.button("Details").click()
     page.find("#adapter-test")
     assert f"over {evidence['queries']} queries: activated" in page.text("#adapter-activation [data-field=activation]")
@@ -243,7 +246,8 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.find("#query-image").send_keys(str(picture))
     page.button("Search").click()
     page.wait_text("#results-for", f"Like the image {picture.name}")
-    assert len(page.all("#results-zero-shot .hit")) == 10 and len(page.all("#results-adapter .hit")) == 10
+    assert len(page.all("#results-zero-shot .hit")) == 10
+    assert len(page.all("#results-adapter .hit")) == 10
     assert float(page.all("#results-zero-shot .score")[0].text) > 0.99
     assert picture.name in page.all("#results-zero-shot .caption")[0].get_attribute("title")
     page.button("Clear image").click()

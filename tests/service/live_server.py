@@ -30,7 +30,8 @@ def live_server(backbone, **settings):
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        assert thread.is_alive(), "server did not start"
+        assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
     try:
         yield f"http://127.0.0.1:{settings.port}", settings

@@ -72,7 +72,8 @@ def test_a_tie_over_http_keeps_the_version_inactive_and_says_the_interval(client
     assert again["state"] == "succeeded", again["error"]
 
     v1, v2 = client.get(f"/collections/{cid}/adapters").json()
-    assert v1["active"] and not v2["active"]
+    assert v1["active"]
+    assert not v2["active"]
     evidence = client.get(f"/collections/{cid}/adapters/2").json()["report"]["activation"]
     assert evidence["policy"] == "if_better"
     assert evidence["metric"] == "t2i_r1"  # fill's captions describe single images

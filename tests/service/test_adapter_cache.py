@@ -33,7 +33,8 @@ def test_the_cache_evicts_the_least_recently_used_beyond_its_byte_bound(stored, 
     assert store.encoder(1, 1, "v1") is first  # a hit: collection 1 is now the most recent
     store.encoder(4, 1, "v1")  # over the bound: collection 2, the least recently used, goes
     assert store.cached == (3, 3 * one)
-    assert store.encoder(1, 1, "v1") is first and store.encoder(3, 1, "v1") is not None
+    assert store.encoder(1, 1, "v1") is first
+    assert store.encoder(3, 1, "v1") is not None
     assert store.cached[0] == 3
     reloaded = store.encoder(2, 1, "v1")  # evicted: loaded again, a new object
     assert store.cached == (3, 3 * one)
@@ -67,5 +68,6 @@ def test_concurrent_first_searches_of_one_adapter_load_it_once(stored, tiny_back
         t.start()
     for t in threads:
         t.join()
-    assert len(got) == 6 and all(e is got[0] for e in got)
+    assert len(got) == 6
+    assert all(e is got[0] for e in got)
     assert store.cached[0] == 1

@@ -48,7 +48,8 @@ def test_good_upload_records_its_digest_and_searches(client, collection):
     assert created.status_code == 201, created.text
     assert created.json()["file_sha256"] == hashlib.sha256(blob).hexdigest()
     found = client.post(f"/collections/{cid}/search", json={"query": "a thing", "k": 4}).json()
-    assert found["adapter"] == "v1" and len(found["results"]) == 4
+    assert found["adapter"] == "v1"
+    assert len(found["results"]) == 4
 
 
 def test_nan_and_infinite_prompts_are_refused(client, collection):
@@ -58,7 +59,8 @@ def test_nan_and_infinite_prompts_are_refused(client, collection):
         with torch.no_grad():
             prompted.visual_prompts.fill_(bad)
         response = post(client, cid, serialize_adapter(prompted), activate=True)
-        assert response.status_code == 422 and response.json()["code"] == "non_finite", response.text
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "non_finite", response.text
     assert client.get(f"/collections/{cid}/adapters").json() == []
 
 
@@ -69,7 +71,8 @@ def test_huge_claimed_prompts_are_refused_before_anything_is_allocated(client, c
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     response = post(client, cid, retagged(blob, prompt_config=claimed))
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    assert response.status_code == 422 and response.json()["code"] == "adapter_shape", response.text
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "adapter_shape", response.text
     assert grown_kb < 200_000  # 651,041 tokens would have been gigabytes
     assert len(blob) < 100_000
 
@@ -79,16 +82,19 @@ def test_header_that_disagrees_with_the_config_is_refused(client, collection):
     blob = serialize_adapter(prompts(client))
     # Config says 4 visual tokens, the tensors hold 2.
     response = post(client, cid, retagged(blob, prompt_config={**CONFIG.to_dict(), "visual_tokens": 4}))
-    assert response.status_code == 422 and response.json()["code"] == "adapter_shape"
+    assert response.status_code == 422
+    assert response.json()["code"] == "adapter_shape"
     # float64 tensors of the right shape.
     tensors = {k: v.double() for k, v in prompts(client).prompt_state_dict().items()}
     (size,) = struct.unpack("<Q", blob[:8])
     meta = json.loads(blob[8 : 8 + size])["__metadata__"]
     response = post(client, cid, save_tensors(tensors, metadata=meta))
-    assert response.status_code == 422 and response.json()["code"] == "adapter_shape"
+    assert response.status_code == 422
+    assert response.json()["code"] == "adapter_shape"
     # A header whose offsets point past the end of the file.
     response = post(client, cid, blob[: len(blob) - 16])
-    assert response.status_code == 422 and response.json()["code"] == "bad_adapter_file"
+    assert response.status_code == 422
+    assert response.json()["code"] == "bad_adapter_file"
     # Metadata that is not the format's JSON.
     response = post(client, cid, retagged(blob, prompt_config="[" * 5000))
     assert response.status_code == 422
@@ -101,4 +107,5 @@ def test_oversized_adapter_file_is_413(make_client):
     blob = serialize_adapter(prompts(client, PromptConfig(text_tokens=2, visual_tokens=8, visual_deep_from=1)))
     assert len(blob) > 3_000
     response = post(client, cid, blob)
-    assert response.status_code == 413 and response.json()["code"] == "file_too_large"
+    assert response.status_code == 413
+    assert response.json()["code"] == "file_too_large"

@@ -119,7 +119,8 @@ def test_revoked_key_is_refused_and_keys_are_stored_hashed(keyed, tmp_path, caps
     common = ["--data-dir", str(tmp_path / "data"), *extra]
     assert main(["keys", "list", *common]) == 0
     listing = capsys.readouterr().out
-    assert "reader" in listing and "b-only" in listing
+    assert "reader" in listing
+    assert "b-only" in listing
     assert not any(key in listing for key in keys.values())
     with client.app.state.context.session() as session:
         from service.api_keys import ApiKey
@@ -131,7 +132,8 @@ def test_revoked_key_is_refused_and_keys_are_stored_hashed(keyed, tmp_path, caps
     assert client.get("/collections", headers=bearer(keys["read"])).status_code == 200
     assert main(["keys", "revoke", reader_id, *common]) == 0
     refused = client.get("/collections", headers=bearer(keys["read"]))
-    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
     assert main(["keys", "revoke", UNKNOWN, *common]) == 2
 
 
@@ -154,7 +156,8 @@ def test_non_loopback_without_key_is_refused_unless_auth_is_off(make_client, tmp
 
     assert main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "cli")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: refusing to serve on 0.0.0.0 without an API key") and "\n" not in err
+    assert err.startswith("error: refusing to serve on 0.0.0.0 without an API key")
+    assert "\n" not in err
 
 
 def test_non_loopback_with_a_key_starts(make_client, tmp_path, capsys, database_url):

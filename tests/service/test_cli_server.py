@@ -74,7 +74,8 @@ def test_tune_refuses_without_a_server_even_with_a_stale_server_file(tmp_path, c
     (data_dir / SERVER_FILE).write_text(json.dumps({"url": "http://127.0.0.1:9"}))  # left by a crashed server
     assert main(["tune", "c", *common(data_dir)]) == 2
     err = capsys.readouterr().err
-    assert "no server holds the data directory" in err and "prompt-adapters serve" in err
+    assert "no server holds the data directory" in err
+    assert "prompt-adapters serve" in err
     assert not (data_dir / SERVER_FILE).exists()  # whoever takes the lock next drops the stale file
 
 

@@ -18,7 +18,8 @@ def test_cli_refuses_a_data_dir_a_server_holds(make_client, tmp_path, capsys):
     for argv in (["ingest", str(folder), "--collection", "c"], ["reembed"]):  # search asks the server instead
         assert main([*argv, *common]) == 2
         err = capsys.readouterr().err
-        assert "is in use by another process" in err and "stop it before running prompt-adapters" in err
+        assert "is in use by another process" in err
+        assert "stop it before running prompt-adapters" in err
     assert client.get("/collections").json() == []  # the CLI wrote nothing
     client.__exit__(None, None, None)
     assert main(["ingest", str(folder), "--collection", "c", *common]) == 0  # free again once the server stopped

@@ -46,7 +46,8 @@ def test_patch_changes_only_what_is_sent(client, four):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["captions"] == ["a new one", "and another"]
-    assert body["category"] == "cat" and body["attributes"] == ["small"]
+    assert body["category"] == "cat"
+    assert body["attributes"] == ["small"]
     assert body["meta"] == {"album": "a", "place": "home"}
     assert image(client, cid, ids[0]) == body  # stored, not only answered
     body = client.patch(f"/collections/{cid}/images/{ids[0]}",
@@ -142,17 +143,20 @@ def test_import_manifest_speaks_the_same_vocabulary(make_client, tmp_path):
     ids = [ids_by_filename(client, cid)[f"{i}.png"] for i in range(3)]
     got = [image(client, cid, i) for i in ids]
     assert [g["captions"] for g in got] == [["one"], ["two", "deux"], []]
-    assert got[1]["meta"] == {"from": "manifest"} and got[1]["category"] == "c"
+    assert got[1]["meta"] == {"from": "manifest"}
+    assert got[1]["category"] == "c"
     (root / "bad.jsonl").write_text(json.dumps({"path": "0.png", "colour": "red"}))
     bad = client.post(f"/collections/{cid}/images/import", json={"manifest": "bad.jsonl"})
-    assert bad.status_code == 422 and bad.json()["code"] == "bad_manifest"
+    assert bad.status_code == 422
+    assert bad.json()["code"] == "bad_manifest"
 
 
 def test_the_next_tuning_job_trains_on_edited_values(client, collection):
     cid = collection["id"]
     upload(client, cid, [(f"{i}.png", png_bytes(800 + i)) for i in range(16)]).raise_for_status()
     refused = client.post(f"/collections/{cid}/tuning-jobs", json={})
-    assert refused.status_code == 422 and refused.json()["code"] == "too_few_pairs"
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "too_few_pairs"
     for colour in ("red", "blue"):
         edited = client.patch(f"/collections/{cid}/images",
                               json={"filter": {"uploaded_from": "2000-01-01"}, "change": {"category": colour}})

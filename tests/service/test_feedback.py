@@ -17,9 +17,11 @@ def mark(client, cid, **body):
 def test_every_search_answers_with_a_search_id_that_feedback_can_name(client):
     cid = fill(client)
     single = client.post(f"/collections/{cid}/search", json={"query": "  a red thing ", "k": 3}).json()
-    assert isinstance(single["search_id"], int) and single["search_ids"] is None
+    assert isinstance(single["search_id"], int)
+    assert single["search_ids"] is None
     batch = client.post(f"/collections/{cid}/search", json={"query": ["red", "blue"], "k": 2}).json()
-    assert batch["search_id"] is None and len(set(batch["search_ids"])) == 2
+    assert batch["search_id"] is None
+    assert len(set(batch["search_ids"])) == 2
     by_image = client.post(f"/collections/{cid}/search", json={"image_id": single["results"][0]["image_id"]}).json()
     terms = client.post(f"/collections/{cid}/search", json={"terms": [{"text": "red"}, {"text": "blue", "weight": -1}]})
     uploaded = client.post(f"/collections/{cid}/search/image", files={"file": ("q.png", png_bytes(3))})
@@ -31,7 +33,8 @@ def test_every_search_answers_with_a_search_id_that_feedback_can_name(client):
         stored = {row.id: row for row in session.scalars(select(SearchRecord))}
     assert stored[single["search_id"]].query == {"text": "a red thing"}
     assert stored[single["search_id"]].image_ids == [h["image_id"] for h in single["results"]]
-    assert stored[single["search_id"]].adapter == "active" and stored[single["search_id"]].served_by == "none"
+    assert stored[single["search_id"]].adapter == "active"
+    assert stored[single["search_id"]].served_by == "none"
     assert stored[batch["search_ids"][1]].query == {"text": "blue"}
     assert stored[by_image["search_id"]].query == {"image_id": single["results"][0]["image_id"]}
     assert stored[terms.json()["search_id"]].query == {"terms": [{"text": "red", "weight": 1.0},
@@ -58,7 +61,8 @@ def test_only_the_newest_searches_are_kept(client, monkeypatch):
     assert kept == ids[2:]
     image_id = client.get(f"/collections/{cid}/images").json()["items"][0]["id"]
     pruned = mark(client, cid, search_id=ids[0], image_id=image_id, relevant=True)
-    assert pruned.status_code == 404 and pruned.json()["code"] == "search_not_found"
+    assert pruned.status_code == 404
+    assert pruned.json()["code"] == "search_not_found"
 
 
 def test_feedback_is_stored_listed_and_validated(client):
@@ -94,7 +98,9 @@ def test_feedback_is_stored_listed_and_validated(client):
     assert mark(client, 10**9, query={"text": "red"}, image_id=mine[0], relevant=True).status_code == 404
 
     page = client.get(f"/collections/{cid}/feedback", params={"limit": 2}).json()
-    assert page["total"] == 3 and page["limit"] == 2 and len(page["items"]) == 2
+    assert page["total"] == 3
+    assert page["limit"] == 2
+    assert len(page["items"]) == 2
     assert [(i["query"], i["image_id"], i["relevant"]) for i in page["items"]] == [
         ({"text": "blue"}, mine[3], False), ({"image_id": mine[1]}, mine[2], False)]
     rest = client.get(f"/collections/{cid}/feedback", params={"offset": 2}).json()["items"]
@@ -107,7 +113,8 @@ def test_feedback_is_stored_listed_and_validated(client):
     assert client.delete(f"/collections/{cid}/images/{mine[1]}").status_code == 204
     assert client.delete(f"/collections/{cid}/images/{mine[3]}").status_code == 204
     left = client.get(f"/collections/{cid}/feedback").json()
-    assert left["total"] == 1 and left["items"][0]["image_id"] == mine[0]
+    assert left["total"] == 1
+    assert left["items"][0]["image_id"] == mine[0]
 
 
 def test_a_job_trains_on_relevant_marks_but_never_on_its_held_out_images(client):

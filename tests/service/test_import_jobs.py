@@ -102,12 +102,14 @@ def test_a_directory_import_runs_as_a_job_with_progress(make_client, tmp_path, m
     assert running["state"] == "running"
     assert (running["progress"]["stage"], running["progress"]["step"]) == ("importing", 2)
     refused = client.post(f"/collections/{cid}/tuning-jobs", json={})
-    assert refused.status_code == 409 and refused.json()["code"] == "import_in_progress"
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "import_in_progress"
     assert refused.json()["job_id"] == job["id"]
     pause.release.set()
 
     stream = events(client, job["id"])
-    assert stream[-1][0] == "end" and stream[-1][1]["state"] == "succeeded"
+    assert stream[-1][0] == "end"
+    assert stream[-1][1]["state"] == "succeeded"
     done = stream[-1][1]["progress"]
     assert (done["step"], done["total_steps"], done["added"], done["duplicates"], done["failed"]) == (8, 8, 6, 1, 1)
     assert done["failures"] == [{"path": "pets/dogs/broken.png",
@@ -168,7 +170,8 @@ def test_a_manifest_import_is_a_job_too(make_client, tmp_path, caplog):
     # Every file failing fails the job, with the reasons in its progress.
     (root / "none.jsonl").write_text(json.dumps({"path": "pics/nothing.png"}) + "\n")
     failed = wait(client, client.post(f"/collections/{cid}/images/import", json={"manifest": "none.jsonl"}).json()["id"])
-    assert failed["state"] == "failed" and "every file was rejected" in failed["error"]
+    assert failed["state"] == "failed"
+    assert "every file was rejected" in failed["error"]
     assert failed["progress"]["failed"] == 1
 
 
@@ -293,7 +296,8 @@ def test_bad_imports_are_refused_with_4xx_and_queue_nothing(make_client, tmp_pat
         response = client.post(url, json=body)
         assert response.status_code == status, (body, response.text)
         detail = response.json()
-        assert isinstance(detail["detail"], str) and str(root) not in detail["detail"]  # says no server path
+        assert isinstance(detail["detail"], str)
+        assert str(root) not in detail["detail"]  # says no server path
         return detail["code"]
 
     assert refused({}, 422) == "invalid_request"
@@ -320,7 +324,8 @@ def test_bad_imports_are_refused_with_4xx_and_queue_nothing(make_client, tmp_pat
     disabled = make_client(data_dir=tmp_path / "other")
     other = disabled.post("/collections", json={"name": "elsewhere"}).json()["id"]
     response = disabled.post(f"/collections/{other}/images/import", json={"directory": "pets"})
-    assert response.status_code == 403 and response.json()["code"] == "import_disabled"
+    assert response.status_code == 403
+    assert response.json()["code"] == "import_disabled"
 
 
 def test_the_cli_import_command_follows_the_job(tiny_backbone, tmp_path, capsys):
@@ -332,7 +337,8 @@ def test_the_cli_import_command_follows_the_job(tiny_backbone, tmp_path, capsys)
         common = ["--data-dir", str(data_dir), "--backbone-model", TEST_BACKBONE]
         assert main(["import", "pets", "--directory", "pets", "--wait", *common]) == 0
         out = capsys.readouterr().out
-        assert "import job 1 queued for collection 1" in out and "(8 files)" in out
+        assert "import job 1 queued for collection 1" in out
+        assert "(8 files)" in out
         assert "failed pets/dogs/broken.png: not a decodable image" in out
         assert "import job 1 succeeded: 6 added, 1 duplicates, 1 failed" in out
         # Without --wait it only queues; a bad request is one error line.

@@ -22,7 +22,8 @@ def test_start_end_and_activation_are_logged(client, caplog):
     logged = messages(caplog)
     assert any(m.startswith(f"tuning job {job_id} started for collection {cid}") for m in logged), logged
     ended = [m for m in logged if m.startswith(f"tuning job {job_id} (collection {cid}) ended: succeeded, version v1")]
-    assert ended and "wall time" in ended[0], logged
+    assert ended, logged
+    assert "wall time" in ended[0], logged
     assert any(m.startswith(f"collection {cid}: activated adapter v1 (note: ") for m in logged), logged
 
     caplog.clear()

@@ -185,7 +185,8 @@ def test_two_apis_and_two_workers_agree(postgres_server, tmp_path, tiny_backbone
                             and j, timeout=STALLED_S + 30)
         assert killed["state"] == "failed"
         assert "interrupted by the loss of its worker" in killed["error"]
-        assert killed["adapter_version"] is None and killed["progress"]["eta_s"] is None
+        assert killed["adapter_version"] is None
+        assert killed["progress"]["eta_s"] is None
         assert api1.get(f"/jobs/{job_b}").json()["state"] == "running"  # the live worker's job is untouched
 
         # A cancel sent to API 2 reaches job B on the other worker between two steps.
@@ -227,13 +228,15 @@ def test_two_apis_and_two_workers_agree(postgres_server, tmp_path, tiny_backbone
         assert api1.post(f"/collections/{cid}/adapters/none/activate").status_code == 200
         assert api1.delete(f"/collections/{cid}/adapters/{version}").status_code == 204
         refused = api2.post(f"/collections/{cid}/search", json={"query": "red", "adapter": f"v{version}"})
-        assert refused.status_code == 404 and refused.json()["code"] == "adapter_not_found"
+        assert refused.status_code == 404
+        assert refused.json()["code"] == "adapter_not_found"
         time.sleep(SYNC_S)
 
         # Counts agree everywhere.
         first, second = described(api1, cid), described(api2, cid)
         assert first == second
-        assert first[0] == len(expected) and first[1] == [("none", len(expected))]
+        assert first[0] == len(expected)
+        assert first[1] == [("none", len(expected))]
         assert [state for _, state, _ in first[2]] == ["failed", "cancelled", "cancelled"]
 
 
@@ -275,5 +278,6 @@ def test_index_sync_reads_only_the_missing_vectors(tmp_path):
     assert registry.sync(1, "none", np.arange(1, 10), load) == (4, 1)
     assert asked == [[6, 7, 8, 9]]
     scores, ids = registry.search(1, "none", vectors[[0, 7]], 1)
-    assert ids[0][0] != 0 and ids[1][0] == 7
+    assert ids[0][0] != 0
+    assert ids[1][0] == 7
     assert sorted(registry.get(1, "none").ids.tolist()) == list(range(1, 10))

@@ -124,9 +124,11 @@ def test_hits_carry_file_name_thumbnail_and_dates(client):
     hit = search(client, cid, image_id=ids[2], k=1)[0]
     assert hit["image_id"] == ids[2]
     assert hit["filename"] == "img2.png"
-    assert hit["captured_at"] is None and hit["uploaded_at"]
+    assert hit["captured_at"] is None
+    assert hit["uploaded_at"]
     thumb = client.get(hit["thumbnail_url"])
-    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.status_code == 200
+    assert thumb.headers["content-type"] == "image/jpeg"
 
 
 def test_filters_work_on_an_approximate_index_and_with_combined_queries(make_client):

@@ -171,7 +171,8 @@ def test_image_queries_use_the_adapters_image_space(client, filled, tiny_backbon
     assert response.status_code in (200, 201), response.text
     adapted = search(client, cid, image_id=ids[2], k=len(ids))
     zero = search(client, cid, image_id=ids[2], k=len(ids), adapter="none")
-    assert adapted["adapter"] == "v1" and adapted["results"][0]["image_id"] == ids[2]
+    assert adapted["adapter"] == "v1"
+    assert adapted["results"][0]["image_id"] == ids[2]
     by_id = {h["image_id"]: h["score"] for h in adapted["results"]}
     assert not np.allclose([by_id[h["image_id"]] for h in zero["results"]], [h["score"] for h in zero["results"]],
                            atol=1e-4)

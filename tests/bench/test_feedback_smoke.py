@@ -36,17 +36,21 @@ def test_marks_become_captions_negatives_and_a_val_set_kept_apart(pool):
     assert set(job.negatives.of_caption) == (train_texts | {"nothing found"})
     named = {text: {pool.index(next(p for p in pool if p.image is job.negatives.images[i])) for i in ids}
              for text, ids in job.negatives.of_caption.items()}
-    assert named["q0"] == {1, 50} and named["nothing found"] == {40, 41}
+    assert named["q0"] == {1, 50}
+    assert named["nothing found"] == {40, 41}
     assert len(job.negatives.images) == len({id(im) for im in job.negatives.images})
-    assert job.counts["relevant_marks"] == 8 and job.counts["not_relevant_marks"] == 18
-    assert job.counts["val_queries"] == 2 and job.counts["train_pairs"] == 6
+    assert job.counts["relevant_marks"] == 8
+    assert job.counts["not_relevant_marks"] == 18
+    assert job.counts["val_queries"] == 2
+    assert job.counts["train_pairs"] == 6
 
     assert job_data(pool, session[:1] + session[8:]) is None  # one query found something: no job
 
 
 def test_the_simulated_user_marks_the_top_results_truthfully(tiny_backbone, pool):
     session = simulate_session(tiny_backbone, pool, 12, seed=0)
-    assert len(session) == 12 and len({m.text for m in session}) >= 10
+    assert len(session) == 12
+    assert len({m.text for m in session}) >= 10
     for marks in session:
         owner = next(p for p in pool if marks.text in p.captions)
         assert len(marks.relevant) + len(marks.not_relevant) == feedback.TOP_K
@@ -65,7 +69,8 @@ def test_the_command_writes_its_report_on_the_tiny_model(tiny_backbone, tmp_path
     assert feedback.main(argv, backbone=tiny_backbone) == 0
     report = json.loads((tmp_path / "feedback.json").read_text())
     text = (tmp_path / "feedback.md").read_text()
-    assert "python -m bench.feedback --backbone tiny-vit-test" in text and "| none (zero-shot) |" in text
+    assert "python -m bench.feedback --backbone tiny-vit-test" in text
+    assert "| none (zero-shot) |" in text
     assert [(row["queries"], row["variant"]) for row in report["rows"]] == [
         (n, v) for n in (5, 60) for v in ("all marks", "relevant marks only")]
     zero = report["zero_shot"]["metrics"]
@@ -85,4 +90,5 @@ def test_the_command_writes_its_report_on_the_tiny_model(tiny_backbone, tmp_path
             assert set(row["gain_over_relevant_only"]) == set(row["gain"])
             assert f"| N = {row['queries']} queries |" in text
         else:  # the ablation: the same job without its named negatives
-            assert run["negative_pairs_used"] == 0 and run["negative_pairs_given"] > 0
+            assert run["negative_pairs_used"] == 0
+            assert run["negative_pairs_given"] > 0

@@ -84,6 +84,8 @@ def test_an_lr_sweep_split_over_processes_keeps_the_val_best_rate_and_every_trie
     records, notes = combine_sweeps([zero, ft(3e-5, 0.10, 0.09), ft(1e-4, 0.14, 0.12), ft(3e-4, 0.13, 0.15)])
     assert [r["method"] for r in records] == ["zero-shot", "full-ft"]
     kept = records[1]
-    assert kept["lr_chosen"] == 1e-4 and kept["test_r1"] == 0.12
+    assert kept["lr_chosen"] == 1e-4
+    assert kept["test_r1"] == 0.12
     assert [s["lr"] for s in kept["lr_sweep"]] == [3e-5, 1e-4, 3e-4]
-    assert len(notes) == 1 and "3 processes" in notes[0]
+    assert len(notes) == 1
+    assert "3 processes" in notes[0]

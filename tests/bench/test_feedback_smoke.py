@@ -63,6 +63,7 @@ def test_a_spec_with_partial_captions_is_refused():
         feedback.check_truthful(load_spec("broad"))
 
 
+@pytest.mark.slow  # ~10 s of training; the session, marks and job data above stay in the fast loop
 def test_the_command_writes_its_report_on_the_tiny_model(tiny_backbone, tmp_path):
     argv = ["--backbone", "tiny-vit-test", "--pool", "60", "--test", "30", "--queries", "5", "60", "--ablation",
             "--out", str(tmp_path)]

@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+import traceback
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -147,3 +149,40 @@ def throwaway_postgres_server():
     finally:
         subprocess.run(as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+CRASHED = 70  # the exit code of a child that died where its test asked
+
+
+def crash_at(phase: str, nth: int = 1) -> None:
+    """Make this process die (os._exit: no rollback, no clean-up) the ``nth`` time a unit of work
+    reaches ``phase``."""
+    from service import unit_of_work
+
+    seen: list[str] = []
+
+    def reached(name: str) -> None:
+        seen.append(name)
+        if name == phase and seen.count(phase) == nth:
+            os._exit(CRASHED)
+
+    unit_of_work.phase_reached = reached
+
+
+def exit_code_of_child(work: Callable[[], int]) -> int:
+    """Fork; the child runs ``work`` (its result is the exit code; an exception exits 1) and leaves by
+    os._exit, so nothing is rolled back or cleaned up. Returns the child's exit code."""
+    import torch
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            torch.set_num_threads(1)  # no OpenMP pool inherited across the fork
+            code = work()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

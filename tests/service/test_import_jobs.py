@@ -7,12 +7,10 @@ import json
 import os
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from sqlalchemy import func, select
 
 from service import unit_of_work
@@ -26,9 +24,7 @@ from service.schemas import ImportRequest
 from tests.service.live_server import live_server
 from tests.service.test_tuning import wait
 from tests.service.test_unit_of_work import assert_consistent
-from tests.support import TEST_BACKBONE, png_bytes
-
-CRASHED = 70
+from tests.support import CRASHED, TEST_BACKBONE, crash_at, exit_code_of_child, png_bytes
 
 
 def tree(root: Path) -> Path:
@@ -227,34 +223,21 @@ def test_a_shutdown_mid_import_resumes_at_the_next_start(make_client, tmp_path, 
 def crash_mid_import(data_dir: Path, root: Path, phase: str, backbone, database_url: str | None) -> int:
     """Fork; the child queues a directory import and runs it with a job runner until the second batch
     reaches ``phase``, where it dies (os._exit: no rollback, no clean-up). Returns the child's exit code."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            torch.set_num_threads(1)  # no OpenMP pool inherited across the fork
-            seen = []
 
-            def crash_at(reached: str) -> None:
-                seen.append(reached)
-                if reached == phase and seen.count(phase) == 2:
-                    os._exit(CRASHED)
+    def work() -> int:
+        from service.collections import create_collection
 
-            unit_of_work.phase_reached = crash_at
-            ctx = ServiceContext(Settings(data_dir=data_dir, database_url=database_url, backbone_model=TEST_BACKBONE,
-                                          import_root=root, import_batch_size=2), backbone)
-            from service.collections import create_collection
+        crash_at(phase, nth=2)
+        ctx = ServiceContext(Settings(data_dir=data_dir, database_url=database_url, backbone_model=TEST_BACKBONE,
+                                      import_root=root, import_batch_size=2), backbone)
+        cid = create_collection(ctx, "pets", None).id
+        enqueue_import(ctx, cid, ImportRequest(directory="pets"))
+        ctx.jobs = JobRunner(ctx)
+        ctx.jobs.start()
+        time.sleep(120)
+        return 1  # the phase was never reached
 
-            cid = create_collection(ctx, "pets", None).id
-            enqueue_import(ctx, cid, ImportRequest(directory="pets"))
-            ctx.jobs = JobRunner(ctx)
-            ctx.jobs.start()
-            time.sleep(120)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return exit_code_of_child(work)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash is simulated in a forked child")

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import traceback
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-import torch
 from sqlalchemy import func, select
 
 from service import adapter_versions, collections, editing, feedback, unit_of_work
@@ -28,10 +26,9 @@ from service.ingest import IngestItem, ingest
 from service.models import AdapterVersion, BackboneState, Caption, Collection, Embedding, FeedbackRecord, ImageRecord
 from service.reembed import reembed_all
 from service.schemas import FeedbackQuery, FeedbackRequest, ImageFilter, ImagePatch
-from tests.support import TEST_BACKBONE, adapter_blob, png_bytes, upload
+from tests.support import CRASHED, TEST_BACKBONE, adapter_blob, crash_at, exit_code_of_child, png_bytes, upload
 
 PHASES = ["staged", "committed"]
-CRASHED = 70
 COLLECTION, IMAGE, VERSION = 1, 1, 1  # as the prepared data directory numbers them
 
 
@@ -59,26 +56,14 @@ PATHS = ["ingest", "delete_image", "delete_collection", "register_adapter", "act
 
 def crash_in_child(data_dir: Path, path: str, phase: str, backbone) -> int:
     """Fork; the child runs the write path and dies at ``phase``. Returns the child's exit code."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            torch.set_num_threads(1)  # no OpenMP pool inherited across the fork
 
-            def crash_at(reached: str) -> None:
-                if reached == phase:
-                    os._exit(CRASHED)
+    def work() -> int:
+        crash_at(phase)
+        ctx = ServiceContext(Settings(data_dir=data_dir, backbone_model=TEST_BACKBONE), backbone)
+        write_paths(ctx, adapter_blob(backbone))[path]()
+        return 0  # the phase was never reached
 
-            unit_of_work.phase_reached = crash_at
-            ctx = ServiceContext(Settings(data_dir=data_dir, backbone_model=TEST_BACKBONE), backbone)
-            write_paths(ctx, adapter_blob(backbone))[path]()
-            code = 0  # the phase was never reached
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return exit_code_of_child(work)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,22 @@ def create_key(capsys, data_dir) -> str:
     return capsys.readouterr().out.strip()
 
 
-def test_the_page_signs_in_and_out(serve, browser, tmp_path, capsys):
-    """The fast loop's browser check: the page's modules load and talk to the API (the whole flow is below)."""
-    key = create_key(capsys, tmp_path / "data")
-    page = Page(browser, serve())
-    page.open("/")
+def sign_in_after_a_wrong_key(page: Page, key: str) -> None:
+    """A wrong key is refused and the form stays; the right one opens the page."""
     page.fill("#api-key", "wrong")
     page.button("Sign in").click()
     page.wait_text("#toast", "refused")
     page.fill("#api-key", key)
     page.button("Sign in").click()
     page.wait_text("#main", "No collections yet")
+
+
+def test_the_page_signs_in_and_out(serve, browser, tmp_path, capsys):
+    """The fast loop's browser check: the page's modules load and talk to the API (the whole flow is below)."""
+    key = create_key(capsys, tmp_path / "data")
+    page = Page(browser, serve())
+    page.open("/")
+    sign_in_after_a_wrong_key(page, key)
     page.button("Sign out", within="#account").click()
     page.find("#api-key")
     assert browser.execute_script("return sessionStorage.getItem('pas-api-key')") is None
@@ -43,12 +48,7 @@ def test_sign_in_with_a_key_and_be_refused_without(serve, browser, tmp_path, cap
 
     page.open("/")
     page.find("#api-key")  # refused without a key: the sign-in form
-    page.fill("#api-key", "wrong")
-    page.button("Sign in").click()
-    page.wait_text("#toast", "refused")
-    page.fill("#api-key", key)
-    page.button("Sign in").click()
-    page.wait_text("#main", "No collections yet")
+    sign_in_after_a_wrong_key(page, key)
     assert browser.execute_script("return sessionStorage.getItem('pas-api-key')") == key
     assert browser.execute_script("return localStorage.length") == 0
 

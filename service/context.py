@@ -29,6 +29,7 @@ from service.encoders import Encoder, ZeroShotEncoder
 from service.errors import NotFound
 from service.index import IndexRegistry
 from service.models import AdapterVersion, BackboneState, Collection, Embedding, ImageRecord
+from service.search_log import SearchLog
 from service.storage import ImageStore
 from service.vocabulary import ZERO_SHOT, space_version, version_space
 
@@ -101,6 +102,7 @@ class ServiceContext:
         self.adapters = AdapterStore(settings.collections_dir, self.backbone, settings.batch_size,
                                      settings.adapter_cache_size, settings.adapter_cache_bytes)
         self.text_batcher = TextBatcher(text_mixer(self.backbone))
+        self.search_log = SearchLog(self.sessions)
         self.jobs: JobDispatcher | None = None  # a server has one; the CLI and a worker do not
         self._collection_locks: dict[int, threading.RLock] = defaultdict(threading.RLock)
         self._locks_guard = threading.Lock()

@@ -1,9 +1,9 @@
 """Learning from use: the searches served, the user's marks on their results, and what a job trains on.
 
-Every search stores its query, the adapter selector and the ids it returned (``searches``), so that
-a mark can name a result list by ``search_id``. Only the newest ``SEARCHES_KEPT`` per collection are
-kept: an older one is pruned when a new one is stored, and a mark naming it is a 404 (send the
-query itself instead). Marks (``feedback``) are kept until their image (or their query image) is
+Every search stores its query, the adapter selector and the ids it returned (``searches``, written
+by ``service.search_log``), so that a mark can name a result list by ``search_id``. Only the newest
+``SEARCHES_KEPT`` per collection are kept, and a mark naming an older one is a 404 (send the query
+itself instead). Marks (``feedback``) are kept until their image (or their query image) is
 deleted (``collections.delete_image``, in the same unit of work).
 
 What a tuning job takes from the marks (``training_marks``): the latest mark per (query text,
@@ -24,21 +24,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.collections import get_image
 from service.context import ServiceContext
-from service.errors import Invalid, NotFound, not_found
+from service.errors import Invalid, NotFound
 from service.input_rules import visible_text
 from service.models import FeedbackRecord, SearchRecord
 from service.progress import FeedbackUse
 from service.schemas import FeedbackRequest, SearchTerm
+from service.search_log import SEARCHES_KEPT, ServedSearches
 from service.search_terms import clean_text
 from service.unit_of_work import CollectionWriter
-
-SEARCHES_KEPT = 1000  # per collection: enough to mark the results of a long session, bounded for ever
 
 
 def search_query(query: str | None = None, image_id: int | None = None,
@@ -54,23 +52,8 @@ def search_query(query: str | None = None, image_id: int | None = None,
 
 def record_searches(ctx: ServiceContext, collection_id: int, adapter: str, served_by: str,
                     queries: list[dict], results: list[list[int]]) -> list[int]:
-    """Store one row per result list (a plain transaction: a search never waits for a writer); their ids."""
-    with ctx.session() as session:
-        rows = [SearchRecord(collection_id=collection_id, adapter=adapter, served_by=served_by, query=query,
-                             image_ids=ids) for query, ids in zip(queries, results, strict=True)]
-        session.add_all(rows)
-        try:
-            session.flush()
-        except IntegrityError as exc:  # the collection was deleted while the search ran
-            raise not_found("collection", collection_id) from exc
-        oldest_kept = session.scalar(
-            select(SearchRecord.id).where(SearchRecord.collection_id == collection_id)
-            .order_by(SearchRecord.id.desc()).offset(SEARCHES_KEPT - 1).limit(1))
-        if oldest_kept is not None:
-            session.execute(delete(SearchRecord).where(SearchRecord.collection_id == collection_id,
-                                                       SearchRecord.id < oldest_kept))
-        session.commit()
-        return [row.id for row in rows]
+    """Store one row per result list (``service.search_log``: concurrent searches share a commit); their ids."""
+    return ctx.search_log.record(ServedSearches(collection_id, adapter, served_by, queries, results))
 
 
 def mark_query(ctx: ServiceContext, collection_id: int, body: FeedbackRequest,

@@ -2,7 +2,7 @@
 
 from sqlalchemy import func, select
 
-from service import feedback
+from service import feedback, search_log
 from service.models import FeedbackRecord, SearchRecord, TuningJob
 from service.schemas import TuningConfig
 from service.tuning import captioned_image_ids, plan_split
@@ -50,7 +50,7 @@ def test_every_search_answers_with_a_search_id_that_feedback_can_name(client):
 
 
 def test_only_the_newest_searches_are_kept(client, monkeypatch):
-    monkeypatch.setattr(feedback, "SEARCHES_KEPT", 3)
+    monkeypatch.setattr(search_log, "SEARCHES_KEPT", 3)
     cid = fill(client, n=4)
     other = fill(client, n=4, name="other")
     ids = [client.post(f"/collections/{cid}/search", json={"query": f"q{i}"}).json()["search_id"] for i in range(5)]

@@ -136,8 +136,10 @@ class UploadItem:
     attributes: list[str]
 
 
-def upload_batches(client: httpx.Client, collection_id: int, items: Sequence[UploadItem], batch: int) -> dict:
+def upload_batches(client: httpx.Client, collection_id: int, items: Sequence[UploadItem], batch: int,
+                   server_pid: int | None = None) -> dict:
     """Upload ``items`` in consecutive multipart requests of ``batch`` files; one client, sequential."""
+    server0 = process_cpu_seconds(server_pid) if server_pid else None
     cpu0, t0 = time.process_time(), time.perf_counter()
     request_s = []
     accepted = 0
@@ -157,13 +159,16 @@ def upload_batches(client: httpx.Client, collection_id: int, items: Sequence[Upl
     wall = time.perf_counter() - t0
     if accepted != len(items):
         raise RuntimeError(f"expected {len(items)} new images, the service accepted {accepted}")
-    return {"seconds": wall, "images_per_s": len(items) / wall, "client_cpu_s": time.process_time() - cpu0,
-            "request_s": percentiles(request_s)}
+    out = {"seconds": wall, "images_per_s": len(items) / wall, "client_cpu_s": time.process_time() - cpu0,
+           "request_s": percentiles(request_s)}
+    if server0 is not None and server_pid:
+        out["server_cpu_s"] = process_cpu_seconds(server_pid) - server0
+    return out
 
 
 def bare_encode_loop(backbone, items: Sequence[UploadItem], batch: int) -> dict:
     """The same work without the service: decode PNG bytes, preprocess, encode_image, batch by batch."""
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     rows = 0
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
@@ -171,7 +176,7 @@ def bare_encode_loop(backbone, items: Sequence[UploadItem], batch: int) -> dict:
         rows += len(backbone.encode_images(images, batch_size=batch))
     wall = time.perf_counter() - t0
     assert rows == len(items)
-    return {"seconds": wall, "images_per_s": len(items) / wall}
+    return {"seconds": wall, "images_per_s": len(items) / wall, "cpu_s": time.process_time() - cpu0}
 
 
 # --------------------------------------------------------------------------- search

@@ -140,12 +140,13 @@ def run_pair(backbone, train_items, val_items, base: TrainConfig, repeats: int, 
 
 
 def run_tuning(backbone, items: Sequence, n_train: int, epochs: int, batch_size: int, repeats: int,
-               visual_starts: Sequence[int], seed: int) -> dict:
+               visual_prompted_last: Sequence[int], seed: int) -> dict:
     train_items, val_items = list(items[:n_train]), list(items[n_train:])
     depth = len(backbone.model.visual.transformer.resblocks)
     common = dict(epochs=epochs, batch_size=batch_size, seed=seed, patience=None, warmup=0.1)
     out = {"n_train": len(train_items), "n_val": len(val_items), "image_blocks": depth, "visual": {}}
-    for start in visual_starts:
+    for last in visual_prompted_last:
+        start = depth - last  # the same share of the tower whatever the backbone's depth
         if not 0 < start < depth:
             continue
         cfg = TrainConfig(method="visual", visual_start=start, **common)

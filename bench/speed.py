@@ -474,21 +474,20 @@ def verdicts(report: dict) -> list[dict]:
         rows += service_verdicts(real.get("ingest"), real.get("search"), f"{real['model']['model_name']}, random init")
     tuning = report.get("tuning")
     if tuning:
-        for start, pair in tuning["visual"].items():
+        # The target is about a step (the "tuning step with the cache vs without"); wall time is
+        # shown beside it with the one-time work both runs share.
+        def row(what: str, pair: dict) -> dict:
             same = pair["same_result"]["equal_within_tolerance"]
-            rows.append({"what": f"tuning wall time, visual prompts from block {start} of {tuning['image_blocks']}: "
-                                 "uncached / cached", "target": f">= {TARGETS['tuning']}x, same result",
-                         "value": f"{pair['wall_speedup']:.2f}x (steps {pair['step_speedup']:.2f}x), "
-                                  f"result {'same' if same else 'DIFFERENT'} (prompts max |diff| "
-                                  f"{pair['same_result']['prompt_max_abs_diff']:.1e})",
-                         "met": pair["wall_speedup"] >= TARGETS["tuning"] and same})
-        text = tuning["text"]
-        same = text["same_result"]["equal_within_tolerance"]
-        rows.append({"what": "tuning wall time, text-only: images re-encoded each step (emulated) / encoded once",
-                     "target": f">= {TARGETS['tuning']}x, same result",
-                     "value": f"{text['wall_speedup']:.2f}x (steps {text['step_speedup']:.2f}x), "
-                              f"result {'same' if same else 'DIFFERENT'}",
-                     "met": text["wall_speedup"] >= TARGETS["tuning"] and same})
+            return {"what": what, "target": f">= {TARGETS['tuning']}x per step, same result",
+                    "value": f"steps {pair['step_speedup']:.2f}x ({pair['uncached_step_ms']:.0f} vs "
+                             f"{pair['cached_step_ms']:.0f} ms), result {'same' if same else 'DIFFERENT'}; wall "
+                             f"{pair['wall_speedup']:.2f}x ({pair['uncached_wall_s']:.1f} vs {pair['cached_wall_s']:.1f} s, "
+                             f"of which set-up {pair['uncached_setup_s']:.1f} vs {pair['cached_setup_s']:.1f} s)",
+                    "met": pair["step_speedup"] >= TARGETS["tuning"] and same}
+        for start, pair in tuning["visual"].items():
+            rows.append(row(f"tuning step, visual prompts from block {start} of {tuning['image_blocks']}: "
+                            "uncached / cached", pair))
+        rows.append(row("tuning step, text-only: images re-encoded each step (emulated) / encoded once", tuning["text"]))
     ad = report.get("adapters")
     if ad:
         h = ad["http"]
@@ -608,20 +607,26 @@ def reasons_markdown(report: dict) -> list[str]:
         measured = (
             f" CPU time per image: bare loop {cpu['bare_loop']:.2f} ms ({busy['bare_loop']:.2f} cores busy), server "
             f"{cpu['server']:.2f} ms ({busy['server']:.2f} cores busy), plus {cpu['client']:.2f} ms in the uploading "
-            f"client on the same machine. Both paths spend the same CPU on decoding and encoding, so the service's own "
-            f"work is about {cpu['server'] - cpu['bare_loop']:.2f} ms per image; with the encoder already using the "
-            f"cores, that work cannot overlap it, and the ratio cannot pass about "
-            f"{cpu['bare_loop'] / (cpu['server'] + cpu['client']):.2f} on this CPU-only machine (on a GPU the encode "
-            "leaves the CPU and the two overlap)."
+            f"client on the same machine. The service spends about {cpu['server'] - cpu['bare_loop']:.2f} ms more CPU "
+            "per image than the bare loop (its own work, and the encode itself running slower beside the file-writing "
+            "and request threads); on this CPU-only machine that work competes with the encoder for the same cores, "
+            f"so even with the cores as busy as in the bare loop the ratio could not pass about "
+            f"{cpu['bare_loop'] / (cpu['server'] + cpu['client']):.2f} (on a GPU the encode leaves the CPU and the two "
+            "overlap)."
         ) if cpu else ""
         out.append(
             f"- ingest: the bare loop only decodes and encodes ({ingest['bare_images_per_s']:.0f} img/s); the service also "
             "parses multipart bodies, hashes, writes and fsyncs every file, and commits rows, captions and vectors per "
             f"request.{measured} With the user-sized model below, the encoder dominates and the service keeps up.")
     tuning = report.get("tuning")
-    if tuning and any(p["wall_speedup"] < TARGETS["tuning"] for p in tuning["visual"].values()):
-        out.append(f"- tuning: {tuning.get('ceiling_note', '')} Wall time also counts preprocessing and validation, "
-                   "which the cache does not shorten.")
+    pairs = [*tuning["visual"].values(), tuning["text"]] if tuning else []
+    if any(p["step_speedup"] < TARGETS["tuning"] for p in pairs):
+        text = tuning["text"]
+        out.append(f"- tuning: {tuning.get('ceiling_note', '')} Text-only prompts sit in the text tower, which every "
+                   f"step runs forward and backward ({text['cached_step_ms']:.0f} ms of a {text['uncached_step_ms']:.0f} ms "
+                   "uncached step), so caching the frozen images saves only their forward pass. Wall time also counts "
+                   "the set-up both runs share (preprocessing, the frozen side's one-time encode; the prefix cache in "
+                   "the cached run) and validation, which the cache does not shorten.")
     cli = report.get("cli")
     if cli and cli["median_s"] >= TARGETS["cli_s"]:
         out.append(f"- CLI: {cli['median_s']:.2f} s, of which a bare interpreter start is {cli['bare_python_median_s']:.2f} s; "

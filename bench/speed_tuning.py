@@ -73,9 +73,13 @@ def _timed_train(backbone, train_items, val_items, config: TrainConfig, emulate_
         if step > last_step and previous is not None:
             step_s.append(t - previous)
         last_step, previous = max(last_step, step), t
+    # Before the first step: preprocessing, the frozen side's one-time encode, the prefix cache.
+    setup = events[0][0] - t0 if events else wall
     return {
         "result": result,
         "wall_s": wall,
+        "setup_s": setup,
+        "after_steps_s": wall - setup - sum(step_s),  # validation at each epoch's end, the final evaluation
         "steps": result.steps,
         "step_ms_median": 1000.0 * statistics.median(step_s) if step_s else None,
         "train_loop_s": sum(step_s),
@@ -134,6 +138,10 @@ def run_pair(backbone, train_items, val_items, base: TrainConfig, repeats: int, 
         "cached_step_ms": med("cached", "step_ms_median"),
         "uncached_step_ms": med("uncached", "step_ms_median"),
         "step_speedup": med("uncached", "step_ms_median") / med("cached", "step_ms_median"),
+        "cached_setup_s": med("cached", "setup_s"),
+        "uncached_setup_s": med("uncached", "setup_s"),
+        "cached_after_steps_s": med("cached", "after_steps_s"),
+        "uncached_after_steps_s": med("uncached", "after_steps_s"),
         "same_result": comparison,
         "best_metrics_cached": last["cached"].best_metrics,
     }

@@ -54,6 +54,7 @@ from bench.speed_http import (  # noqa: E402
     UploadItem,
     bare_encode_loop,
     create_collection,
+    framework_floor,
     search_levels,
     start_server,
     upload_batches,
@@ -126,6 +127,7 @@ QUICK = Sizes(
     adapter_collections=8, adapter_images=2, adapter_requests=40, adapter_seconds=5.0, adapter_rounds=1,
     cli_repeats=2,
 )
+FLOOR_SECONDS = 8.0  # per request kind of the framework floor (search section)
 ADAPTER_CLIENTS = 8
 ADAPTER_K = 2  # each collection holds adapter_images images: setting up 1,000 stays a few minutes
 # The second, user-sized model (ingest and search only): sizes that keep it to a few minutes here.
@@ -301,6 +303,10 @@ def measure_search(server, collection_id: int, backbone, sizes: Sizes) -> dict:
     for level in levels:
         log(f"search {level['clients']:>2} clients: p50 {level['latency_ms'].get('p50', float('nan')):.1f} ms, "
             f"{level['throughput_rps']:.1f} req/s, errors {level['errors']}")
+    floor = framework_floor(server.base_url, collection_id, max(sizes.search_levels[:2]), FLOOR_SECONDS, server.pid)
+    for level in floor:
+        log(f"{level['path']} at {level['clients']} clients: {level['throughput_rps']:.0f} req/s, "
+            f"{level['server_cpu_ms_per_request']:.2f} ms server CPU per request")
     by = {lv["clients"]: lv for lv in levels}
     ratio = None
     if 1 in by and 8 in by and by[1]["latency_ms"]["n"] and by[8]["latency_ms"]["n"]:
@@ -309,6 +315,7 @@ def measure_search(server, collection_id: int, backbone, sizes: Sizes) -> dict:
         "collection_images": sizes.ingest_images, "k": sizes.search_k, "distinct_queries": len(queries),
         "query_examples": queries[:5], "max_requests_per_level": sizes.search_requests,
         "max_seconds_per_level": sizes.search_seconds, "levels": levels, "p50_ratio_8_vs_1": ratio,
+        "framework_floor": floor,
         "client": "httpx.AsyncClient in the bench process, keep-alive connections, closed loop "
                   "(each client sends its next query when the previous answer arrives); warm-up requests "
                   "not recorded; the load generator shares the machine's cores with the server",
@@ -598,9 +605,12 @@ def reasons_markdown(report: dict) -> list[str]:
             f"waits for the 7 others (p50 {eight['latency_ms']['p50']:.1f} ms ≈ 8 / {eight['throughput_rps']:.0f} req/s). "
             f"Only the text encode is shared between queued requests (it is batched, across adapters too); the per-request "
             f"steps outside it add up to {serial:.1f} ms in-process (see 'Where one request's milliseconds go': the stored "
-            f"search's commit and the adapter/row reads dominate, FAISS is {search['components']['flat_search_1_query_ms']:.3f} ms), "
+            f"search's write and the adapter/row reads dominate, FAISS is {search['components']['flat_search_1_query_ms']:.3f} ms), "
             f"plus HTTP parsing and the event loop; that Python work holds the GIL, so it does not spread over the 2 cores. "
-            f"≤ 2× needs the server to answer ~4× the 1-client rate ({one['throughput_rps']:.0f} req/s) on the same 2 cores.")
+            f"≤ 2× needs the server to answer ~4× the 1-client rate ({one['throughput_rps']:.0f} req/s) on the same 2 cores."
+            + "".join(f" For scale, {f['path']} at {f['clients']} clients costs the server {f['server_cpu_ms_per_request']:.2f} ms "
+                      f"of CPU per request ({f['throughput_rps']:.0f} req/s, {f['server_cpu_cores']:.2f} cores busy)."
+                      for f in search.get("framework_floor", [])))
     ingest = report.get("ingest")
     if ingest and ingest["ratio"] < TARGETS["ingest"]:
         cpu, busy = ingest.get("cpu_ms_per_image"), ingest.get("cores_busy")

@@ -250,3 +250,32 @@ def search_levels(base_url: str, collection_id: int, queries: Sequence[str], lev
         out.append(asyncio.run(_search_level(base_url, collection_id, queries, clients, k, max_requests,
                                              max_seconds, max(10, 2 * clients), server_pid)))
     return out
+
+
+async def _get_level(base_url: str, path: str, clients: int, seconds: float, server_pid: int) -> dict:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60.0) as client:
+        for _ in range(2 * clients):  # warm-up, not recorded
+            (await client.get(path)).raise_for_status()
+        done = 0
+        server_cpu0, t0 = process_cpu_seconds(server_pid), time.perf_counter()
+        deadline = t0 + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                (await client.get(path)).raise_for_status()
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+        server_cpu = process_cpu_seconds(server_pid) - server_cpu0
+    return {"path": path, "clients": clients, "requests": done, "throughput_rps": done / wall,
+            "server_cpu_cores": server_cpu / wall, "server_cpu_ms_per_request": 1000.0 * server_cpu / max(done, 1)}
+
+
+def framework_floor(base_url: str, collection_id: int, clients: int, seconds: float, server_pid: int) -> list[dict]:
+    """What a request costs the server before any search work: GET /healthz (routing, middleware, JSON) and
+    GET /collections/{id} (plus the access check and one database read), at ``clients`` closed-loop clients."""
+    return [asyncio.run(_get_level(base_url, path, clients, seconds, server_pid))
+            for path in ("/healthz", f"/collections/{collection_id}")]

@@ -607,7 +607,9 @@ def reasons_markdown(report: dict) -> list[str]:
             f"steps outside it add up to {serial:.1f} ms in-process (see 'Where one request's milliseconds go': the stored "
             f"search's write and the adapter/row reads dominate, FAISS is {search['components']['flat_search_1_query_ms']:.3f} ms), "
             f"plus HTTP parsing and the event loop; that Python work holds the GIL, so it does not spread over the 2 cores. "
-            f"≤ 2× needs the server to answer ~4× the 1-client rate ({one['throughput_rps']:.0f} req/s) on the same 2 cores."
+            f"≤ 2× needs the server to answer ~4× the 1-client rate ({one['throughput_rps']:.0f} req/s) on the same 2 cores; "
+            f"even spread perfectly over both cores, 8 requests × {cpu_ms:.1f} ms / 2 cores = {4 * cpu_ms:.0f} ms, "
+            f"{4 * cpu_ms / one['latency_ms']['p50']:.1f}× the 1-client p50."
             + "".join(f" For scale, {f['path']} at {f['clients']} clients costs the server {f['server_cpu_ms_per_request']:.2f} ms "
                       f"of CPU per request ({f['throughput_rps']:.0f} req/s, {f['server_cpu_cores']:.2f} cores busy)."
                       for f in search.get("framework_floor", [])))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ class Selection:
     gain: Interval | None  # paired gain in AP over zero-shot on the held-out queries (None: nothing judged)
     queries: int  # answered queries judged by a model that did not train on them
     served: bool  # the lower bound is above 0
-    candidates: list[dict] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def served_weight(self) -> float:
@@ -113,7 +114,7 @@ class _FoldJudge:
         position = {index: k for k, index in enumerate(gallery)}
         self.queries = [q for q in held_out if any(i in position for i in q.relevant)]
         self.relevant = [torch.tensor([i in q.relevant for i in gallery]) for q in self.queries]
-        self.pixels = preprocess_images(backbone, [pool[i].image for i in gallery]) if self.queries else None
+        self.pixels = preprocess_images(backbone, [pool[i].image for i in gallery])
         self.texts = [q.text for q in self.queries]
         self.grid = list(grid)
         zero = PromptedCLIP.from_backbone(backbone, PromptConfig())
@@ -126,6 +127,7 @@ class _FoldJudge:
             return False
         if self.sides is None:
             self.sides = TextSide(prompted, self.texts), ImageSide(prompted, self.pixels)
+        assert self.zero is not None  # built whenever there are queries
         text, image = self.sides[0].all(), self.sides[1].all()
         for weight in self.grid:
             sims = prompted.mix_embeddings(text, self.zero[0], weight) @ prompted.mix_embeddings(image, self.zero[1], weight).T
@@ -158,7 +160,7 @@ def cross_validate(backbone, pool: Sequence[PairedItem], queries: Sequence[Marke
     if not per_candidate:
         return Selection(0, 0.0, None, 0, False)
     zero = np.asarray(per_candidate[0, 0.0])  # weight 0 is zero-shot at every epoch: the fallback, not a candidate
-    candidates = []
+    candidates: list[dict[str, Any]] = []
     for (epoch, weight), values in sorted(per_candidate.items()):
         if weight > 0:
             gain = paired_bootstrap_gain(zero, np.asarray(values), seed=BOOTSTRAP_SEED)

@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from bench import feedback
 from adapters.marks import MarkedQuery, training_data
+from bench import feedback
 from bench.feedback import describes, simulate_session
 from bench.world import generate, load_spec
 

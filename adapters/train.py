@@ -180,8 +180,14 @@ def train_adapter(
     on_progress: Callable[[dict], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     negatives: QueryNegatives | None = None,
+    on_epoch: Callable[[int, PromptedCLIP], bool] | None = None,
 ) -> TrainResult:
-    """``negatives``: images that must rank below a caption's own image (``adapters.negatives``)."""
+    """``negatives``: images that must rank below a caption's own image (``adapters.negatives``).
+
+    ``on_epoch(epoch, prompted)`` is called after epoch 0 (the initial prompts) and after every epoch,
+    with the adapter unmixed; returning True stops training there (e.g. a caller that judges epochs
+    itself, ``adapters.marks``).
+    """
     start_time = time.perf_counter()
     cfg = config
     if cfg.device is not None and torch.device(cfg.device) != backbone.device:
@@ -247,8 +253,9 @@ def train_adapter(
     stopper = EarlyStopping(cfg.patience)
     stopper.update(0, metrics, prompted.prompt_state_dict)
     step, stopped_early, train_time = 0, False, 0.0
+    stop_now = on_epoch is not None and on_epoch(0, prompted)
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, 0 if stop_now else cfg.epochs + 1):
         epoch_losses = []
         for items, caption_index, slot in sampler.epoch():
             if should_cancel is not None and should_cancel():
@@ -306,6 +313,9 @@ def train_adapter(
                 "loss": history["epochs"][-1]["mean_loss"], "metrics": metrics, "zero_shot_metrics": zero_shot,
                 "eta_s": round((train_time / step) * (total_steps - step) + val_time * (cfg.epochs - epoch), 2),
             })
+        if on_epoch is not None and on_epoch(epoch, prompted):
+            stopped_early = epoch < cfg.epochs
+            break
         if stopper.should_stop(epoch, cfg.epochs):
             stopped_early = True
             break

@@ -11,12 +11,13 @@ The scenario, in the miniature world (``bench.world``; the same draws as ``bench
   run's seed) and marks each of the zero-shot top 10 truthfully: relevant when the world says the
   text describes the image (its own image, or one whose main object has the same category and every
   attribute; the spec's captions must name every attribute, so this is the whole truth), else not;
-- one job per N, through ``adapters.train.train_adapter`` with ``TrainConfig()`` (the service's
+- one job per N, through ``adapters.marks.train_on_marks`` with ``TrainConfig()`` (the service's
   default recipe) and the marks turned into training data as the service turns them: a relevant
   mark makes the query a caption of the image, a not-relevant one makes the image a named negative
-  of the query (``adapters.negatives``). Queries with a relevant mark are split by query: every
-  fourth is the job's val set (early stopping and the zero-shot mixing weight; its gallery is its
-  queries' marked images that do not train), the rest train;
+  of the query (``adapters.negatives``). The epoch and the zero-shot mixing weight are chosen by
+  cross-validation over the queries with a relevant mark, and the adapter is served only when the
+  bootstrap lower bound of its cross-validated gain is above 0 (``adapters.marks``); the report
+  gives both what is served and the adapter before that gate;
 - held-out evaluation: ``generate(spec.clean(), test, seed=3003)`` (the quality benchmark's test
   set): other images, other texts, never marked, never used for any choice. R@1/5/10 and category
   P@10 with 95 % bootstrap intervals over the test queries, and the paired gain over zero-shot.
@@ -38,7 +39,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,9 +50,9 @@ import torch
 
 from adapters.backbone import OFFLINE_CHECKPOINT, load_backbone
 from adapters.data import PairedItem
-from adapters.negatives import QueryNegatives
+from adapters.marks import FOLDS, MarkedQuery, train_on_marks
 from adapters.stats import bootstrap_mean, paired_bootstrap_gain
-from adapters.train import TrainConfig, train_adapter
+from adapters.train import TrainConfig
 from bench.machine import machine_info
 from bench.quality import TEST_SEED, TRAIN_SEED, Collection, Sizes, run_zero_shot, test_results
 from bench.world import WorldSpec, load_spec
@@ -61,22 +62,12 @@ QUERY_COUNTS = (20, 50, 200)
 POOL_SIZE, TEST_SIZE = 1000, 1000
 SEEDS = (0,)
 TOP_K = 10  # results the simulated user marks per query
-VAL_EVERY = 4  # every fourth query with a relevant mark is the job's val set
 KS = (1, 5, 10)
 METRICS = ("r1", "r5", "r10", "cat_p10")
 RECIPE = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("seed", "device")}
 
 
 # ====================================================================== the simulated user
-@dataclass
-class QueryMarks:
-    """One search of the session: its text and the truthful marks on its top results (collection indices)."""
-
-    text: str
-    relevant: list[int] = field(default_factory=list)
-    not_relevant: list[int] = field(default_factory=list)
-
-
 def describes(query_item: PairedItem, image_item: PairedItem) -> bool:
     """The world's truth: a caption of ``query_item`` describes ``image_item``."""
     return query_item.key == image_item.key or (
@@ -91,7 +82,7 @@ def check_truthful(spec: WorldSpec) -> None:
                          "relevance from the world's ground truth (use a spec with partial_prob = noise_prob = 0)")
 
 
-def simulate_session(backbone, pool: Sequence[PairedItem], n_queries: int, seed: int) -> list[QueryMarks]:
+def simulate_session(backbone, pool: Sequence[PairedItem], n_queries: int, seed: int) -> list[MarkedQuery]:
     """N searches over the collection with the backbone alone, each top ``TOP_K`` marked truthfully."""
     rng = random.Random(f"feedback-session:{seed}")
     owners = rng.sample(range(len(pool)), n_queries)
@@ -101,90 +92,54 @@ def simulate_session(backbone, pool: Sequence[PairedItem], n_queries: int, seed:
     top = (text_emb @ image_emb.T).topk(min(TOP_K, len(pool)), dim=1).indices.tolist()
     session = []
     for owner, text, hits in zip(owners, texts, top, strict=True):
-        marks = QueryMarks(text)
+        marks = MarkedQuery(text)
         for hit in hits:
             (marks.relevant if describes(pool[owner], pool[hit]) else marks.not_relevant).append(hit)
         session.append(marks)
     return session
 
 
-# ====================================================================== marks -> a job's data
-@dataclass
-class FeedbackJob:
-    train: list[PairedItem]
-    val: list[PairedItem]
-    negatives: QueryNegatives
-    counts: dict
-
-
-def job_data(pool: Sequence[PairedItem], session: Sequence[QueryMarks]) -> FeedbackJob | None:
-    """Training and val items from the marks alone (None: fewer than two queries found anything)."""
-    answered = [m for m in session if m.relevant]
-    if len(answered) < 2:
-        return None
-    val_queries = {id(m) for k, m in enumerate(answered) if k % VAL_EVERY == VAL_EVERY - 1}
-    train_queries = [m for m in session if id(m) not in val_queries]
-    captions: dict[int, list[str]] = {}
-    for marks in train_queries:
-        for index in marks.relevant:
-            captions.setdefault(index, []).append(marks.text)
-    train = [_marked_item(pool[i], texts) for i, texts in sorted(captions.items())]
-
-    negatives, position = QueryNegatives(), {}
-    for marks in train_queries:
-        for index in marks.not_relevant:
-            if index not in position:
-                position[index] = len(negatives.images)
-                negatives.images.append(pool[index].image)
-            negatives.of_caption.setdefault(marks.text, []).append(position[index])
-
-    val_captions: dict[int, list[str]] = {}
-    for marks in (m for m in answered if id(m) in val_queries):
-        for index in marks.relevant + marks.not_relevant:
-            if index not in captions:  # an image that trains would make val easy
-                val_captions.setdefault(index, [])
-                if index in marks.relevant:
-                    val_captions[index].append(marks.text)
-    val = [_marked_item(pool[i], texts) for i, texts in sorted(val_captions.items())]
-    if not any(item.captions for item in val) or len(train) < 2:
-        return None
-    counts = {
+# ====================================================================== marks -> a served adapter
+def session_counts(session: Sequence[MarkedQuery]) -> dict:
+    relevant_images = {i for m in session for i in m.relevant}
+    return {
         "queries": len(session), "relevant_marks": sum(len(m.relevant) for m in session),
         "not_relevant_marks": sum(len(m.not_relevant) for m in session),
-        "queries_with_relevant": len(answered), "train_queries": len(train_queries), "val_queries": len(val_queries),
-        "train_images": len(train), "train_pairs": sum(len(t) for t in captions.values()),
-        "negative_pairs_given": negatives.pairs(), "val_images": len(val),
-        "val_pairs": sum(len(item.captions) for item in val),
+        "queries_with_relevant": sum(1 for m in session if m.relevant), "train_images": len(relevant_images),
     }
-    return FeedbackJob(train, val, negatives, counts)
 
 
-def _marked_item(item: PairedItem, captions: list[str]) -> PairedItem:
-    """The image with only what the marks say: no category, no attributes, the query texts as captions."""
-    return PairedItem(item.image, list(captions), key=item.key)
-
-
-# ====================================================================== runs and intervals
+# The two models a job reports: what the service serves (the adapter only past the cross-validated
+# gate, zero-shot otherwise) and the adapter before the gate (its chosen epoch and weight, served or not).
+MODELS = ("served", "adapter")
 VARIANTS = {"all marks": True, "relevant marks only": False}  # name -> the named negatives train
 
 
-def run_feedback_job(backbone, coll: Collection, job: FeedbackJob, seed: int, with_negatives: bool = True) -> dict:
+def run_feedback_job(backbone, coll: Collection, session: Sequence[MarkedQuery], seed: int,
+                     with_negatives: bool = True) -> dict:
     torch.manual_seed(seed)
-    result = train_adapter(backbone, job.train, job.val, TrainConfig(seed=seed),
-                           negatives=job.negatives if with_negatives else None)
-    prompted = result.prompted
-    record = {
-        "seed": seed, **job.counts, "negative_pairs_used": result.negative_pairs_used,
-        "best_epoch": result.best_epoch, "steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
-        "adapted_weight": None if prompted.adapted_weight is None else float(prompted.adapted_weight),
-        "val": {k: result.best_metrics[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10")},
-        "val_zero_shot": {k: result.zero_shot_metrics[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10")},
-    }
-    record.update(test_results(coll, prompted.encode_image, prompted.encode_text, lambda caps: prompted.tokenize(caps).cpu()))
+    result = train_on_marks(backbone, coll.train, session, TrainConfig(seed=seed), with_negatives=with_negatives)
+    prompted, selection = result.prompted, result.selection
+    record = {"seed": seed, **session_counts(session), "selection": selection.to_dict(),
+              "candidates": selection.candidates}
+    if result.train is not None:
+        record.update(negative_pairs_used=result.train.negative_pairs_used, steps=result.train.steps,
+                      wall_time_s=round(result.train.wall_time_s, 1))
+
+    def tested() -> dict:
+        return test_results(coll, prompted.encode_image, prompted.encode_text, lambda caps: prompted.tokenize(caps).cpu())
+
+    record["served"] = tested()
+    if result.raw_weight > 0 and not selection.served:
+        prompted.set_adapted_weight(result.raw_weight)
+        record["adapter"] = tested()
+    else:  # served is the adapter itself, or nothing was trained (zero-shot both)
+        record["adapter"] = record["served"]
     return record
 
 
 def per_query(result: dict) -> dict[str, np.ndarray]:
+    """Per test query: R@K hits and category P@10, from one model's test results."""
     ranks = np.asarray(result["per_query"]["rank"], dtype=np.float64)
     out = {f"r{k}": (ranks <= k).astype(np.float64) for k in KS}
     out["cat_p10"] = np.asarray(result["per_query"]["cat_p10"], dtype=np.float64)
@@ -199,6 +154,7 @@ def with_intervals(values: dict[str, np.ndarray], zero: dict[str, np.ndarray] | 
 
 
 def seed_mean(results: list[dict]) -> dict[str, np.ndarray]:
+    """Per-query values averaged over seeds (``results``: one model's test results per seed)."""
     parts = [per_query(r) for r in results]
     return {m: np.mean([p[m] for p in parts], axis=0) for m in METRICS}
 
@@ -229,28 +185,32 @@ def run_benchmark(opts: Options, backbone=None) -> dict:
     for seed in opts.seeds:
         session = simulate_session(backbone, coll.train, max(opts.queries), seed)
         for n in sorted(opts.queries):
-            job = job_data(coll.train, session[:n])
-            if job is None:
+            counts = session_counts(session[:n])
+            if counts["queries_with_relevant"] < 2:  # nothing to cross-validate: no job
                 skipped[n].append(seed)
                 continue
             for variant in variants:
-                print(f"N={n} seed {seed} {variant}: {job.counts['train_pairs']} relevant pairs, "
-                      f"{job.counts['negative_pairs_given']} negatives", file=sys.stderr, flush=True)
-                runs[n, variant].append(run_feedback_job(backbone, coll, job, seed, VARIANTS[variant]))
+                print(f"N={n} seed {seed} {variant}: {counts['relevant_marks']} relevant marks, "
+                      f"{counts['not_relevant_marks']} not relevant", file=sys.stderr, flush=True)
+                runs[n, variant].append(run_feedback_job(backbone, coll, session[:n], seed, VARIANTS[variant]))
     rows = []
     for n in opts.queries:
         for variant in variants:
-            row: dict = {"queries": n, "variant": variant, "runs": runs[n, variant], "skipped_seeds": skipped[n]}
-            if row["runs"]:
-                row.update(with_intervals(seed_mean(row["runs"]), zero_values))
-            rows.append(row)
+            for model in MODELS:
+                row: dict = {"queries": n, "variant": variant, "model": model, "runs": runs[n, variant],
+                             "skipped_seeds": skipped[n]}
+                if row["runs"]:
+                    row.update(with_intervals(seed_mean([r[model] for r in row["runs"]]), zero_values))
+                rows.append(row)
         if opts.ablation and runs[n, "all marks"]:
-            alone, full = seed_mean(runs[n, "relevant marks only"]), seed_mean(runs[n, "all marks"])
-            rows[-2]["gain_over_relevant_only"] = {m: paired_bootstrap_gain(alone[m], full[m]).to_dict() for m in METRICS
-                                                   if not np.isnan(full[m]).all()}
+            alone = seed_mean([r["adapter"] for r in runs[n, "relevant marks only"]])
+            full = seed_mean([r["adapter"] for r in runs[n, "all marks"]])
+            row = next(r for r in rows if r["queries"] == n and r["variant"] == "all marks" and r["model"] == "adapter")
+            row["gain_over_relevant_only"] = {m: paired_bootstrap_gain(alone[m], full[m]).to_dict() for m in METRICS
+                                              if not np.isnan(full[m]).all()}
     return {
         "benchmark": "feedback", "spec": spec.name, "spec_description": spec.data.get("description", ""),
-        "backbone": backbone.identity.to_dict(), "recipe": RECIPE, "top_k_marked": TOP_K, "val_every": VAL_EVERY,
+        "backbone": backbone.identity.to_dict(), "recipe": RECIPE, "top_k_marked": TOP_K, "folds": FOLDS,
         "sizes": {"pool": opts.pool, "test": opts.test, "test_queries": len(zero["per_query"]["rank"])},
         "seeds": {"world": {"collection": TRAIN_SEED, "test": TEST_SEED}, "runs": list(opts.seeds)},
         "zero_shot": {**with_intervals(zero_values), "summary": zero["summary"]},
@@ -268,6 +228,9 @@ def _ci(d: dict | None, signed: bool = False) -> str:
     return f"{f.format(100 * d['mean'])} [{f.format(100 * d['low'])}, {f.format(100 * d['high'])}]"
 
 
+MODEL_LABELS = {"served": "served", "adapter": "adapter before the gate"}
+
+
 def table(report: dict) -> str:
     head = ["| feedback | marks: relevant / not | R@1 | R@5 | R@10 | category P@10 | ΔR@1 | ΔR@10 | ΔP@10 |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -275,7 +238,8 @@ def table(report: dict) -> str:
     lines = [f"| none (zero-shot) | – | {_ci(z['r1'])} | {_ci(z['r5'])} | {_ci(z['r10'])} | {_ci(z.get('cat_p10'))} "
              "| – | – | – |"]
     for row in report["rows"]:
-        label = f"N = {row['queries']} queries" + ("" if row["variant"] == "all marks" else f", {row['variant']}")
+        label = (f"N = {row['queries']} queries, {MODEL_LABELS[row['model']]}"
+                 + ("" if row["variant"] == "all marks" else f", {row['variant']}"))
         if not row["runs"]:
             lines.append(f"| {label} | too few found anything: no job | – | – | – | – | – | – | – |")
             continue
@@ -303,11 +267,16 @@ def verdicts(report: dict) -> list[str]:
     out = []
     for row in report["rows"]:
         if not row["runs"]:
-            if row["variant"] == "all marks":
+            if row["variant"] == "all marks" and row["model"] == "served":
                 out.append(f"- N = {row['queries']}: no job (fewer than two queries had a relevant result in the top {TOP_K}).")
             continue
         who = "feedback alone" if row["variant"] == "all marks" else "relevant marks alone"
-        out.append(f"- N = {row['queries']}, {who} vs zero-shot: " + _judged(row["gain"]) + ".")
+        if row["model"] == "served":
+            served = sum(r["selection"]["served"] for r in row["runs"])
+            what = f"served ({served} of {len(row['runs'])} jobs past the gate, zero-shot otherwise)"
+        else:
+            what = "the adapter before the gate"
+        out.append(f"- N = {row['queries']}, {who}, {what} vs zero-shot: " + _judged(row["gain"]) + ".")
         if "gain_over_relevant_only" in row:
             out.append(f"- N = {row['queries']}, the named negatives (all marks vs relevant marks only): "
                        + _judged(row["gain_over_relevant_only"]) + ".")
@@ -331,10 +300,15 @@ def markdown(report: dict) -> str:
         f"and marks every one of the top {report['top_k_marked']} truthfully from the world's ground truth: relevant "
         "when the text describes the image (its own image, or the same main object: category and every attribute, "
         "which this spec's captions always name), not relevant otherwise. N = 20 and 50 are prefixes of the N = 200 session.",
-        "- The job: `adapters.train.train_adapter` with `TrainConfig()` (the service's default recipe), as the service "
-        "turns marks into data: a relevant mark makes the query a caption of the image, a not-relevant one names the "
-        f"image as a negative of the query (`adapters/negatives.py`). Every {report['val_every']}th query with a "
-        "relevant mark is the job's val set (early stopping, zero-shot mixing weight), the others train. "
+        "- The job: `adapters.marks.train_on_marks` with `TrainConfig()` (the service's default recipe). Marks become "
+        "data as the service makes them: a relevant mark makes the query a caption of the image, a not-relevant one "
+        "names the image as a negative of the query (`adapters/negatives.py`). The epoch and the zero-shot mixing "
+        f"weight are chosen by {report['folds']}-fold cross-validation over the queries with a relevant mark: each "
+        "query is judged once, by a job that did not train on it (average precision of its relevant marks among its "
+        "fold's marked images, paired with zero-shot); the candidate with the highest paired bootstrap 95 % lower bound "
+        "of the gain wins, and the final job trains on every mark up to its epoch. **Served**: that adapter only when "
+        "the lower bound is above 0, zero-shot (mixing weight 0) otherwise: what a user would get. **Adapter before "
+        "the gate**: the same adapter at its chosen epoch and weight, served or not. "
         + ("The same job without the named negatives (\"relevant marks only\") isolates their effect."
            if "relevant marks only" in report.get("variants", []) else ""),
         f"- Held-out test: the quality benchmark's test set ({sizes['test']:,} images, "
@@ -348,16 +322,19 @@ def markdown(report: dict) -> str:
         "",
         *verdicts(report),
         "",
-        "| N | variant | seed | queries with a relevant hit | train pairs / images | negatives given / used | val queries / images "
-        "| best epoch | adapted weight | val R@1 adapter vs zero-shot | wall s |",
+        "| N | variant | seed | queries with a relevant hit / judged out of fold | relevant / not-relevant marks "
+        "| chosen epoch | chosen weight | cross-validated gain in AP (lower bound > 0 serves) | served | negatives used | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
+        if row["model"] != "served":
+            continue
         for r in row["runs"]:
-            lines.append(f"| {row['queries']} | {row['variant']} | {r['seed']} | {r['queries_with_relevant']} | {r['train_pairs']} / "
-                         f"{r['train_images']} | {r['negative_pairs_given']} / {r['negative_pairs_used']} | "
-                         f"{r['val_queries']} / {r['val_images']} | {r['best_epoch']} | {r['adapted_weight']} | "
-                         f"{100 * r['val']['t2i_r1']:.1f} vs {100 * r['val_zero_shot']['t2i_r1']:.1f} | {r['wall_time_s']} |")
+            sel = r["selection"]
+            lines.append(f"| {row['queries']} | {row['variant']} | {r['seed']} | {r['queries_with_relevant']} / "
+                         f"{sel['queries']} | {r['relevant_marks']} / {r['not_relevant_marks']} | {sel['epoch']} | "
+                         f"{sel['weight']} | {_ci(sel['gain_ap'], True)} | {'yes' if sel['served'] else 'no'} | "
+                         f"{r.get('negative_pairs_used', '–')} | {r.get('wall_time_s', '–')} |")
     if not runs:
         lines.append("| – | – | – | – | – | – | – | – | – | – | – |")
     lines += ["", f"Recipe: `{json.dumps(report['recipe'], sort_keys=True)}`.", ""]

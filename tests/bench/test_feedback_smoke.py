@@ -11,8 +11,9 @@ import json
 import numpy as np
 import pytest
 
+from adapters.marks import MarkedQuery, training_data
 from bench import feedback
-from bench.feedback import QueryMarks, describes, job_data, simulate_session
+from bench.feedback import describes, simulate_session
 from bench.world import generate, load_spec
 
 
@@ -21,30 +22,27 @@ def pool():
     return generate(load_spec("style"), 60, seed=11)
 
 
-def test_marks_become_captions_negatives_and_a_val_set_kept_apart(pool):
-    session = [QueryMarks(f"q{k}", relevant=[2 * k], not_relevant=[2 * k + 1, 50 + k % 3]) for k in range(8)]
-    session.append(QueryMarks("nothing found", not_relevant=[40, 41]))
-    job = job_data(pool, session)
-    assert job is not None
-    val_texts = {"q3", "q7"}  # every fourth query with a relevant mark
-    train_texts = {c for item in job.train for c in item.captions}
-    assert train_texts == {f"q{k}" for k in range(8)} - val_texts
-    assert all(item.category is None and not item.attributes for item in job.train)  # only what the marks say
-    assert {item.key for item in job.train}.isdisjoint(item.key for item in job.val)
-    assert sorted(c for item in job.val for c in item.captions) == sorted(val_texts)
-    # Negatives: each train query names its own not-relevant images (each image stored once).
-    assert set(job.negatives.of_caption) == (train_texts | {"nothing found"})
-    named = {text: {pool.index(next(p for p in pool if p.image is job.negatives.images[i])) for i in ids}
-             for text, ids in job.negatives.of_caption.items()}
+def test_marks_become_captions_and_named_negatives(pool):
+    session = [MarkedQuery(f"q{k}", relevant=[2 * k], not_relevant=[2 * k + 1, 50 + k % 3]) for k in range(8)]
+    session.append(MarkedQuery("nothing found", not_relevant=[40, 41]))
+    session.append(MarkedQuery("twice", relevant=[0, 30], not_relevant=[41]))
+    items, negatives = training_data(pool, session)
+    captions = {item.key: sorted(item.captions) for item in items}
+    assert captions[pool[0].key] == ["q0", "twice"]  # an image relevant to two queries has both texts
+    assert captions[pool[30].key] == ["twice"]
+    assert len(items) == 9
+    assert all(item.category is None and not item.attributes for item in items)  # only what the marks say
+    # Negatives: each query names its own not-relevant images (each image stored once).
+    assert set(negatives.of_caption) == {f"q{k}" for k in range(8)} | {"nothing found", "twice"}
+    named = {text: {pool.index(next(p for p in pool if p.image is negatives.images[i])) for i in ids}
+             for text, ids in negatives.of_caption.items()}
     assert named["q0"] == {1, 50}
     assert named["nothing found"] == {40, 41}
-    assert len(job.negatives.images) == len({id(im) for im in job.negatives.images})
-    assert job.counts["relevant_marks"] == 8
-    assert job.counts["not_relevant_marks"] == 18
-    assert job.counts["val_queries"] == 2
-    assert job.counts["train_pairs"] == 6
-
-    assert job_data(pool, session[:1] + session[8:]) is None  # one query found something: no job
+    assert len(negatives.images) == len({id(im) for im in negatives.images})
+    counts = feedback.session_counts(session)
+    assert counts["relevant_marks"] == 10
+    assert counts["not_relevant_marks"] == 19
+    assert counts["queries_with_relevant"] == 9
 
 
 def test_the_simulated_user_marks_the_top_results_truthfully(tiny_backbone, pool):
@@ -72,8 +70,8 @@ def test_the_command_writes_its_report_on_the_tiny_model(tiny_backbone, tmp_path
     text = (tmp_path / "feedback.md").read_text()
     assert "python -m bench.feedback --backbone tiny-vit-test" in text
     assert "| none (zero-shot) |" in text
-    assert [(row["queries"], row["variant"]) for row in report["rows"]] == [
-        (n, v) for n in (5, 60) for v in ("all marks", "relevant marks only")]
+    assert [(row["queries"], row["variant"], row["model"]) for row in report["rows"]] == [
+        (n, v, m) for n in (5, 60) for v in ("all marks", "relevant marks only") for m in ("served", "adapter")]
     zero = report["zero_shot"]["metrics"]
     for m in feedback.METRICS:
         assert zero[m]["low"] <= zero[m]["mean"] <= zero[m]["high"]
@@ -82,14 +80,16 @@ def test_the_command_writes_its_report_on_the_tiny_model(tiny_backbone, tmp_path
     for row in ran:
         run = row["runs"][0]
         assert run["relevant_marks"] + run["not_relevant_marks"] == row["queries"] * feedback.TOP_K
-        ranks = np.asarray(run["per_query"]["rank"])
+        ranks = np.asarray(run[row["model"]]["per_query"]["rank"])
         assert len(ranks) == report["sizes"]["test_queries"]
         assert row["metrics"]["r1"]["mean"] == pytest.approx(float(np.mean(ranks <= 1)))
         assert row["gain"]["r1"]["mean"] == pytest.approx(row["metrics"]["r1"]["mean"] - zero["r1"]["mean"])
-        if row["variant"] == "all marks":
-            assert 0 < run["negative_pairs_used"] <= run["negative_pairs_given"]
+        if not run["selection"]["served"] and row["model"] == "served":  # the gate refused: exactly zero-shot
+            assert row["gain"]["r1"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
+        if row["variant"] == "all marks" and "negative_pairs_used" in run:
+            assert run["negative_pairs_used"] > 0
+        if row["variant"] == "all marks" and row["model"] == "adapter":
             assert set(row["gain_over_relevant_only"]) == set(row["gain"])
-            assert f"| N = {row['queries']} queries |" in text
-        else:  # the ablation: the same job without its named negatives
+        if row["variant"] != "all marks" and "negative_pairs_used" in run:  # the ablation: no named negatives
             assert run["negative_pairs_used"] == 0
-            assert run["negative_pairs_given"] > 0
+    assert "| N = 60 queries, served |" in text

@@ -14,9 +14,8 @@ import logging
 import os
 import sys
 import time
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.cli_keys import add_keys_commands, check_serving_exposure, run_keys_command
 from service.data_dir import named_data_dir
@@ -67,17 +66,21 @@ class SettingsHelp(argparse.HelpFormatter):
         return super()._get_help_string(action)
 
 
+class CliParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", SettingsHelp)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = CliParser(add_help=False)
     for name, flag in SETTING_FLAGS.items():
         common.add_argument(flag, dest=name, default=None, help=SETTING_HELP)
     common.add_argument("--no-auth", dest="auth_disabled", action="store_const", const=True, default=None,
                         help="serve without API keys even on a non-loopback address (PAS_AUTH_DISABLED)")
 
-    parser = argparse.ArgumentParser(prog="prompt-adapters", description=__doc__.splitlines()[0],
-                                     formatter_class=SettingsHelp)
-    sub = parser.add_subparsers(dest="command", required=True,
-                                parser_class=partial(argparse.ArgumentParser, formatter_class=SettingsHelp))
+    parser = CliParser(prog="prompt-adapters", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CliParser)
     sub.add_parser("serve", parents=[common], help="run the HTTP server")
     sub.add_parser("worker", parents=[common],
                    help="run queued jobs of a scaled-out deployment (PAS_SCALE_OUT=1, PostgreSQL)")
@@ -299,11 +302,14 @@ def load_settings(args: argparse.Namespace) -> Settings | None:
     try:
         return settings_from(args)
     except ValidationError as exc:
-        # A flag's own name where a flag set it (its value is checked here, not by argparse).
-        where = [SETTING_FLAGS.get(str(e["loc"][0]), "") if e["loc"] else "" for e in exc.errors()]
-        print(f"error: {'; '.join(f'{w}: ' * bool(w) + str(e['msg']) for w, e in zip(where, exc.errors()))}",
-              file=sys.stderr)
+        print(f"error: {'; '.join(setting_problem(e) for e in exc.errors())}", file=sys.stderr)
         return None
+
+
+def setting_problem(error: Any) -> str:
+    """One refused setting, named by its flag where it has one (flag values are checked by Settings, not argparse)."""
+    flag = SETTING_FLAGS.get(str(error["loc"][0])) if error["loc"] else None
+    return f"{flag}: {error['msg']}" if flag else str(error["msg"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,13 +319,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("search", "tune", "import"):
         # Before torch, pydantic and SQLAlchemy load: asking a server needs only where it listens.
-        data_dir = args.url is None and named_data_dir(args.data_dir)
-        if data_dir is None:  # a .env file may name it: only the settings class can tell
-            settings = load_settings(args)
-            if settings is None:
-                return 2
-            data_dir = settings.data_dir
-        url = args.url or holding_server_url(data_dir)
+        url = args.url
+        if url is None:
+            data_dir = named_data_dir(args.data_dir)
+            if data_dir is None:  # a .env file may name it: only the settings class can tell
+                settings = load_settings(args)
+                if settings is None:
+                    return 2
+                data_dir = settings.data_dir
+            url = holding_server_url(data_dir)
         if url is not None:
             try:
                 return ask_server(args, ServerClient(url, args.key))

@@ -15,11 +15,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from service.cli_keys import add_keys_commands, check_serving_exposure, run_keys_command
-from service.config import Settings
+from service.data_dir import named_data_dir
 from service.server_client import ServerClient, ServerError
 from service.vocabulary import ACTIVE, TERMINAL_STATES, JobState
+
+if TYPE_CHECKING:  # the settings class loads pydantic: a search that asks a server does without it
+    from service.config import Settings
 
 JOB_POLL_S = 0.5
 SETTING_FLAGS = {
@@ -40,22 +44,43 @@ SETTING_FLAGS = {
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from service.config import Settings
+
     names = [*SETTING_FLAGS, "auth_disabled"]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return Settings(**overrides)
 
 
+SETTING_HELP = "(a setting)"  # replaced by the setting's description when --help is printed
+
+
+class SettingsHelp(argparse.HelpFormatter):
+    """A setting flag's help is its field's description, read only when help is printed: the settings class
+    loads pydantic, which a search that asks a server does without. Its values are checked by Settings too."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help == SETTING_HELP:
+            from service.config import Settings
+
+            return (Settings.model_fields[action.dest].description or "").replace("%", "%%")
+        return super()._get_help_string(action)
+
+
+class CliParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", SettingsHelp)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = CliParser(add_help=False)
     for name, flag in SETTING_FLAGS.items():
-        field = Settings.model_fields[name]
-        kind = int if field.annotation is int else str
-        common.add_argument(flag, dest=name, type=kind, default=None, help=field.description)
+        common.add_argument(flag, dest=name, default=None, help=SETTING_HELP)
     common.add_argument("--no-auth", dest="auth_disabled", action="store_const", const=True, default=None,
                         help="serve without API keys even on a non-loopback address (PAS_AUTH_DISABLED)")
 
-    parser = argparse.ArgumentParser(prog="prompt-adapters", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = CliParser(prog="prompt-adapters", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CliParser)
     sub.add_parser("serve", parents=[common], help="run the HTTP server")
     sub.add_parser("worker", parents=[common],
                    help="run queued jobs of a scaled-out deployment (PAS_SCALE_OUT=1, PostgreSQL)")
@@ -270,21 +295,39 @@ def cmd_reembed(settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+def load_settings(args: argparse.Namespace) -> Settings | None:
+    """The settings, or None after printing why they are refused."""
     from pydantic import ValidationError
 
     try:
-        settings = settings_from(args)
+        return settings_from(args)
     except ValidationError as exc:
-        print(f"error: {'; '.join(str(e['msg']) for e in exc.errors())}", file=sys.stderr)
-        return 2
-    from service.data_lock import DataDirBusy, hold_data_dir, holding_server_url
+        print(f"error: {'; '.join(setting_problem(e) for e in exc.errors())}", file=sys.stderr)
+        return None
+
+
+def setting_problem(error: Any) -> str:
+    """One refused setting, named by its flag where it has one (flag values are checked by Settings, not argparse)."""
+    flag = SETTING_FLAGS.get(str(error["loc"][0])) if error["loc"] else None
+    return f"{flag}: {error['msg']}" if flag else str(error["msg"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from service.data_lock import holding_server_url
 
     if args.command in ("search", "tune", "import"):
-        # Before anything imports torch: asking a server must not pay for loading a model.
-        url = args.url or holding_server_url(settings.data_dir)
+        # Before torch, pydantic and SQLAlchemy load: asking a server needs only where it listens.
+        url = args.url
+        if url is None:
+            data_dir = named_data_dir(args.data_dir)
+            if data_dir is None:  # a .env file may name it: only the settings class can tell
+                settings = load_settings(args)
+                if settings is None:
+                    return 2
+                data_dir = settings.data_dir
+            url = holding_server_url(data_dir)
         if url is not None:
             try:
                 return ask_server(args, ServerClient(url, args.key))
@@ -292,13 +335,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {exc.detail}", file=sys.stderr)
                 return 2
         if args.command in ("tune", "import"):
-            print(f"error: no server holds the data directory {settings.data_dir}; {args.command} jobs run in the "
+            print(f"error: no server holds the data directory {data_dir}; {args.command} jobs run in the "
                   f"server: start it with `prompt-adapters serve` (same --data-dir), or pass --url", file=sys.stderr)
             return 2
 
+    settings = load_settings(args)
+    if settings is None:
+        return 2
     from adapters.backbone import BackboneError
     from service.auth import ExposureRefused
     from service.context import BackboneMismatch
+    from service.data_lock import DataDirBusy, hold_data_dir
     from service.errors import DomainError
 
     try:

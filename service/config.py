@@ -7,11 +7,13 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.data_dir import DEFAULT_DATA_DIR
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAS_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("./data"), description="Image files, indexes, adapters and the default SQLite file")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Image files, indexes, adapters and the default SQLite file")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/service.db")
 
     backbone_model: str | None = Field(None, description="open_clip model name, e.g. ViT-B-32; unset = offline default")

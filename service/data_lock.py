@@ -18,8 +18,6 @@ import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 
 class DataDirBusy(Exception):
     pass
@@ -38,12 +36,24 @@ def reachable_url(host: str, port: int) -> str:
 
 
 def holding_server_url(data_dir: Path) -> str | None:
-    """The URL of the server that holds ``data_dir`` now; None when no server does (free, or a CLI holds it)."""
+    """The URL of the server that holds ``data_dir`` now; None when no server does (free, or a CLI holds it).
+
+    The same flock that ``hold_data_dir`` (filelock) and ``share_data_dir`` take, tried and let go at once;
+    plain fcntl because filelock's import (it loads asyncio) is a tenth of a CLI search's start."""
     try:
-        with hold_data_dir(data_dir, "a look-up"):
-            return None  # free: nobody serves it, whatever a stale file says
-    except DataDirBusy:
-        pass
+        fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        return None  # no data directory: nobody serves it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # held: by a server (which wrote its file) or by a CLI command (which has none)
+    else:  # free: nobody serves it, whatever a stale file says; it is dropped while the lock is ours
+        with suppress(OSError):
+            (data_dir / SERVER_FILE).unlink()
+        return None
+    finally:
+        os.close(fd)  # releases the lock if it was taken
     try:
         return json.loads((data_dir / SERVER_FILE).read_text(encoding="utf-8"))["url"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -53,6 +63,8 @@ def holding_server_url(data_dir: Path) -> str | None:
 @contextmanager
 def hold_data_dir(data_dir: Path, holder: str, server_url: str | None = None):
     """Hold the data directory; a server passes its ``server_url`` to announce it while it holds it."""
+    from filelock import FileLock, Timeout  # here: a CLI search's server look-up does without it
+
     data_dir.mkdir(parents=True, exist_ok=True)
     lock_path = data_dir / ".lock"
     lock = FileLock(lock_path, is_singleton=False)

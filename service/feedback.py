@@ -4,7 +4,7 @@ Every search stores its query, the adapter selector and the ids it returned (``s
 by ``service.search_log``), so that a mark can name a result list by ``search_id``. Only the newest
 ``SEARCHES_KEPT`` per collection are kept, and a mark naming an older one is a 404 (send the query
 itself instead). Marks (``feedback``) are kept until their image (or their query image) is
-deleted (``collections.delete_image``, in the same unit of work).
+deleted (``collections.delete_image``, in the same unit of work) or taken back (``delete_feedback``).
 
 What a tuning job takes from the marks (``training_marks``): the latest mark per (query text,
 image) decides. A relevant one adds the query text as a caption of that image for training only; a
@@ -88,6 +88,19 @@ def give_feedback(ctx: ServiceContext, collection_id: int, body: FeedbackRequest
         writer.session.add(row)
         writer.commit()
         return row
+
+
+def delete_feedback(ctx: ServiceContext, collection_id: int, feedback_id: int) -> None:
+    """Take a mark back: the next job trains as if it had never been made (an earlier mark on the same
+    query and image, if any, counts again)."""
+    with CollectionWriter(ctx, collection_id) as writer:
+        writer.require_collection(collection_id)
+        row = writer.session.scalar(select(FeedbackRecord).where(FeedbackRecord.id == feedback_id,
+                                                                 FeedbackRecord.collection_id == collection_id))
+        if row is None:
+            raise not_found("mark", feedback_id)
+        writer.session.delete(row)
+        writer.commit()
 
 
 def list_feedback(ctx: ServiceContext, collection_id: int, offset: int, limit: int) -> tuple[int, list[FeedbackRecord]]:

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from service import feedback as ops
 from service.api.deps import CollectionDep, ContextDep
-from service.api.params import Offset, PageSize
+from service.api.params import FeedbackId, Offset, PageSize
 from service.schemas import FeedbackOut, FeedbackPage, FeedbackRequest
 
 router = APIRouter(prefix="/collections/{collection_id}/feedback", tags=["feedback"])
@@ -30,3 +30,11 @@ def list_feedback(
     """The collection's marks, newest first."""
     total, rows = ops.list_feedback(ctx, collection_id, offset, limit)
     return FeedbackPage(total=total, offset=offset, limit=limit, items=[FeedbackOut.model_validate(r) for r in rows])
+
+
+@router.delete("/{feedback_id}", status_code=204)
+def delete_feedback(collection_id: CollectionDep, feedback_id: FeedbackId, ctx: ContextDep) -> Response:
+    """Take a mark back (204). The next tuning job trains as if it had never been made; an earlier mark on the
+    same query and image, if there is one, counts again. A mark of another collection is a 404."""
+    ops.delete_feedback(ctx, collection_id, feedback_id)
+    return Response(status_code=204)

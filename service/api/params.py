@@ -11,7 +11,8 @@ MAX_ID = 2**63 - 1  # BIGINT; SQLite's INTEGER is the same 64 bits
 CollectionId = Annotated[int, Path(ge=1, le=MAX_ID, description="A collection id")]
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="An image id")]
 CollectionName = Annotated[str, Path(min_length=1, max_length=200, description="A collection's exact name")]
-JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A tuning job id")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job id (tuning or import)")]
+FeedbackId = Annotated[int, Path(ge=1, le=MAX_ID, description="A mark's id (from the feedback list or its POST)")]
 AdapterSelector = Annotated[str, Path(min_length=1, max_length=24, pattern=r"^[ -~]+$",
                                       description="v<N>, <N> (or `none` where it applies)")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="Items to skip before this page")]

@@ -4,11 +4,13 @@ import { $, h, toast } from "./dom.js";
 import { adaptersView } from "./views/adapters.js";
 import { collectionsView } from "./views/collections.js";
 import { imagesView } from "./views/images.js";
+import { importView } from "./views/imports.js";
 import { searchView } from "./views/search.js";
 import { tuningView } from "./views/tuning.js";
 
 const TABS = [
   ["images", "Images", imagesView],
+  ["import", "Import", importView],
   ["search", "Search", searchView],
   ["tuning", "Tuning", tuningView],
   ["adapters", "Adapters", adaptersView],
@@ -50,7 +52,7 @@ async function collectionShell(main, id, tab, signal) {
   const body = h("div", { id: "tab-body" });
   main.replaceChildren(
     h("h1", {}, collection.name),
-    collection.description ? h("p", { class: "muted" }, collection.description) : null,
+    collection.description ? h("p", { class: "muted" }, collection.description) : "", // replaceChildren writes null as "null"
     h("nav", { class: "tabs", "aria-label": "Collection" }, TABS.map(([key, label]) =>
       h("a", { href: `#/c/${id}/${key}`, "aria-current": key === tab ? "page" : null, id: `tab-${key}` }, label))),
     body,

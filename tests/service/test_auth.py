@@ -44,6 +44,7 @@ def keyed(make_client, tmp_path, capsys, database_url):
     a = client.post("/collections", json={"name": "A"}).json()["id"]
     b = client.post("/collections", json={"name": "B"}).json()["id"]
     image = upload(client, a, [("a.png", png_bytes(1))]).json()["accepted"][0]["id"]
+    mark = client.post(f"/collections/{a}/feedback", json={"query": {"text": "a"}, "image_id": image, "relevant": True})
     ctx = client.app.state.context
     with ctx.session() as session:
         job = TuningJob(collection_id=a, state="cancelled", config={}, split={}, progress={})
@@ -58,13 +59,15 @@ def keyed(make_client, tmp_path, capsys, database_url):
         "other": cli_key(capsys, data_dir, database_url, "--name", "b-only", "--scope", "admin",
                          "--collection", str(b)),
     }
-    real = {"collection_id": a, "image_id": image, "job_id": job_id, "version": "v1", "name": "app.js"}
+    real = {"collection_id": a, "image_id": image, "job_id": job_id, "version": "v1", "name": "app.js",
+            "feedback_id": mark.json()["id"]}
     return client, keys, real, {"a": a, "b": b, "image": image}
 
 
 def test_auth_matrix_over_every_route(keyed):
     client, keys, real, ids = keyed
-    unknown = {"collection_id": UNKNOWN, "image_id": UNKNOWN, "job_id": UNKNOWN, "version": "v1", "name": "absent.js"}
+    unknown = {"collection_id": UNKNOWN, "image_id": UNKNOWN, "job_id": UNKNOWN, "version": "v1", "name": "absent.js",
+               "feedback_id": UNKNOWN}
     routes = list(every_route(client.app))
     assert len(routes) >= 20
     for method, path in routes:
@@ -100,6 +103,7 @@ def test_auth_matrix_over_every_route(keyed):
     admin = bearer(keys["admin"])
     assert client.get(f"/collections/{ids['a']}", headers=admin).json()["image_count"] == 1
     assert client.get(f"/collections/{ids['a']}/images/{ids['image']}", headers=admin).status_code == 200
+    assert client.get(f"/collections/{ids['a']}/feedback", headers=admin).json()["total"] == 1
 
 
 def test_limited_key_sees_only_its_collections(keyed):

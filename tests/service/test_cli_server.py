@@ -94,15 +94,33 @@ def test_the_cli_sends_its_api_key(tiny_backbone, tmp_path, capsys):
 
 
 def test_searching_through_a_server_loads_no_model(tiny_backbone, tmp_path):
+    """Nor the settings class, the database layer or the lock library: the look-up and the call need none of them."""
     data_dir = tmp_path / "data"
     with live_server(tiny_backbone, data_dir=data_dir) as (url, _):
         with httpx.Client(base_url=url) as http:
             fill(http)
         script = ("import sys; from service.cli import main; "
                   f"code = main(['search', 'c', 'red', '-k', '2', '--data-dir', {str(data_dir)!r}]); "
-                  "print('loaded:', sorted(m for m in ('torch', 'open_clip', 'faiss') if m in sys.modules)); "
+                  "print('loaded:', sorted(m for m in ('torch', 'open_clip', 'faiss', 'numpy', 'sqlalchemy', 'pydantic', "
+                  "'filelock') if m in sys.modules)); "
                   "sys.exit(code)")
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "loaded: []" in done.stdout
     assert len([line for line in done.stdout.splitlines() if "(image " in line]) == 2
+
+
+def test_the_data_dir_read_without_settings_agrees_with_settings(tmp_path, monkeypatch):
+    from service.config import Settings
+    from service.data_dir import named_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PAS_DATA_DIR", raising=False)
+    assert named_data_dir(None) == Settings().data_dir == tmp_path / "data"  # the default
+    monkeypatch.setenv("pas_data_dir", "from-env")  # any case, as pydantic-settings reads it
+    assert named_data_dir(None) == Settings().data_dir == tmp_path / "from-env"
+    assert named_data_dir("flag") == Settings(data_dir="flag").data_dir == tmp_path / "flag"
+    monkeypatch.delenv("pas_data_dir")
+    (tmp_path / ".env").write_text("PAS_DATA_DIR=from-dotenv\n")
+    assert named_data_dir(None) is None  # only Settings reads .env files
+    assert Settings().data_dir == tmp_path / "from-dotenv"

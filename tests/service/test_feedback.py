@@ -201,3 +201,37 @@ def test_not_relevant_marks_train_as_negatives_of_their_query(client):
     assert after["split_sizes"] == before["split_sizes"]
     assert len(after["loss_curve"]) == len(before["loss_curve"])
     assert after["loss_curve"] != before["loss_curve"]
+
+
+def test_a_mark_taken_back_does_not_train_the_next_job(client):
+    cid = fill(client)
+    other = fill(client, n=2, name="other")
+    ctx = client.app.state.context
+    config = {"method": "text", "activation": "never", **QUICK}
+    split = plan_split(captioned_image_ids(ctx, cid), TuningConfig(**config))
+    train = split["train"]
+    kept = mark(client, cid, query={"text": "sky"}, image_id=train[0], relevant=True).json()["id"]
+    dropped = mark(client, cid, query={"text": "my favourite"}, image_id=train[1], relevant=True).json()["id"]
+    overriding = mark(client, cid, query={"text": "sky"}, image_id=train[0], relevant=False).json()["id"]
+
+    assert client.delete(f"/collections/{other}/feedback/{kept}").status_code == 404  # another collection's mark
+    for mark_id in (dropped, overriding):
+        assert client.delete(f"/collections/{cid}/feedback/{mark_id}").status_code == 204
+    again = client.delete(f"/collections/{cid}/feedback/{dropped}")
+    assert again.status_code == 404
+    assert again.json()["code"] == "not_found"
+    assert client.delete(f"/collections/{cid}/feedback/0").status_code == 422
+    assert client.delete(f"/collections/{10**9}/feedback/{kept}").status_code == 404
+    assert [m["id"] for m in client.get(f"/collections/{cid}/feedback").json()["items"]] == [kept]
+
+    response = client.post(f"/collections/{cid}/tuning-jobs", json=config)
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["state"] == "succeeded", job["error"]
+    report = client.get(f"/collections/{cid}/adapters/{job['adapter_version']}").json()["report"]
+    # Only the kept mark trains: the taken-back "not relevant" no longer overrides it, "my favourite" is gone.
+    assert report["feedback"]["relevant_used"] == 1
+    assert report["feedback"]["not_relevant_used"] == 0
+    assert report["feedback"]["not_relevant_skipped_no_positive"] == 0
+    assert report["feedback"]["images_added"] == 0
+    assert feedback.training_marks(ctx, cid, split).captions == {train[0]: ["sky"]}

@@ -20,15 +20,15 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 @pytest.fixture
 def serve(tmp_path, tiny_backbone, migrated_database):
-    """serve(wrap=None, backbone=None) -> base URL: the real app (optionally wrapped; tiny backbone unless
-    another is given) served by uvicorn in a thread."""
+    """serve(wrap=None, backbone=None, **settings) -> base URL: the real app (optionally wrapped; tiny backbone
+    unless another is given; settings beyond the data directory, e.g. import_root) served by uvicorn in a thread."""
     servers = []
 
-    def start(wrap=None, backbone=None) -> str:
+    def start(wrap=None, backbone=None, **extra) -> str:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        settings = Settings(data_dir=tmp_path / "data")
+        settings = Settings(data_dir=tmp_path / "data", **extra)
         seed_database(settings, migrated_database)
         app = create_app(settings, backbone or tiny_backbone)
         server = uvicorn.Server(uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=port,

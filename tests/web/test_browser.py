@@ -196,6 +196,16 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     assert sorted((str(m["search_id"]), str(m["image_id"]), m["relevant"]) for m in marks["items"]) == sorted(
         [(searches["zero-shot"], right_id, True), (searches["adapter"], wrong_id, False)])
     assert all(m["query"] == {"text": "a red circle"} for m in marks["items"])
+    # Pressing a pressed mark takes it back; pressing the other one replaces it: one mark, relevant, is left.
+    right.find_element(page.By.CSS_SELECTOR, ".mark.relevant").click()
+    page.wait_text("#feedback-count", "1 mark")
+    assert (pressed(right, "relevant"), pressed(right, "not-relevant")) == ("false", "false")
+    wrong.find_element(page.By.CSS_SELECTOR, ".mark.relevant").click()
+    page.wait_for(lambda: pressed(wrong, "relevant") == "true", message="the replacing mark was not shown")
+    assert pressed(wrong, "not-relevant") == "false"
+    assert page.text("#feedback-count") == "1 mark"
+    left = get_json(base, f"/collections/{collection_id}/feedback")["items"]
+    assert [(str(m["image_id"]), m["relevant"]) for m in left] == [(wrong_id, True)]
 
     # A negative term ("without") changes the query: other scores, and the heading says what was left out.
     page.fill("#without", "blue")

@@ -1,25 +1,37 @@
 // Search: a text, a stored image ("more like this") or an uploaded image, minus "without" terms, narrowed by
 // category and date; zero-shot and an adapter side by side, with scores and rank changes; every result can be
-// marked relevant or not relevant to the query of its own column's search (its search_id).
+// marked relevant or not relevant to the query of its own column's search (its search_id), and the mark taken back.
 import { api, uploadForm } from "../api.js";
 import { fmt, guarded, h } from "../dom.js";
 import { collectionCategories, thumbnail } from "./images.js";
 
-// Two toggle buttons; the pressed one is the mark the server recorded (a new mark is a new row: the newest counts).
-function markButtons(hit, name, mark) {
+// Two toggle buttons; the pressed one is the mark the server holds. Pressing it again takes the mark back
+// (DELETE); pressing the other one replaces it (the new mark is stored first, then the old one taken back).
+function markButtons(hit, name, marks) {
+  let held = null; // the server's row of this result's mark, if it has one
   const buttons = [[true, "Relevant", "✓"], [false, "Not relevant", "✗"]].map(([relevant, label, sign]) =>
     h("button", { type: "button", class: `small secondary mark ${relevant ? "relevant" : "not-relevant"}`,
       "aria-pressed": "false", "aria-label": `${label}: image ${hit.image_id} (${name})`, title: label,
-      onclick: guarded(async (e) => {
+      dataset: { label }, onclick: guarded(async (e) => {
         const button = e.currentTarget;
-        if (button.getAttribute("aria-pressed") === "true") return;
-        await mark(hit, relevant);
-        for (const b of buttons) b.setAttribute("aria-pressed", String(b === button));
+        const before = held;
+        buttons.forEach((b) => { b.disabled = true; }); // one change at a time
+        try {
+          held = before?.relevant === relevant ? null : await marks.mark(hit, relevant);
+          if (before) await marks.unmark(before.id);
+        } finally {
+          buttons.forEach((b) => { b.disabled = false; });
+        }
+        for (const b of buttons) {
+          const on = held !== null && b === button;
+          b.setAttribute("aria-pressed", String(on));
+          b.title = on ? "Take this mark back" : b.dataset.label;
+        }
       }) }, `${sign} ${label}`));
   return h("span", { class: "marks", role: "group", "aria-label": `Mark image ${hit.image_id}` }, buttons);
 }
 
-function hitList(hits, otherRanks, moreLike, mark) {
+function hitList(hits, otherRanks, moreLike, marks) {
   return h("ol", { class: "hits" }, hits.map((hit, rank) => {
     const before = otherRanks?.get(hit.image_id);
     const move = otherRanks === undefined ? null
@@ -35,7 +47,7 @@ function hitList(hits, otherRanks, moreLike, mark) {
         h("span", { class: "caption", title: [hit.filename, ...hit.captions].join("\n") }, name),
         h("button", { type: "button", class: "small secondary more-like", "aria-label": `More like image ${hit.image_id} (${name})`,
           onclick: () => moreLike(hit) }, "More like this"),
-        mark ? markButtons(hit, name, mark) : null));
+        marks ? markButtons(hit, name, marks) : null));
   }));
 }
 
@@ -78,10 +90,17 @@ export async function searchView(body, collection) {
     markCount.textContent = `${page.total} mark${page.total === 1 ? "" : "s"}`;
   }
   // A column's marks name its own search, so a mark is about the query that column answered.
-  const markFor = (searchId) => searchId && (async (hit, relevant) => {
-    await api("POST", `/collections/${collection.id}/feedback`, { search_id: searchId, image_id: hit.image_id, relevant });
-    await countMarks();
-  });
+  const markFor = (searchId) => searchId && {
+    async mark(hit, relevant) {
+      const row = await api("POST", `/collections/${collection.id}/feedback`, { search_id: searchId, image_id: hit.image_id, relevant });
+      await countMarks();
+      return row;
+    },
+    async unmark(id) {
+      await api("DELETE", `/collections/${collection.id}/feedback/${id}`);
+      await countMarks();
+    },
+  };
 
   function options(who) {
     const filter = {};

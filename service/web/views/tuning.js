@@ -1,9 +1,8 @@
 // Tuning: start a job (defaults in one click, the rest folded away), watch it live over SSE, cancel it.
-import { api, streamEvents } from "../api.js";
+import { api } from "../api.js";
 import { fmt, guarded, h, toast } from "../dom.js";
+import { followJob, LIVE } from "./jobs.js";
 import { activationSummary, comparisonTable, trainingCharts } from "./metrics.js";
-
-const LIVE = ["queued", "running"];
 
 // The settings form is built from the API's own schema, so its defaults and limits live in one place.
 async function configSchema() {
@@ -118,19 +117,8 @@ function liveBoard(job) {
 async function watch(host, job, signal) {
   const { board, update, finish } = liveBoard(job);
   host.replaceChildren(board);
-  update(job);
-  if (!LIVE.includes(job.state)) return finish(job);
-  let last = job;
-  try {
-    await streamEvents(`/jobs/${job.id}/events`, (event, data) => {
-      last = data;
-      if (event === "progress") update(data);
-    }, signal);
-  } catch (err) {
-    if (err.name === "AbortError") return;
-    throw err;
-  }
-  await finish(last);
+  const last = await followJob(job, update, signal);
+  if (last) await finish(last);
 }
 
 export async function tuningView(body, collection, signal) {

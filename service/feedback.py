@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from service.collections import get_image
 from service.context import ServiceContext
-from service.errors import Invalid, NotFound
+from service.errors import Invalid, NotFound, not_found
 from service.input_rules import visible_text
 from service.models import FeedbackRecord, SearchRecord
 from service.progress import FeedbackUse

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from _pytest.mark.expression import Expression
 from fastapi.testclient import TestClient
 
@@ -76,21 +75,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     basetemp = config.stash.get(MEMORY_BASETEMP, None)
     if basetemp is not None:  # kept in memory only for the run: nothing to inspect survives it
         shutil.rmtree(basetemp, ignore_errors=True)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run the whole suite on one intra-op torch thread, then restore the setting.
-
-    The tensors here are small: a second thread gains little, while the app's own threads (event loop,
-    job worker, a live server) need the other core, and on a CPU shared with other jobs oversubscription
-    made training steps several times slower (the fast loop: 79 s -> 69 s wall on 2 idle cores). One
-    thread also makes the learning test's numbers independent of the machine's core count.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

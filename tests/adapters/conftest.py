@@ -19,3 +19,16 @@ def pixels(tiny):
     size = tiny.identity.image_size
     return torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(0))
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run each test here on one intra-op thread, then restore the setting.
+
+    The tensors in these tests are small: a second thread gains little, while on a CPU shared with
+    other jobs oversubscription made training steps several times slower. One thread also makes
+    the learning test's numbers independent of the machine's core count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the one place: nothing in the suite (or its subprocesses) may reach a hub
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.mark.expression import Expression
 from fastapi.testclient import TestClient
 
 from adapters.backbone import Backbone, load_backbone
@@ -24,9 +26,39 @@ from tests.support import TEST_BACKBONE, fresh_postgres_database, seed_database
 
 MEMORY_FS = Path("/dev/shm")
 MEMORY_BASETEMP = pytest.StashKey[str]()
+WHOLLY_SLOW = re.compile(r"^pytestmark = \[?pytest\.mark\.slow\b", re.MULTILINE)  # a module marked slow as a whole
+
+
+def deselects_slow(config: pytest.Config) -> bool:
+    """Whether ``-m`` leaves out every test marked slow, whatever its other marks (the fast loop: ``-m "not slow"``)."""
+    if not config.option.markexpr:
+        return False
+    expression = Expression.compile(config.option.markexpr)
+    # A slow test may carry other marks too: it is left out if the expression is false both when they
+    # match nothing and when they match everything.
+    slow_alone = expression.evaluate(lambda name, **_: name == "slow")
+    slow_and_every_other = expression.evaluate(lambda name, **_: True)
+    return not (slow_alone or slow_and_every_other)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fast loop does not even import a module marked slow as a whole: ``-m`` would deselect all of
+    its tests after paying its imports and its collection (the OpenAPI fuzz sweep builds its cases then)."""
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_") and deselects_slow(config) \
+            and WHOLLY_SLOW.search(collection_path.read_text()):
+        return True
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not deselects_slow(config):
+        # The OpenAPI fuzz sweep (slow) is schemathesis's one user; pyproject keeps its plugin (and with it
+        # hypothesis) from loading by itself, which would cost the fast loop seconds of imports.
+        config.pluginmanager.import_plugin("schemathesis.pytest.plugin")
+    use_memory_basetemp(config)
+
+
+def use_memory_basetemp(config: pytest.Config) -> None:
     """Temp dirs (data dirs, SQLite files, indexes) on a memory filesystem where the machine has one.
 
     The service fsyncs every file and commit it writes; on this project's disks that is several

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from _pytest.mark.expression import Expression
 from fastapi.testclient import TestClient
 
@@ -23,6 +24,9 @@ from service.app import create_app
 from service.config import Settings
 from service.db import make_engine, migrate
 from tests.support import TEST_BACKBONE, fresh_postgres_database, seed_database
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `-n N` (pytest-xdist): the workers share the cores
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 MEMORY_FS = Path("/dev/shm")
 MEMORY_BASETEMP = pytest.StashKey[str]()

@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from service.data_lock import holding_server_url
 
+    settings: Settings | None = None  # read only where needed: the settings class loads pydantic
     if args.command in ("search", "tune", "import"):
         # Before torch, pydantic and SQLAlchemy load: asking a server needs only where it listens.
         url = args.url
@@ -339,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"server: start it with `prompt-adapters serve` (same --data-dir), or pass --url", file=sys.stderr)
             return 2
 
-    settings = load_settings(args)
-    if settings is None:
-        return 2
+    if settings is None:  # not read yet (a search's look-up for its server may have needed it)
+        settings = load_settings(args)
+        if settings is None:
+            return 2
     from adapters.backbone import BackboneError
     from service.auth import ExposureRefused
     from service.context import BackboneMismatch

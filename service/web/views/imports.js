@@ -3,7 +3,7 @@
 // cancels it, and lists the collection's import jobs.
 import { api } from "../api.js";
 import { fmt, guarded, h, toast } from "../dom.js";
-import { followJob, LIVE } from "./jobs.js";
+import { cancelButton, followJob, LIVE } from "./jobs.js";
 
 const source = (job) => (job.config.manifest !== undefined ? `manifest ${job.config.manifest}` : `directory ${job.config.directory}`);
 
@@ -12,10 +12,7 @@ function importBoard(job) {
   const stats = h("dl", { class: "stats", id: "import-stats" });
   const failures = h("div", { id: "import-failures" });
   const outcome = h("div", { id: "import-outcome" });
-  const cancel = h("button", { class: "danger", id: "cancel-import", onclick: guarded(async () => {
-    await api("POST", `/jobs/${job.id}/cancel`);
-    toast(`Asked import ${job.id} to stop`);
-  }) }, "Cancel import");
+  const cancel = cancelButton(job, "cancel-import", "Cancel import", "import");
   const board = h("section", { class: "card", id: "import-board", "aria-labelledby": "import-title", dataset: { job: job.id } },
     h("h2", { id: "import-title" }, `Import ${job.id}: ${source(job)}`), bar, stats, cancel, failures, outcome);
 

@@ -1,5 +1,6 @@
 // Following a job, tuning or import: its state now, then every change over the job's server-sent events.
-import { streamEvents } from "../api.js";
+import { api, streamEvents } from "../api.js";
+import { guarded, h, toast } from "../dom.js";
 
 export const LIVE = ["queued", "running"];
 
@@ -18,4 +19,12 @@ export async function followJob(job, update, signal) {
     throw err;
   }
   return last;
+}
+
+/** The button that asks a job (tuning or import) to stop; the job's events then show it ending. */
+export function cancelButton(job, id, label, what) {
+  return h("button", { class: "danger", id, onclick: guarded(async () => {
+    await api("POST", `/jobs/${job.id}/cancel`);
+    toast(`Asked ${what} ${job.id} to stop`);
+  }) }, label);
 }

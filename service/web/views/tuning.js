@@ -1,7 +1,7 @@
 // Tuning: start a job (defaults in one click, the rest folded away), watch it live over SSE, cancel it.
 import { api } from "../api.js";
 import { fmt, guarded, h, toast } from "../dom.js";
-import { followJob, LIVE } from "./jobs.js";
+import { cancelButton, followJob, LIVE } from "./jobs.js";
 import { activationSummary, comparisonTable, trainingCharts } from "./metrics.js";
 
 // The settings form is built from the API's own schema, so its defaults and limits live in one place.
@@ -64,10 +64,7 @@ function liveBoard(job) {
   const bar = h("progress", { max: 1, value: 0, id: "job-progress", "aria-label": "Training progress" });
   const charts = h("div", { id: "job-charts" });
   const result = h("div", { id: "job-result" });
-  const cancel = h("button", { class: "danger", id: "cancel-job", onclick: guarded(async () => {
-    await api("POST", `/jobs/${job.id}/cancel`);
-    toast(`Asked job ${job.id} to stop`);
-  }) }, "Cancel");
+  const cancel = cancelButton(job, "cancel-job", "Cancel", "job");
   const board = h("section", { class: "card", id: "job-board", "aria-labelledby": "job-title", dataset: { job: job.id } },
     h("h2", { id: "job-title" }, `Job ${job.id}`), bar, status, cancel, charts, result);
   const losses = new Map();

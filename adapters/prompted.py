@@ -140,6 +140,11 @@ def _is_prompt_capable_vit(visual: Any) -> bool:
 _PROMPT_TOKEN_ID = -1
 
 
+def _copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 CPU copy that shares no memory with ``tensor``."""
+    return tensor.detach().to("cpu", torch.float32, copy=True).contiguous()
+
+
 class PromptedCLIP(nn.Module):
     """Prompt parameters plus the code to run a frozen open_clip model with them."""
 
@@ -244,19 +249,23 @@ class PromptedCLIP(nn.Module):
         return init
 
     def prompt_state_dict(self) -> dict[str, torch.Tensor]:
-        """The learned tensors, detached float32 on the CPU (what an artifact stores)."""
+        """Copies of the learned tensors, float32 on the CPU (what an artifact stores).
+
+        Always copies: on the CPU ``.float().cpu()`` of a float32 parameter is the parameter itself,
+        and a snapshot that aliased it (early stopping's best epoch) would follow every later step.
+        """
         out = {}
         if self.text_prompts is not None:
-            out["text_prompts"] = self.text_prompts.detach().float().cpu().contiguous()
+            out["text_prompts"] = _copy(self.text_prompts)
         if self.text_deep_prompts is not None:
-            out["text_deep_prompts"] = self.text_deep_prompts.detach().float().cpu().contiguous()
+            out["text_deep_prompts"] = _copy(self.text_deep_prompts)
         if self.visual_prompts is not None:
-            out["visual_prompts"] = self.visual_prompts.detach().float().cpu().contiguous()
+            out["visual_prompts"] = _copy(self.visual_prompts)
         if self.residual is not None:
             for name, value in self.residual.state_dict().items():
-                out[f"residual.{name}"] = value.detach().float().cpu().contiguous()
+                out[f"residual.{name}"] = _copy(value)
         if self.adapted_weight is not None:
-            out["adapted_weight"] = self.adapted_weight.detach().float().cpu().reshape(1).contiguous()
+            out["adapted_weight"] = _copy(self.adapted_weight.reshape(1))
         return out
 
     def load_prompt_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:

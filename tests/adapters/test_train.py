@@ -87,3 +87,37 @@ def test_early_stopping_keeps_best_epoch(tiny, world_items):
     assert result.stopped_early
     assert result.best_epoch == 0
     assert len(result.history["epochs"]) == 2
+
+
+def test_best_epoch_is_what_comes_back(tiny, world_items):
+    """The returned prompts are the best held-out epoch's, not the last epoch's.
+
+    On the CPU a snapshot that aliased the live parameters would follow every later step, and
+    ``restore_best`` would silently return the last epoch while reporting another.
+    """
+    train, val = world_items
+    states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(epoch: int, prompted: PromptedCLIP) -> bool:
+        states[epoch] = {k: v.clone() for k, v in prompted.prompt_state_dict().items()}
+        return False
+
+    config = TrainConfig(method="dual", **{**FAST, "epochs": 4}, **PROMPTS_ONLY, lr=5e-2)
+    result = train_adapter(tiny, train, val, config, on_epoch=keep)
+    returned = result.prompted.prompt_state_dict()
+    assert set(returned) == set(states[result.best_epoch])
+    for name, value in returned.items():
+        assert torch.equal(value, states[result.best_epoch][name]), name
+    # Every epoch moved the prompts, so returning the wrong epoch could not pass unnoticed.
+    assert all(not torch.equal(states[e]["visual_prompts"], states[e + 1]["visual_prompts"]) for e in range(4))
+
+
+def test_a_state_snapshot_shares_no_memory_with_the_prompts(tiny):
+    prompted = PromptedCLIP.from_backbone(tiny, TrainConfig(method="dual", **FAST).prompt_config())
+    snapshot = prompted.prompt_state_dict()
+    before = {k: v.clone() for k, v in snapshot.items()}
+    with torch.no_grad():
+        for param in prompted.parameters():
+            param.add_(1.0)
+    for name, value in snapshot.items():
+        assert torch.equal(value, before[name]), name

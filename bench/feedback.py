@@ -16,7 +16,8 @@ The scenario, in the miniature world (``bench.world``; the same draws as ``bench
   mark makes the query a caption of the image, a not-relevant one makes the image a named negative
   of the query (``adapters.negatives``). The epoch and the zero-shot mixing weight are chosen by
   cross-validation over the queries with a relevant mark, and the adapter is served only when the
-  bootstrap lower bound of its cross-validated gain is above 0 (``adapters.marks``); the report
+  bootstrap lower bound of its cross-validated gain, corrected for the candidates compared, is above
+  0 on enough judged queries (``adapters.marks``'s gate); the report
   gives both what is served and the adapter before that gate;
 - held-out evaluation: ``generate(spec.clean(), test, seed=3003)`` (the quality benchmark's test
   set): other images, other texts, never marked, never used for any choice. R@1/5/10 and category
@@ -50,7 +51,7 @@ import torch
 
 from adapters.backbone import OFFLINE_CHECKPOINT, load_backbone
 from adapters.data import PairedItem
-from adapters.marks import FOLDS, MarkedQuery, train_on_marks
+from adapters.marks import FOLDS, MIN_JUDGED_QUERIES, MarkedQuery, train_on_marks
 from adapters.stats import bootstrap_mean, paired_bootstrap_gain
 from adapters.train import TrainConfig
 from bench.machine import machine_info
@@ -228,6 +229,12 @@ def _ci(d: dict | None, signed: bool = False) -> str:
     return f"{f.format(100 * d['mean'])} [{f.format(100 * d['low'])}, {f.format(100 * d['high'])}]"
 
 
+def _gate(selection: dict) -> str:
+    if not selection.get("gate_ap"):
+        return "–"
+    return f"{_ci(selection['gate_ap'], True)} ({100 * selection['gate_level']:.3g} %)"
+
+
 MODEL_LABELS = {"served": "served", "adapter": "adapter before the gate"}
 
 
@@ -307,7 +314,8 @@ def markdown(report: dict) -> str:
         "query is judged once, by a job that did not train on it (average precision of its relevant marks among its "
         "fold's marked images, paired with zero-shot); the candidate with the highest paired bootstrap 95 % lower bound "
         "of the gain wins, and the final job trains on every mark up to its epoch. **Served**: that adapter only when "
-        "the lower bound is above 0, zero-shot (mixing weight 0) otherwise: what a user would get. **Adapter before "
+        "the gate passes (its gain's lower bound at the Bonferroni level 1 − 0.05 / K for the K candidates compared is "
+        f"above 0, on at least {MIN_JUDGED_QUERIES} judged queries), zero-shot (mixing weight 0) otherwise: what a user would get. **Adapter before "
         "the gate**: the same adapter at its chosen epoch and weight, served or not. "
         + ("The same job without the named negatives (\"relevant marks only\") isolates their effect."
            if "relevant marks only" in report.get("variants", []) else ""),
@@ -323,8 +331,9 @@ def markdown(report: dict) -> str:
         *verdicts(report),
         "",
         "| N | variant | seed | queries with a relevant hit / judged out of fold | relevant / not-relevant marks "
-        "| chosen epoch | chosen weight | cross-validated gain in AP (lower bound > 0 serves) | served | negatives used | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| chosen epoch | chosen weight | cross-validated gain in AP, 95 % | the gate's interval (level) | served "
+        "| negatives used | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         if row["model"] != "served":
@@ -333,10 +342,10 @@ def markdown(report: dict) -> str:
             sel = r["selection"]
             lines.append(f"| {row['queries']} | {row['variant']} | {r['seed']} | {r['queries_with_relevant']} / "
                          f"{sel['queries']} | {r['relevant_marks']} / {r['not_relevant_marks']} | {sel['epoch']} | "
-                         f"{sel['weight']} | {_ci(sel['gain_ap'], True)} | {'yes' if sel['served'] else 'no'} | "
+                         f"{sel['weight']} | {_ci(sel['gain_ap'], True)} | {_gate(sel)} | {'yes' if sel['served'] else 'no'} | "
                          f"{r.get('negative_pairs_used', '–')} | {r.get('wall_time_s', '–')} |")
     if not runs:
-        lines.append("| – | – | – | – | – | – | – | – | – | – | – |")
+        lines.append("| – | – | – | – | – | – | – | – | – | – | – | – |")
     lines += ["", f"Recipe: `{json.dumps(report['recipe'], sort_keys=True)}`.", ""]
     return "\n".join(lines)
 

@@ -9,7 +9,8 @@ split); the best epoch is kept and training stops after ``patience`` epochs with
 
 With ``zero_shot_mix`` the weight of the adapted embedding against the zero-shot one is then
 chosen on the same held-out items from ``mix_grid`` (0 is exactly zero-shot): an adapter that does
-not help on held-out pairs falls back towards the backbone instead of shipping a loss.
+not help on held-out pairs falls back towards the backbone instead of shipping a loss. When no
+epoch beat the initial (random) prompts, the weight is 0: untrained prompts never ship.
 
 ``TrainConfig()``'s defaults are THE recipe: the service trains by them and the benchmark reads
 its recipe from them; change the method here, nowhere else.
@@ -325,9 +326,16 @@ def train_adapter(
     if cfg.restore_best:
         prompted.load_prompt_state_dict(stopper.best_state)
     if cfg.zero_shot_mix:
-        weight, best_metrics, history["mix"] = _choose_mix(
-            prompted, val_texts.all(), val_images.all(), zero_val_text, zero_val_image, val_owner, val_ids, cfg.mix_grid,
-        )
+        if stopper.best_epoch == 0:
+            # No epoch beat the initial prompts on held-out pairs: training did not help, and the
+            # initial prompts are random, so none of them ships (a "gain" from mixing them in is an
+            # ensemble with noise, as large as one held-out query). The adapter is exactly zero-shot.
+            weight, best_metrics, history["mix"] = 0.0, zero_shot, []
+        else:
+            weight, best_metrics, history["mix"] = _choose_mix(
+                prompted, val_texts.all(), val_images.all(), zero_val_text, zero_val_image, val_owner, val_ids,
+                cfg.mix_grid,
+            )
         prompted.set_adapted_weight(weight)
     return TrainResult(
         prompted=prompted,

@@ -96,9 +96,6 @@ LEVERS: dict[str, dict] = {
     "+ attribute reweighting (DCAR)": dict(attribute_reweighting=True),
     "+ visual prompts from the input (block 0, 16 tokens)": dict(visual_start=0, visual_deep_from=0, visual_tokens=16),
     "+ prompts' lr 3e-3 (recipe 1e-2)": dict(lr=3e-3),
-    # A control, not a lever: the recipe's output side with prompts left at their initial values.
-    # Mixing any perturbed encoder with zero-shot is an ensemble; this is what that alone gives.
-    "control: residual map + mixing, no training": dict(residual_rank=32, zero_shot_mix=True, epochs=0),
 }
 
 

@@ -91,4 +91,20 @@ def test_mixing_weight_chosen_on_val_is_never_worse_than_zero_shot_there(tiny):
     chosen = (result.best_metrics["t2i_r1"], result.best_metrics["rsum"])
     zero = (result.zero_shot_metrics["t2i_r1"], result.zero_shot_metrics["rsum"])
     assert chosen >= zero
-    assert [m["adapted_weight"] for m in result.history["mix"]] == sorted(cfg.mix_grid)
+    if result.best_epoch > 0:
+        assert [m["adapted_weight"] for m in result.history["mix"]] == sorted(cfg.mix_grid)
+    else:  # nothing beat the initial prompts: no weight was tried, and none of them ships
+        assert result.history["mix"] == [] and float(result.prompted.adapted_weight) == 0.0
+
+
+def test_untrained_prompts_never_ship(tiny):
+    """With nothing learned (lr 0) the initial, random prompts stay best: the adapter is exactly zero-shot."""
+    items = generate(load_spec("broad"), 60, seed=3)
+    cfg = TrainConfig(method="dual", epochs=2, batch_size=16, patience=None, text_tokens=2, visual_tokens=2,
+                      lr=0.0, residual_lr=0.0, residual_rank=4, zero_shot_mix=True)
+    result = train_adapter(tiny, items[:40], items[40:], cfg)
+    assert result.best_epoch == 0
+    assert float(result.prompted.adapted_weight) == 0.0
+    assert result.best_metrics == result.zero_shot_metrics
+    captions = [c for item in items[40:] for c in item.captions]
+    assert torch.allclose(result.prompted.encode_text(captions), tiny.encode_texts(captions).float(), atol=1e-5)

@@ -17,8 +17,8 @@ Methods: ``zero-shot``; ``adapter`` (``TrainConfig()``: the service's default re
 (dual prompts alone: the recipe without residual map or zero-shot mixing); ``dcar`` (dual + DCAR's
 three parts); ``linear`` (a d x d residual map on frozen embeddings) and ``full-ft`` (every backbone
 weight). The baselines get the recipe's epoch / patience / batch budget and a learning rate chosen on
-val from a sweep of three. ``--levers`` adds one-lever-at-a-time variants of the dual prompts,
-scored on val only. Every R@K, category P@10 / mAP, difference to zero-shot and recovered fraction
+val from a sweep of four (widened when a published run chose an end of the sweep). ``--levers`` adds
+one-lever-at-a-time variants of the dual prompts, scored on val only. Every R@K, category P@10 / mAP, difference to zero-shot and recovered fraction
 gets a 95 % bootstrap interval over test queries and seeds (``bench.intervals``).
 
 Outputs in ``--out``: quality.json (every run, per-query results), quality.md, recall_by_method.png,
@@ -67,8 +67,8 @@ VAL_SIZE, TEST_SIZE = 500, 1000
 SEEDS = (0, 1, 2)
 PARAM_BUDGET = 0.005  # <= 0.5 % of the backbone's parameters
 RECOVERY_TARGET = 0.8  # of full fine-tuning's R@1 gain over zero-shot
-LINEAR_LRS = (3e-4, 1e-3, 3e-3)
-FT_LRS = (3e-5, 1e-4, 3e-4)
+LINEAR_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+FT_LRS = (3e-5, 1e-4, 3e-4, 1e-3)
 DCAR = dict(same_category_weight=0.5, hard_negatives=2, attribute_reweighting=True)
 
 # The recipe is TrainConfig's defaults (what the service trains by); never a copy kept here.
@@ -501,7 +501,7 @@ def combine_sweeps(records: list[dict]) -> tuple[list[dict], list[str]]:
         chosen = max(sweep, key=lambda s: (s["val_t2i_r1"], s["val_rsum"]))["lr"]
         merged.append({**next(r for r in runs if r["lr_chosen"] == chosen), "lr_sweep": sweep, "lr_chosen": chosen})
         notes.append(f"{item[0]}/{item[1]} {item[2]} seed {item[3]}: lr sweep {[s['lr'] for s in sweep]} ran as "
-                     f"{len(runs)} processes side by side; {chosen:g} chosen on val R@1.")
+                     f"{len(runs)} separate processes; {chosen:g} chosen on val R@1.")
     return merged, notes
 
 

@@ -88,4 +88,4 @@ def test_an_lr_sweep_split_over_processes_keeps_the_val_best_rate_and_every_trie
     assert kept["test_r1"] == 0.12
     assert [s["lr"] for s in kept["lr_sweep"]] == [3e-5, 1e-4, 3e-4]
     assert len(notes) == 1
-    assert "3 processes" in notes[0]
+    assert "3 separate processes" in notes[0]

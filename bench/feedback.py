@@ -17,8 +17,8 @@ The scenario, in the miniature world (``bench.world``; the same draws as ``bench
   of the query (``adapters.negatives``). The epoch and the zero-shot mixing weight are chosen by
   cross-validation over the queries with a relevant mark, and the adapter is served only when the
   bootstrap lower bound of its cross-validated gain, corrected for the candidates compared, is above
-  0 on enough judged queries (``adapters.marks``'s gate); the report
-  gives both what is served and the adapter before that gate;
+  0 on enough judged queries (``adapters.marks``'s gate); the report gives both what is served and
+  the adapter before that gate;
 - held-out evaluation: ``generate(spec.clean(), test, seed=3003)`` (the quality benchmark's test
   set): other images, other texts, never marked, never used for any choice. R@1/5/10 and category
   P@10 with 95 % bootstrap intervals over the test queries, and the paired gain over zero-shot.

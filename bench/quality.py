@@ -18,8 +18,9 @@ Methods: ``zero-shot``; ``adapter`` (``TrainConfig()``: the service's default re
 three parts); ``linear`` (a d x d residual map on frozen embeddings) and ``full-ft`` (every backbone
 weight). The baselines get the recipe's epoch / patience / batch budget and a learning rate chosen on
 val from a sweep of four (widened when a published run chose an end of the sweep). ``--levers`` adds
-one-lever-at-a-time variants of the dual prompts, scored on val only. Every R@K, category P@10 / mAP, difference to zero-shot and recovered fraction
-gets a 95 % bootstrap interval over test queries and seeds (``bench.intervals``).
+one-lever-at-a-time variants of the dual prompts, scored on val only. Every R@K, category P@10 / mAP,
+difference to zero-shot and recovered fraction gets a 95 % bootstrap interval over test queries and
+seeds (``bench.intervals``).
 
 Outputs in ``--out``: quality.json (every run, per-query results), quality.md, recall_by_method.png,
 recall_vs_params.png; the README table is printed at the end.

@@ -3,7 +3,7 @@
 Callers queue their item; whoever gets the turn takes the whole queue (up to ``max_size``) and
 runs it in one call. A lone caller never waits for company, and under load one call replaces many:
 one forward pass for many query texts (``service.batching``), one transaction and one commit for
-many stored searches (``service.feedback``).
+many stored searches (``service.search_log``).
 """
 
 from __future__ import annotations

@@ -89,3 +89,21 @@ def test_an_lr_sweep_split_over_processes_keeps_the_val_best_rate_and_every_trie
     assert [s["lr"] for s in kept["lr_sweep"]] == [3e-5, 1e-4, 3e-4]
     assert len(notes) == 1
     assert "3 separate processes" in notes[0]
+
+
+def test_lever_rows_are_compared_with_the_plain_prompts_and_with_the_recipe():
+    from bench.quality import LEVERS, RECIPE_LEVER
+    from bench.report import markdown
+
+    def lever(name: str, val_r1: float) -> dict:
+        return {"spec": "s", "train_size": 100, "method": "lever", "lever": name, "val": {"t2i_r1": val_r1, "rsum": 2.0},
+                "val_zero_shot": {"t2i_r1": 0.15}, "params": 10, "adapted_weight": None, "best_epoch": 1, "wall_time_s": 1.0}
+
+    on_recipe = next(name for name in LEVERS if name.startswith("recipe + "))
+    records = [lever("dual prompts (base)", 0.10), lever(RECIPE_LEVER, 0.16), lever(on_recipe, 0.17)]
+    report = json.loads((REPO / "docs" / "bench" / "quality.json").read_text())  # a real report around them
+    report["summary"]["levers"] = summarize(records, backbone_params=100_000)["levers"]
+    report["recipe_lever"] = RECIPE_LEVER
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in markdown(report).splitlines() if line.startswith("| ")}
+    assert rows[on_recipe][3:5] == ["+7.0", "+1.0"]  # vs the plain prompts, vs the recipe
+    assert rows[RECIPE_LEVER][3:5] == ["+6.0", "+0.0"]

@@ -453,11 +453,13 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
     if base is None:
         backbone = load_backbone()
         base = {"machine": machine_info(), "recipe": RECIPE, "dual": DUAL, "dcar": DCAR, "baseline_budget": budget(),
-                "linear_lrs": LINEAR_LRS, "full_ft_lrs": FT_LRS, "levers": LEVERS, "recipe_lever": RECIPE_LEVER, "sizes": {"val": VAL_SIZE, "test": TEST_SIZE},
+                "linear_lrs": LINEAR_LRS, "full_ft_lrs": FT_LRS, "sizes": {"val": VAL_SIZE, "test": TEST_SIZE},
                 "seeds": {"world": {"train": TRAIN_SEED, "val": VAL_SEED, "test": TEST_SEED}, "methods": list(SEEDS)},
                 "collections": {}, "reference_zero_shot": None, "wall_time_s": 0.0,
                 "backbone": {"identity": backbone.identity.to_dict(), "parameters": _backbone_params(backbone),
                              "card": json.loads((Path(__file__).parent / "backbone_card.json").read_text())}}
+    # Older runs knew fewer levers: the report names them by the current definitions.
+    base = {**base, "levers": {**base.get("levers", {}), **LEVERS}, "recipe_lever": RECIPE_LEVER}
     # Zero-shot is deterministic: a shift measured by several of the merged runs keeps one record.
     seen: set[tuple] = set()
     unique = []

@@ -95,7 +95,7 @@ LEVERS: dict[str, dict] = {
     "+ consistency to frozen features (w=1)": dict(consistency_weight=1.0),
     "+ zero-shot mixing chosen on val": dict(zero_shot_mix=True),
     "+ residual map (rank 32)": dict(residual_rank=32),
-    "+ residual map + mixing": dict(residual_rank=32, zero_shot_mix=True),
+    RECIPE_LEVER: ON_RECIPE,
     "+ 2 captions per image per step": dict(captions_per_item=2),
     "+ category weighting (DCAR, same=0.5)": dict(same_category_weight=0.5),
     "+ hard negatives (DCAR, k=2)": dict(hard_negatives=2),

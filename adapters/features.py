@@ -88,7 +88,7 @@ class TextSide:
     def __init__(self, prompted: PromptedCLIP, captions: Sequence[str], batch_size: int = 256):
         self.prompted = prompted
         self.device = prompted.device
-        self.frozen = prompted.text_prompts is None
+        self.frozen = not prompted.changes_text
         self.tokens = prompted.tokenize(list(captions)).cpu() if captions else None
         self.features = None
         if self.frozen and self.tokens is not None:

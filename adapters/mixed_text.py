@@ -13,6 +13,7 @@ What differs per row, and how one batch holds it:
   end-of-text position, so rows of different M never see each other's layout;
 - deep text prompts: before every later block, each such adapter's fresh prompts overwrite its
   own rows' prompt positions (the block loop ``PromptedCLIP`` runs for one adapter, row-wise);
+- word offsets: each adapter adds its own to its own rows' token embeddings;
 - zero-shot mixing: the zero-shot features of an adapter's rows (its tokens, no prompts) are
   extra rows of the same pass.
 
@@ -96,7 +97,7 @@ class MixedTextEncoder:
             adapted = slice(row, row + n)
             row += n
             zero_shot = None
-            if M and prompted is not None and _mixing_weight(prompted) is not None:
+            if prompted is not None and prompted.changes_text and _mixing_weight(prompted) is not None:
                 pad = tokens.new_zeros((n, M))  # after the end-of-text token: never pooled, never attended to
                 ids.append(torch.cat([tokens, pad], dim=1))
                 zero_shot = slice(row, row + n)
@@ -114,7 +115,11 @@ class MixedTextEncoder:
         if parts.attn_mask is not None and parts.pool_type in ("argmax", "eos"):
             # Causal and pooled at the end-of-text token: columns after the longest row are never read.
             ids = ids[:, : int(self._eot_positions(ids).max()) + 1]
-        x = parts.token_embedding(ids.clamp(min=0)).to(cast)
+        x = parts.token_embedding(ids.clamp(min=0))
+        for p, own in placed:  # each adapter's word offsets, on its own (adapted) rows only
+            if p is not None and p.word_deltas is not None:
+                x[own.adapted] = x[own.adapted] + p.word_offsets(ids[own.adapted])
+        x = x.to(cast)
         # (first prompts, deep prompts or None, rows) of every adapter with text prompts
         prompted_rows = [(p.text_prompts, p.text_deep_prompts, rows.adapted) for p, rows in placed
                          if p is not None and p.text_prompts is not None]

@@ -14,6 +14,13 @@ them see the prompts alone.
   tokens before every block from that layer on (VPT-deep). They are dropped before pooling, so
   the class token / average / attentional pooling only ever sees image tokens.
 
+- Collection words: a learned offset added to the token embedding of each of the K words (BPE
+  tokens) a collection's training captions use most. A personal collection names things the
+  backbone never learned (a pet's name, a product code, a trade's terms): their token embeddings
+  are whatever pretraining left, often the random initialisation, and no prompt in front of a
+  caption can rewrite a word inside it. The offsets start at zero, so an untrained table changes
+  nothing; words outside the table, and the zero-shot path, keep the backbone's embeddings.
+
 Two optional pieces act on the finished embeddings, so an index built with ``encode_image`` and
 a query from ``encode_text`` need nothing else:
 
@@ -53,6 +60,18 @@ class _LowRankResidual(nn.Module):
         return x + (x @ self.down.T) @ self.up.T
 
 
+def collection_words(tokenizer: Callable, captions: Sequence[str], k: int) -> list[int]:
+    """The ``k`` token ids the captions use most (ties: the smaller id), special tokens excluded."""
+    if k <= 0 or not captions:
+        return []
+    tokens = tokenizer(list(captions))
+    end = tokens.argmax(dim=-1)  # CLIP's BPE: end-of-text is the largest id
+    inside = (torch.arange(tokens.shape[1]) > 0) & (torch.arange(tokens.shape[1]) < end.unsqueeze(1))
+    ids, counts = torch.unique(tokens[inside & (tokens > 0)], return_counts=True)
+    order = sorted(range(len(ids)), key=lambda i: (-int(counts[i]), int(ids[i])))
+    return [int(ids[i]) for i in order[:k]]
+
+
 class PromptsUnsupported(ValueError):
     """The backbone's tower cannot take the requested kind of prompt."""
 
@@ -68,6 +87,7 @@ class PromptConfig:
     text_deep: bool = False  # fresh text prompts before every text block, not only the first
     residual_rank: int = 0  # rank of the residual map on each tower's output embedding (0: none)
     zero_shot_mix: bool = False  # carry a weight mixing the adapted with the zero-shot embedding
+    word_tokens: int = 0  # K: token ids whose embedding gets a learned offset (the collection's words)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +173,8 @@ class PromptedCLIP(nn.Module):
     text_prompts: nn.Parameter | None
     text_deep_prompts: nn.Parameter | None
     visual_prompts: nn.Parameter | None
+    word_deltas: nn.Parameter | None
+    word_ids: torch.Tensor | None  # sorted token ids of ``word_deltas``' rows; -1 marks an unused row
 
     def __init__(
         self,
@@ -213,6 +235,14 @@ class PromptedCLIP(nn.Module):
         else:
             self.visual_prompts = None
 
+        self.word_ids, self.word_deltas = None, None
+        if config.word_tokens > 0:
+            if self._text is None:
+                raise PromptsUnsupported("this backbone's text tower does not accept word offsets")
+            width = self._text.token_embedding.weight.shape[1]
+            self.word_ids = torch.full((config.word_tokens,), -1, dtype=torch.long, device=device)
+            self.word_deltas = nn.Parameter(torch.zeros(config.word_tokens, width, device=device))
+
         self.residual: nn.ModuleDict | None = None
         if config.residual_rank > 0:
             dim = int(self._projection_dim(model))
@@ -261,6 +291,10 @@ class PromptedCLIP(nn.Module):
             out["text_deep_prompts"] = _copy(self.text_deep_prompts)
         if self.visual_prompts is not None:
             out["visual_prompts"] = _copy(self.visual_prompts)
+        if self.word_deltas is not None:
+            assert self.word_ids is not None
+            out["word_ids"] = self.word_ids.detach().to("cpu", copy=True)
+            out["word_deltas"] = _copy(self.word_deltas)
         if self.residual is not None:
             for name, value in self.residual.state_dict().items():
                 out[f"residual.{name}"] = _copy(value)
@@ -275,7 +309,11 @@ class PromptedCLIP(nn.Module):
         for name, value in tensors.items():
             if tuple(value.shape) != tuple(expected[name].shape):
                 raise ValueError(f"{name}: shape {tuple(value.shape)} != expected {tuple(expected[name].shape)}")
-            self._set_tensor(name, value)
+        for name, value in tensors.items():
+            if name == "word_ids":
+                self.set_words(value)
+            else:
+                self._set_tensor(name, value)
 
     def _set_tensor(self, name: str, value: torch.Tensor) -> None:
         with torch.no_grad():
@@ -287,6 +325,31 @@ class PromptedCLIP(nn.Module):
             else:
                 getattr(self, name).copy_(value)
 
+    def set_words(self, ids: torch.Tensor | Sequence[int]) -> None:
+        """The token ids whose embeddings the rows of ``word_deltas`` offset, in row order.
+
+        Fewer ids than rows leave the last rows unused. Ids must be distinct token ids of this
+        tower's vocabulary (a file from elsewhere is checked, not trusted)."""
+        if self.word_ids is None:
+            raise ValueError("this adapter was built without word offsets (word_tokens=0)")
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten().cpu()
+        used = ids[ids >= 0]
+        vocab = self._text.token_embedding.weight.shape[0]
+        if len(ids) > len(self.word_ids) or (ids < -1).any() or (used >= vocab).any():
+            raise ValueError(f"word ids must be at most {len(self.word_ids)} token ids in [0, {vocab}) or -1")
+        if len(used.unique()) != len(used) or (len(used) and (ids[: len(used)] < 0).any()):
+            raise ValueError("word ids must be distinct, with the unused rows (-1) last")
+        full = torch.full((len(self.word_ids),), -1, dtype=torch.long)
+        full[: len(ids)] = ids
+        self.word_ids = full.to(self.word_ids.device)
+
+    def words(self) -> list[str]:
+        """The word table's tokens as text, most used first (a rare word may be split into pieces)."""
+        decode = getattr(self.tokenizer, "decode", None)
+        if self.word_ids is None or decode is None:
+            return []
+        return [decode([i]).strip() for i in self.word_ids.tolist() if i >= 0]
+
     def set_adapted_weight(self, weight: float) -> None:
         """The share of the adapted embedding in what ``encode_*`` return (needs ``zero_shot_mix``)."""
         if self.adapted_weight is None:
@@ -296,6 +359,7 @@ class PromptedCLIP(nn.Module):
         self.adapted_weight = torch.tensor(float(weight))
 
     def num_parameters(self) -> int:
+        """Learned numbers: the tensors trained plus the mixing weight (word ids are chosen, not learned)."""
         return sum(p.numel() for p in self.parameters()) + (1 if self.adapted_weight is not None else 0)
 
     def prompt_shapes(self) -> dict[str, list[int]]:
@@ -304,6 +368,11 @@ class PromptedCLIP(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.clip.parameters()).device
+
+    @property
+    def changes_text(self) -> bool:
+        """Whether a caption's features differ from zero-shot before the output head."""
+        return self.text_prompts is not None or self.word_deltas is not None
 
     # ---------------------------------------------------------------- text
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -364,7 +433,10 @@ class PromptedCLIP(nn.Module):
         gives the zero-shot features of the same rows."""
         parts = self._text
         cast = parts.transformer.get_cast_dtype()
-        x = parts.token_embedding(tokens).to(cast)
+        x = parts.token_embedding(tokens)
+        if prompts and self.word_deltas is not None:
+            x = x + self.word_offsets(tokens)
+        x = x.to(cast)
         pool_tokens = tokens
         M = 0
         if prompts and self.text_prompts is not None:
@@ -382,6 +454,17 @@ class PromptedCLIP(nn.Module):
         else:
             x = parts.transformer(x, attn_mask=mask)
         return parts.head(x, pool_tokens)
+
+    def word_offsets(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The learned offset of every token position (zero for a token outside the table)."""
+        assert self.word_ids is not None and self.word_deltas is not None
+        ids = self.word_ids.to(tokens.device)
+        order = torch.argsort(ids)
+        sorted_ids = ids[order]
+        slot = torch.searchsorted(sorted_ids, tokens.contiguous()).clamp(max=len(ids) - 1)
+        found = (sorted_ids[slot] == tokens) & (tokens >= 0)  # -1: unused rows, prompt positions
+        rows = self.word_deltas[order[slot]]
+        return rows * found.unsqueeze(-1).to(rows.dtype)
 
     def _run_text_blocks_deep(self, x: torch.Tensor, mask: torch.Tensor | None, cast: torch.dtype) -> torch.Tensor:
         transformer = self._text.transformer

@@ -1,6 +1,7 @@
 """The training loop: learn textual and/or visual prompts for one collection.
 
-Only the adapter's tensors are optimised (prompts, and the residual maps when asked for; AdamW,
+Only the adapter's tensors are optimised (prompts, the word table of the collection's own words,
+and the residual maps when asked for; AdamW,
 linear warm-up then cosine decay). Frozen work is done once (``features``), batches come from
 ``sampling``, the objective from ``losses`` (plus, when given, the user's named negatives of a caption:
 ``adapters.negatives``). After every epoch the adapter is scored by
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from .losses import (
     mine_hard_negatives,
 )
 from .negatives import NegativeTerm, QueryNegatives
-from .prompted import PromptConfig, PromptedCLIP
+from .prompted import PromptConfig, PromptedCLIP, collection_words
 from .sampling import BatchSampler, TrainingSet, category_codes, compose_attribute_captions
 from .schedule import EarlyStopping, score, warmup_cosine
 
@@ -78,6 +79,8 @@ class TrainConfig:
     text_deep: bool = False  # fresh text prompts before every text block (MaPLe / PromptSRC)
     residual_rank: int = 32  # low-rank residual map on each tower's output embedding (0: none)
     residual_lr: float = 1e-3  # its learning rate (prompts use ``lr``)
+    word_tokens: int = 192  # learn an embedding offset for the K tokens the training captions use most (not "visual")
+    word_lr: float | None = None  # the offsets' learning rate (None: the prompts' ``lr``)
     consistency_weight: float = 0.0  # pull adapted embeddings towards the frozen ones (KgCoOp / PromptSRC)
     zero_shot_mix: bool = True  # choose a mixing weight with the zero-shot embedding on val
     mix_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # adapted-embedding weights tried
@@ -100,6 +103,7 @@ class TrainConfig:
             text_deep=self.text_deep and self.method != "visual",
             residual_rank=self.residual_rank,
             zero_shot_mix=self.zero_shot_mix,
+            word_tokens=0 if self.method == "visual" else self.word_tokens,
         )
 
     def to_dict(self) -> dict:
@@ -134,6 +138,7 @@ class TrainResult:
             "steps": self.steps,
             "wall_time_s": round(self.wall_time_s, 3),
             "stopped_early": self.stopped_early,
+            "collection_words": self.prompted.words(),
         }
 
 
@@ -196,7 +201,7 @@ def train_adapter(
     if len(train_items) < 2 or len(val_items) < 1:
         raise ValueError("training needs at least 2 training items and 1 held-out item")
     device = backbone.device
-    prompted = PromptedCLIP.from_backbone(backbone, cfg.prompt_config())
+    prompted = _new_adapter(backbone, cfg, train_items)
 
     # Frozen work, done once.
     train_pixels = preprocess_images(backbone, [item.image for item in train_items])
@@ -232,8 +237,10 @@ def train_adapter(
 
     sampler = BatchSampler(data, cfg.batch_size, neighbours, cfg.captions_per_item, cfg.seed)
     total_steps = cfg.epochs * sampler.steps_per_epoch
-    prompt_params = [p for name, p in prompted.named_parameters() if not name.startswith("residual.")]
+    prompt_params = [p for name, p in prompted.named_parameters() if not name.startswith("residual.") and name != "word_deltas"]
     groups: list[dict] = [{"params": prompt_params, "lr": cfg.lr}]
+    if prompted.word_deltas is not None:
+        groups.append({"params": [prompted.word_deltas], "lr": cfg.lr if cfg.word_lr is None else cfg.word_lr})
     if prompted.residual is not None:
         groups.append({"params": list(prompted.residual.parameters()), "lr": cfg.residual_lr})
     log_scale = frozen_logit_scale(backbone.model).log().to(device)
@@ -349,6 +356,16 @@ def train_adapter(
         history=history,
         negative_pairs_used=named.pairs_used if named is not None else 0,
     )
+
+
+def _new_adapter(backbone, cfg: TrainConfig, train_items: Sequence[PairedItem]) -> PromptedCLIP:
+    """The untrained adapter; its word table holds the words of these training captions."""
+    prompt_config = cfg.prompt_config()
+    words = collection_words(backbone.tokenizer, flatten_captions(train_items)[0], prompt_config.word_tokens)
+    prompted = PromptedCLIP.from_backbone(backbone, replace(prompt_config, word_tokens=len(words)))
+    if words:
+        prompted.set_words(words)
+    return prompted
 
 
 def _cosine_distance(adapted: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ DCAR = dict(same_category_weight=0.5, hard_negatives=2, attribute_reweighting=Tr
 # The recipe is TrainConfig's defaults (what the service trains by); never a copy kept here.
 RECIPE = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("seed", "device")}
 # The plain dual prompts: the recipe without the output-side pieces.
-DUAL = dict(RECIPE, method="dual", residual_rank=0, zero_shot_mix=False, consistency_weight=0.0)
+DUAL = dict(RECIPE, method="dual", residual_rank=0, zero_shot_mix=False, consistency_weight=0.0, word_tokens=0)
 
 
 def budget() -> dict:
@@ -85,16 +85,20 @@ def budget() -> dict:
 
 # The pieces the recipe adds to the plain dual prompts: a lever "on the recipe" keeps them.
 ON_RECIPE = {k: RECIPE[k] for k in RECIPE if RECIPE[k] != DUAL[k]}
-RECIPE_LEVER = "+ residual map + mixing"  # the row that is the recipe itself
+RECIPE_LEVER = "recipe: + residual map + mixing + collection words"  # the row that is the recipe itself
+# The recipe before collection words joined it (2026-11-26): the output-side pieces alone.
+OUTPUT_SIDE = {k: v for k, v in ON_RECIPE.items() if k != "word_tokens"}
+OUTPUT_SIDE_LEVER = "+ residual map + mixing"
 
 # One lever at a time, scored on val (never on test): from the plain dual prompts, then on the
-# recipe (does anything improve what the service ships?).
+# output-side pieces (the recipe before collection words), then on the recipe.
 LEVERS: dict[str, dict] = {
     "dual prompts (base)": {},
     "+ prompts at every text block": dict(text_deep=True),
     "+ consistency to frozen features (w=1)": dict(consistency_weight=1.0),
     "+ zero-shot mixing chosen on val": dict(zero_shot_mix=True),
     "+ residual map (rank 32)": dict(residual_rank=32),
+    OUTPUT_SIDE_LEVER: OUTPUT_SIDE,
     RECIPE_LEVER: ON_RECIPE,
     "+ 2 captions per image per step": dict(captions_per_item=2),
     "+ category weighting (DCAR, same=0.5)": dict(same_category_weight=0.5),
@@ -102,13 +106,16 @@ LEVERS: dict[str, dict] = {
     "+ attribute reweighting (DCAR)": dict(attribute_reweighting=True),
     "+ visual prompts from the input (block 0, 16 tokens)": dict(visual_start=0, visual_deep_from=0, visual_tokens=16),
     "+ prompts' lr 3e-3 (recipe 1e-2)": dict(lr=3e-3),
+    "+ residual map + mixing + prompts at every text block": dict(OUTPUT_SIDE, text_deep=True),
+    "+ residual map + mixing + consistency to frozen features (w=1)": dict(OUTPUT_SIDE, consistency_weight=1.0),
+    "+ residual map + mixing + 2 captions per image per step": dict(OUTPUT_SIDE, captions_per_item=2),
+    "+ residual map + mixing + category weighting (DCAR, same=0.5)": dict(OUTPUT_SIDE, same_category_weight=0.5),
+    "+ residual map + mixing + hard negatives (DCAR, k=2)": dict(OUTPUT_SIDE, hard_negatives=2),
+    "+ residual map + mixing + attribute reweighting (DCAR)": dict(OUTPUT_SIDE, attribute_reweighting=True),
+    "+ residual map + mixing + all of DCAR": dict(OUTPUT_SIDE, **DCAR),
     "recipe + prompts at every text block": dict(ON_RECIPE, text_deep=True),
-    "recipe + consistency to frozen features (w=1)": dict(ON_RECIPE, consistency_weight=1.0),
-    "recipe + 2 captions per image per step": dict(ON_RECIPE, captions_per_item=2),
-    "recipe + category weighting (DCAR, same=0.5)": dict(ON_RECIPE, same_category_weight=0.5),
-    "recipe + hard negatives (DCAR, k=2)": dict(ON_RECIPE, hard_negatives=2),
-    "recipe + attribute reweighting (DCAR)": dict(ON_RECIPE, attribute_reweighting=True),
-    "recipe + all of DCAR": dict(ON_RECIPE, **DCAR),
+    "recipe with 64 collection words (recipe 192)": dict(ON_RECIPE, word_tokens=64),
+    "recipe, collection words' lr 1e-3 (recipe 1e-2)": dict(ON_RECIPE, word_lr=1e-3),
 }
 
 

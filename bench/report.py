@@ -127,8 +127,10 @@ def markdown(report: dict) -> str:
         recipe_lever = report.get("recipe_lever")
         lines += ["## Levers, one at a time (val only, seed 0)", "",
                   "Scored on each shift's val pairs (the same pairs that pick the epoch), never on test. Rows named "
-                  "\"+ ...\" add one lever to the plain dual prompts; rows named \"recipe + ...\" add one to the recipe "
-                  f"(the row \"{recipe_lever}\"), so they say whether a lever would improve what the service ships.", ""]
+                  "\"+ ...\" add levers to the plain dual prompts (\"+ residual map + mixing + ...\": one more lever on "
+                  "the recipe as it was before collection words joined it); rows named \"recipe ...\" change one thing "
+                  f"in the recipe (the row \"{recipe_lever}\"), so they say whether a lever would improve what the "
+                  "service ships.", ""]
         for key, rows in s["levers"].items():
             lines += [f"### {key}", "", "| lever | val R@1 | val rsum | Δ val R@1 vs base | Δ val R@1 vs recipe | val zero-shot R@1 | params | adapted weight |",
                       "|---|---|---|---|---|---|---|---|"]

@@ -23,7 +23,10 @@ from service.context import ServiceContext
 from service.errors import Invalid
 
 MAX_PROMPT_TOKENS = 64  # the tuning API's own upper bounds (text 32, visual 64)
-STORED_DTYPE = "F32"  # artifacts store float32 prompts
+MAX_WORD_TOKENS = 1024  # the tuning API's bound on the word table
+MAX_RESIDUAL_RANK = 512  # the residual map's rank (the recipe's is 32)
+STORED_DTYPE = "F32"  # artifacts store float32 tensors ...
+STORED_DTYPES = {"word_ids": "I64"}  # ... except the token ids of the word table
 
 
 def _refuse(code: str, detail: str) -> Invalid:
@@ -63,25 +66,27 @@ def check_adapter_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
     config = info.prompt_config
     context = ctx.backbone.identity.context_length
     for name, value, limit in (("text_tokens", config.text_tokens, min(MAX_PROMPT_TOKENS, context - 5)),
-                               ("visual_tokens", config.visual_tokens, MAX_PROMPT_TOKENS)):
+                               ("visual_tokens", config.visual_tokens, MAX_PROMPT_TOKENS),
+                               ("word_tokens", config.word_tokens, MAX_WORD_TOKENS),
+                               ("residual_rank", config.residual_rank, MAX_RESIDUAL_RANK)):
         if not isinstance(value, int) or not 0 <= value <= limit:
             raise _refuse("adapter_shape", f"{name}={value!r} is outside 0..{limit} for this backbone")
-    if not config.text_tokens and not config.visual_tokens:
+    if not config.text_tokens and not config.visual_tokens and not config.word_tokens:
         raise _refuse("adapter_shape", "the adapter has no prompts")
     try:  # bounded above: this allocates at most a few MB of fresh prompts
         expected = PromptedCLIP.from_backbone(ctx.backbone, config).prompt_shapes()
     except Exception:
         raise _refuse("adapter_shape", "the adapter's prompt layout does not fit this backbone") from None
-    wanted = {name: (STORED_DTYPE, shape) for name, shape in expected.items()}
+    wanted = {name: (STORED_DTYPES.get(name, STORED_DTYPE), shape) for name, shape in expected.items()}
     if found != wanted:
         raise _refuse("adapter_shape", f"prompt tensors {describe(found)} do not match what this backbone "
                                        f"builds from the adapter's config: {describe(wanted)}")
 
-    try:
+    try:  # load_adapter also checks the word ids: distinct tokens of this vocabulary
         prompted = load_adapter(blob, ctx.backbone)
     except AdapterError as exc:
         raise _refuse("bad_adapter_file", str(exc)) from None
-    if not all(torch.isfinite(t).all() for t in prompted.prompt_state_dict().values()):
+    if not all(torch.isfinite(t).all() for t in prompted.prompt_state_dict().values() if t.is_floating_point()):
         raise _refuse("non_finite", "the adapter's prompts contain NaN or infinite values")
     encoder = ctx.adapters.encoder_for(prompted, "upload-check")
     probes = [encoder.encode_texts(["a photo"])]

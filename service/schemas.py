@@ -370,6 +370,9 @@ class TuningConfig(ApiModel):
                                                      "null: shallow prompts only")
     text_init: Annotated[str, AfterValidator(printable_name)] = Field(RECIPE.text_init, min_length=1, max_length=200)
     """Words whose embeddings initialise the text prompts"""
+    word_tokens: int = Field(RECIPE.word_tokens, ge=0, le=1024,
+                             description="The collection's most used words (tokens of its captions) whose "
+                                         "embeddings the adapter learns; 0: none")
     patience: int | None = Field(RECIPE.patience, ge=1, le=200,
                                  description="Epochs without held-out improvement before stopping")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Held-out pairs for early stopping")

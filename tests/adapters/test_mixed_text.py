@@ -7,7 +7,7 @@ import torch
 
 from adapters.backbone import load_backbone
 from adapters.mixed_text import MixedTextEncoder
-from adapters.prompted import PromptConfig, PromptedCLIP
+from adapters.prompted import PromptConfig, PromptedCLIP, collection_words
 
 CONFIGS = [
     PromptConfig(text_tokens=2, seed=1),  # shallow prompts
@@ -15,6 +15,8 @@ CONFIGS = [
     PromptConfig(residual_rank=2, zero_shot_mix=True, seed=3),  # no prompts, heads only
     PromptConfig(text_tokens=3, zero_shot_mix=True, seed=4),
     PromptConfig(text_tokens=1, text_deep=True, seed=5),
+    PromptConfig(text_tokens=2, word_tokens=3, zero_shot_mix=True, seed=6),  # prompts and collection words
+    PromptConfig(word_tokens=2, residual_rank=2, zero_shot_mix=True, seed=7),  # collection words, no prompts
 ]
 TEXTS = [
     ["a red circle", "two blue squares on the left of a long caption " * 6],  # the second is truncated
@@ -22,12 +24,16 @@ TEXTS = [
     ["green", "a", "b c d"],
     ["yellow star"],
     ["one", "two three four"],
+    ["a zebra disc", "two plaid tiles"],
+    ["zebra", "no word of its table"],
 ]
 
 
-def trained_looking(backbone, config: PromptConfig) -> PromptedCLIP:
+def trained_looking(backbone, config: PromptConfig, texts: list[str]) -> PromptedCLIP:
     """An adapter whose every tensor moved away from its initial value (an untrained map is the identity)."""
     prompted = PromptedCLIP.from_backbone(backbone, config)
+    if config.word_tokens:
+        prompted.set_words(collection_words(backbone.tokenizer, texts, config.word_tokens))
     gen = torch.Generator().manual_seed(config.seed)
     with torch.no_grad():
         for param in prompted.parameters():
@@ -39,7 +45,7 @@ def trained_looking(backbone, config: PromptConfig) -> PromptedCLIP:
 
 @pytest.fixture(scope="module")
 def adapters(tiny):
-    return [trained_looking(tiny, c) for c in CONFIGS]
+    return [trained_looking(tiny, c, texts) for c, texts in zip(CONFIGS, TEXTS, strict=True)]
 
 
 @torch.no_grad()

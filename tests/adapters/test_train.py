@@ -19,7 +19,7 @@ def world_items():
 
 
 FAST = dict(epochs=2, batch_size=16, patience=None, text_tokens=2, visual_tokens=2)
-PROMPTS_ONLY = dict(residual_rank=0, zero_shot_mix=False)  # the prompt machinery without the output-side pieces
+PROMPTS_ONLY = dict(residual_rank=0, zero_shot_mix=False, word_tokens=0)  # the prompt machinery alone: no map, mixing or word table
 
 
 def test_only_prompts_change_and_backbone_is_untouched(tiny, world_items):
@@ -29,9 +29,10 @@ def test_only_prompts_change_and_backbone_is_untouched(tiny, world_items):
     assert backbone_digest(tiny.model) == before
     assert all(not p.requires_grad for p in tiny.model.parameters())
     state = result.prompted.prompt_state_dict()
-    initial = PromptedCLIP.from_backbone(tiny, result.config.prompt_config()).prompt_state_dict()
-    learned = {"text_prompts", "visual_prompts", "residual.image.down", "residual.image.up", "residual.text.down", "residual.text.up"}
-    assert set(state) == set(initial) == learned | {"adapted_weight"}  # the default recipe's tensors
+    initial = PromptedCLIP.from_backbone(tiny, result.prompted.config).prompt_state_dict()
+    learned = {"text_prompts", "visual_prompts", "residual.image.down", "residual.image.up", "residual.text.down",
+               "residual.text.up", "word_deltas"}
+    assert set(state) == set(initial) == learned | {"adapted_weight", "word_ids"}  # the default recipe's tensors
     assert all(not torch.equal(state[name], initial[name]) for name in learned)  # every learned tensor moved
     assert result.steps == 2 * 3
     assert len(result.history["loss"]) == result.steps

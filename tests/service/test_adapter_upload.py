@@ -7,6 +7,7 @@ import json
 import resource
 import struct
 
+import pytest
 import torch
 from safetensors.torch import save as save_tensors
 
@@ -109,3 +110,58 @@ def test_oversized_adapter_file_is_413(make_client):
     response = post(client, cid, blob)
     assert response.status_code == 413
     assert response.json()["code"] == "file_too_large"
+
+
+WORDS = PromptConfig(text_tokens=2, word_tokens=3, residual_rank=2, zero_shot_mix=True)
+
+
+def with_words(client, config: PromptConfig = WORDS) -> PromptedCLIP:
+    """An adapter that learned offsets for "zebra" and "disc" (its third row unused)."""
+    prompted = prompts(client, config)
+    tokenizer = client.app.state.context.backbone.tokenizer
+    prompted.set_words([int(tokenizer([word])[0][1]) for word in ("zebra", "disc")])
+    with torch.no_grad():
+        prompted.word_deltas.add_(torch.randn(prompted.word_deltas.shape, generator=torch.Generator().manual_seed(1)))
+    if config.zero_shot_mix:
+        prompted.set_adapted_weight(0.5)
+    return prompted
+
+
+def test_an_adapter_of_collection_words_alone_changes_exactly_the_searches_that_use_them(client, collection):
+    cid = collection["id"]
+    upload(client, cid, [(f"{i}.png", png_bytes(i)) for i in range(4)])
+    prompted = with_words(client, PromptConfig(word_tokens=3))  # no prompts, no map: only the words differ
+    response = post(client, cid, serialize_adapter(prompted), activate=True)
+    assert response.status_code == 201, response.text
+
+    def scores(adapter: str) -> list[list[float]]:
+        found = client.post(f"/collections/{cid}/search",
+                            json={"query": ["a zebra disc", "a red square"], "k": 4, "adapter": adapter}).json()
+        return [sorted(hit["score"] for hit in hits) for hits in found["results"]]
+
+    adapted, zero_shot = scores("active"), scores("none")
+    assert max(abs(a - b) for a, b in zip(adapted[0], zero_shot[0], strict=True)) > 1e-3  # uses "zebra", "disc"
+    assert adapted[1] == pytest.approx(zero_shot[1], abs=1e-5)  # uses neither
+
+
+def test_forged_word_ids_and_huge_word_tables_are_refused(client, collection):
+    cid = collection["id"]
+    prompted = with_words(client)
+    vocab = client.app.state.context.backbone.model.token_embedding.weight.shape[0]
+    for forged in ([vocab + 5, -1, -1], [7, 7, -1], [-3, -1, -1]):
+        tensors = prompted.prompt_state_dict()
+        tensors["word_ids"] = torch.tensor(forged)
+        blob = serialize_adapter(prompted)
+        (size,) = struct.unpack("<Q", blob[:8])
+        meta = json.loads(blob[8 : 8 + size])["__metadata__"]
+        response = post(client, cid, save_tensors(tensors, metadata=meta))
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "bad_adapter_file", response.text
+    blob = serialize_adapter(prompted)
+    for field in ("word_tokens", "residual_rank"):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        response = post(client, cid, retagged(blob, prompt_config={**WORDS.to_dict(), field: 50_000_000}))
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "adapter_shape", response.text
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000
+    assert client.get(f"/collections/{cid}/adapters").json() == []

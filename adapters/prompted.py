@@ -174,7 +174,7 @@ class PromptedCLIP(nn.Module):
     text_deep_prompts: nn.Parameter | None
     visual_prompts: nn.Parameter | None
     word_deltas: nn.Parameter | None
-    word_ids: torch.Tensor | None  # sorted token ids of ``word_deltas``' rows; -1 marks an unused row
+    word_ids: torch.Tensor | None  # the token id of each row of ``word_deltas`` (most used first); -1: unused
 
     def __init__(
         self,

@@ -113,7 +113,6 @@ LEVERS: dict[str, dict] = {
     "+ residual map + mixing + hard negatives (DCAR, k=2)": dict(OUTPUT_SIDE, hard_negatives=2),
     "+ residual map + mixing + attribute reweighting (DCAR)": dict(OUTPUT_SIDE, attribute_reweighting=True),
     "+ residual map + mixing + all of DCAR": dict(OUTPUT_SIDE, **DCAR),
-    "recipe + prompts at every text block": dict(ON_RECIPE, text_deep=True),
     "recipe with 64 collection words (recipe 192)": dict(ON_RECIPE, word_tokens=64),
     "recipe, collection words' lr 1e-3 (recipe 1e-2)": dict(ON_RECIPE, word_lr=1e-3),
 }
@@ -475,6 +474,11 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
         if key not in seen:
             seen.add(key)
             unique.append(r)
+    # Tables list sizes, then shifts in the protocol's order, levers in LEVERS' order, whatever order
+    # the files came in.
+    order = {name: i for i, name in enumerate(SHIFTS)}
+    levers = {name: i for i, name in enumerate(LEVERS)}
+    unique.sort(key=lambda r: (r["train_size"], order.get(r["spec"], len(order)), levers.get(r.get("lever"), -1)))
     records, combined = combine_sweeps(unique)
     params = base["backbone"]["parameters"]
     for method, lrs_key in (("linear", "linear_lrs"), ("full-ft", "full_ft_lrs")):  # the rates actually tried

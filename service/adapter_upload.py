@@ -21,9 +21,9 @@ from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, r
 from adapters.prompted import PromptedCLIP
 from service.context import ServiceContext
 from service.errors import Invalid
+from service.schemas import MAX_WORD_TOKENS
 
 MAX_PROMPT_TOKENS = 64  # the tuning API's own upper bounds (text 32, visual 64)
-MAX_WORD_TOKENS = 1024  # the tuning API's bound on the word table
 MAX_RESIDUAL_RANK = 512  # the residual map's rank (the recipe's is 32)
 STORED_DTYPE = "F32"  # artifacts store float32 tensors ...
 STORED_DTYPES = {"word_ids": "I64"}  # ... except the token ids of the word table

@@ -22,6 +22,7 @@ from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobKind, JobState,
 
 # The training recipe has one home, adapters.train.TrainConfig: the API's defaults are read from it.
 RECIPE = TrainConfig()
+MAX_WORD_TOKENS = 1024  # the word table's bound, for a tuning job and an uploaded adapter alike
 
 # JSON columns may hold NULL for "nothing yet": the API shows an empty list or object.
 ListOrEmpty = Annotated[list[str], BeforeValidator(lambda value: value or [])]
@@ -370,7 +371,7 @@ class TuningConfig(ApiModel):
                                                      "null: shallow prompts only")
     text_init: Annotated[str, AfterValidator(printable_name)] = Field(RECIPE.text_init, min_length=1, max_length=200)
     """Words whose embeddings initialise the text prompts"""
-    word_tokens: int = Field(RECIPE.word_tokens, ge=0, le=1024,
+    word_tokens: int = Field(RECIPE.word_tokens, ge=0, le=MAX_WORD_TOKENS,
                              description="The collection's most used words (tokens of its captions) whose "
                                          "embeddings the adapter learns; 0: none")
     patience: int | None = Field(RECIPE.patience, ge=1, le=200,

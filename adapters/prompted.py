@@ -66,8 +66,9 @@ def collection_words(tokenizer: Callable, captions: Sequence[str], k: int) -> li
         return []
     tokens = tokenizer(list(captions))
     end = tokens.argmax(dim=-1)  # CLIP's BPE: end-of-text is the largest id
-    inside = (torch.arange(tokens.shape[1]) > 0) & (torch.arange(tokens.shape[1]) < end.unsqueeze(1))
-    ids, counts = torch.unique(tokens[inside & (tokens > 0)], return_counts=True)
+    position = torch.arange(tokens.shape[1])
+    inside = (position > 0) & (position < end.unsqueeze(1))  # after the start, before the end: no padding
+    ids, counts = torch.unique(tokens[inside], return_counts=True)
     order = sorted(range(len(ids)), key=lambda i: (-int(counts[i]), int(ids[i])))
     return [int(ids[i]) for i in order[:k]]
 

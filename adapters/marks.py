@@ -34,7 +34,7 @@ text a caption of the image; a not-relevant one makes the image a named negative
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -100,6 +100,7 @@ class Selection:
     served: bool  # the gate's lower bound is above 0
     candidates: list[dict[str, Any]] = field(default_factory=list)
     gate: Interval | None = None  # the same gain's interval over all candidates at once (None: nothing judged)
+    zero_shot_ap: float | None = None  # the judged queries' mean AP with the backbone alone
 
     @property
     def served_weight(self) -> float:
@@ -110,7 +111,7 @@ class Selection:
                 "queries": self.queries, "gain_ap": None if self.gain is None else self.gain.to_dict(),
                 "gate_ap": None if self.gate is None else self.gate.to_dict(),
                 "gate_level": FAMILY_LEVEL if self.candidates else None, "gate_method": "bootstrap max-t",
-                "candidates_compared": len(self.candidates)}
+                "candidates_compared": len(self.candidates), "zero_shot_ap": self.zero_shot_ap}
 
 
 @dataclass
@@ -150,9 +151,28 @@ class _FoldJudge:
         return False
 
 
+ProgressCallback = Callable[[dict], None]
+
+
+def _run_progress(on_progress: ProgressCallback | None, run: int, runs: int) -> ProgressCallback | None:
+    """``train_adapter``'s events of run ``run`` of ``runs`` (the folds, then the final job).
+
+    Its own val metrics are left out: they come from one training item and choose nothing here.
+    """
+    if on_progress is None:
+        return None
+    keep = ("step", "total_steps", "epoch", "epochs", "loss")
+    return lambda event: on_progress({**{k: event[k] for k in keep}, "run": run, "runs": runs})
+
+
 def cross_validate(backbone, pool: Sequence[PairedItem], queries: Sequence[MarkedQuery], config: TrainConfig,
-                   folds: int = FOLDS, with_negatives: bool = True) -> Selection:
-    """Choose (epoch, mixing weight > 0) on answered queries judged out of fold; gate on the lower bound."""
+                   folds: int = FOLDS, with_negatives: bool = True, on_progress: ProgressCallback | None = None,
+                   should_cancel: Callable[[], bool] | None = None) -> Selection:
+    """Choose (epoch, mixing weight > 0) on answered queries judged out of fold; gate on the lower bound.
+
+    ``on_progress`` gets each fold's training events with ``run`` (1..folds) and ``runs`` (folds + 1,
+    the final job included); ``should_cancel`` is polled at every step (``TrainingCancelled``).
+    """
     if not config.zero_shot_mix:
         raise ValueError("choosing a mixing weight needs zero_shot_mix")
     answered = [q for q in queries if q.relevant]
@@ -169,7 +189,8 @@ def cross_validate(backbone, pool: Sequence[PairedItem], queries: Sequence[Marke
             continue
         # train_adapter's own val (one training item) is not used for any choice: the judge decides.
         train_adapter(backbone, items, items[:1], fold_cfg, negatives=negatives if with_negatives else None,
-                      on_epoch=judge)
+                      on_epoch=judge, on_progress=_run_progress(on_progress, fold + 1, folds + 1),
+                      should_cancel=should_cancel)
         for key, values in judge.scores.items():
             per_candidate.setdefault(key, []).extend(values)
     return choose(per_candidate)
@@ -196,23 +217,28 @@ def choose(per_candidate: dict[tuple[int, float], list[float]]) -> Selection:
     gate = simultaneous_gains(zero, values, seed=BOOTSTRAP_SEED, level=FAMILY_LEVEL)[chosen]
     served = gate.low > 0 and len(zero) >= MIN_JUDGED_QUERIES
     epoch, weight = keys[chosen]
-    return Selection(epoch, weight, Interval(**candidates[chosen]["gain_ap"]), len(zero), served, candidates, gate)
+    return Selection(epoch, weight, Interval(**candidates[chosen]["gain_ap"]), len(zero), served, candidates, gate,
+                     float(zero.mean()))
 
 
 def train_on_marks(backbone, pool: Sequence[PairedItem], queries: Sequence[MarkedQuery],
-                   config: TrainConfig | None = None, folds: int = FOLDS, with_negatives: bool = True) -> MarksResult:
+                   config: TrainConfig | None = None, folds: int = FOLDS, with_negatives: bool = True,
+                   on_progress: ProgressCallback | None = None,
+                   should_cancel: Callable[[], bool] | None = None) -> MarksResult:
     """Cross-validate, then train on every mark up to the chosen epoch; serve it only past the gate.
 
     ``with_negatives=False`` leaves the not-relevant marks out (an ablation of the named negatives).
+    ``on_progress`` and ``should_cancel``: as ``cross_validate``'s, the final job being run folds + 1.
     """
     config = config or TrainConfig()
-    selection = cross_validate(backbone, pool, queries, config, folds, with_negatives)
+    selection = cross_validate(backbone, pool, queries, config, folds, with_negatives, on_progress, should_cancel)
     items, negatives = training_data(pool, queries)
     if len(items) < 2 or selection.gain is None:
         return MarksResult(_zero_shot(backbone, config), 0.0, replace(selection, served=False), None)
     final = replace(config, patience=None, restore_best=False)
     result = train_adapter(backbone, items, items[:1], final, negatives=negatives if with_negatives else None,
-                           on_epoch=lambda epoch, _: epoch >= selection.epoch)
+                           on_epoch=lambda epoch, _: epoch >= selection.epoch,
+                           on_progress=_run_progress(on_progress, folds + 1, folds + 1), should_cancel=should_cancel)
     result.prompted.set_adapted_weight(selection.served_weight)
     return MarksResult(result.prompted, selection.weight, selection, result)
 

@@ -9,6 +9,12 @@ Which per-query number is compared: text->image R@1, unless the captions are cla
 test image has a category and most test queries are caption texts that more than one test image
 carries, e.g. "a photo of a cat"); exact-pair R@1 cannot tell those images apart, so category
 precision@10 is compared instead.
+
+A job on the user's marks alone has no test pairs (``decide_on_marks``): its evidence is the
+cross-validated gain in average precision of the marked queries over zero-shot, and ``if_better``
+reads the interval that holds for every epoch and weight compared (``adapters.marks``'s gate, which
+also needs 30 judged queries). That gain is over zero-shot, so it never replaces another active
+version by itself.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from adapters.data import PairedItem
+from adapters.marks import MIN_JUDGED_QUERIES, Selection
 from adapters.stats import paired_bootstrap_gain
 from service.progress import ActivationEvidence
-from service.vocabulary import Activation
+from service.vocabulary import ZERO_SHOT, Activation
 
-R1, CATEGORY_P10 = "t2i_r1", "cat_p10"
-LABELS = {R1: "R@1", CATEGORY_P10: "category P@10"}
+R1, CATEGORY_P10, MARKS_AP = "t2i_r1", "cat_p10", "marks_ap"
+LABELS = {R1: "R@1", CATEGORY_P10: "category P@10", MARKS_AP: "cross-validated AP of the marked searches"}
 LEVEL = 0.95
 BOOTSTRAP_SEED = 0  # fixed: the same test results always give the same decision
 
@@ -47,7 +54,7 @@ def selection_metric(items: Sequence[PairedItem]) -> str:
 class Decision:
     activate: bool
     note: str
-    evidence: ActivationEvidence
+    evidence: ActivationEvidence | None  # None: a job on marks that had nothing to compare
 
 
 def decide(policy: Activation, min_gain: float, metric: str, baseline: np.ndarray, candidate: np.ndarray,
@@ -74,4 +81,42 @@ def decide(policy: Activation, min_gain: float, metric: str, baseline: np.ndarra
         policy=policy, metric=metric, baseline_name=baseline_name, adapter=float(np.nanmean(candidate)),
         baseline=float(np.nanmean(baseline)), gain=gain.to_dict(), level=LEVEL, queries=queries,
         min_gain=min_gain, activated=activate)
+    return Decision(activate, f"{why}; {numbers}", evidence)
+
+
+def decide_on_marks(policy: Activation, min_gain: float, selection: Selection, active_name: str) -> Decision:
+    """Decide for a job on marks alone from its cross-validated selection (``active_name``: what serves now)."""
+    gate, gain = selection.gate, selection.gain
+    if gate is None or gain is None or selection.zero_shot_ap is None:
+        numbers = "no marked query could be judged by a model that did not train on it"
+        evidence = None
+    else:
+        numbers = (f"cross-validated AP of {selection.queries} marked queries {selection.zero_shot_ap + gain.mean:.3f} "
+                   f"vs {selection.zero_shot_ap:.3f} of zero-shot at epoch {selection.epoch}, weight {selection.weight}; "
+                   f"gain {gain.mean:+.3f} (interval over all {len(selection.candidates)} epochs and weights compared "
+                   f"{gate.low:+.3f} to {gate.high:+.3f}; min_gain {min_gain})")
+        evidence = ActivationEvidence(
+            policy=policy, metric=MARKS_AP, baseline_name=ZERO_SHOT, adapter=selection.zero_shot_ap + gain.mean,
+            baseline=selection.zero_shot_ap, gain=gate.to_dict(), level=LEVEL, queries=selection.queries,
+            min_gain=min_gain, activated=False)
+    if policy == Activation.NEVER:
+        activate, why = False, "kept inactive: activation=never"
+    elif policy == Activation.ALWAYS:
+        activate, why = True, "activated: activation=always"
+    elif gate is None or gain is None:
+        activate, why = False, "kept inactive: nothing to compare"
+    elif active_name != ZERO_SHOT:
+        activate, why = False, f"kept inactive: its gain is over zero-shot, and {active_name} is active"
+    elif policy == Activation.IF_NOT_WORSE:
+        activate = gain.mean >= min_gain
+        why = "activated: not worse than zero-shot" if activate else "kept inactive: worse than zero-shot"
+    elif selection.queries < MIN_JUDGED_QUERIES:
+        activate, why = False, f"kept inactive: {selection.queries} judged queries, fewer than the {MIN_JUDGED_QUERIES} needed"
+    else:
+        activate = gate.low > min_gain
+        why = ("activated: the gain's interval over every epoch and weight compared lies above min_gain" if activate
+               else "kept inactive: the gain's interval over every epoch and weight compared does not lie above "
+                    "min_gain (no clear gain)")
+    if evidence is not None:
+        evidence = evidence.model_copy(update={"activated": activate})
     return Decision(activate, f"{why}; {numbers}", evidence)

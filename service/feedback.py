@@ -120,22 +120,27 @@ class TrainingMarks:
     use: FeedbackUse = field(default_factory=FeedbackUse)
 
 
-def training_marks(ctx: ServiceContext, collection_id: int, split: dict[str, list[int]]) -> TrainingMarks:
-    held_out = set(split.get("val", [])) | set(split.get("test", []))
+def _latest_text_marks(ctx: ServiceContext, collection_id: int, use: FeedbackUse) -> dict[tuple[str, int], bool]:
+    """The latest mark per (query text, image); marks without a query text are counted in ``use`` and dropped."""
     with ctx.session() as session:
         rows = session.scalars(select(FeedbackRecord).where(FeedbackRecord.collection_id == collection_id)
                                .order_by(FeedbackRecord.id)).all()
     latest: dict[tuple[str, int], bool] = {}
-    out = TrainingMarks()
     for row in rows:
         if row.query_text is None:
             if row.relevant:
-                out.use.relevant_skipped_no_text += 1
+                use.relevant_skipped_no_text += 1
             else:
-                out.use.not_relevant_skipped_no_text += 1
+                use.not_relevant_skipped_no_text += 1
             continue
         latest[(row.query_text, row.image_id)] = row.relevant  # a later mark overrides an earlier one
-    for (text, image_id), relevant in latest.items():
+    return latest
+
+
+def training_marks(ctx: ServiceContext, collection_id: int, split: dict[str, list[int]]) -> TrainingMarks:
+    held_out = set(split.get("val", [])) | set(split.get("test", []))
+    out = TrainingMarks()
+    for (text, image_id), relevant in _latest_text_marks(ctx, collection_id, out.use).items():
         if image_id in held_out:
             if relevant:
                 out.use.relevant_skipped_held_out += 1
@@ -147,3 +152,22 @@ def training_marks(ctx: ServiceContext, collection_id: int, split: dict[str, lis
         else:
             out.negatives.setdefault(text, []).append(image_id)
     return out
+
+
+@dataclass
+class QueryMarks:
+    """One query text and the images marked for it, for a job on the marks alone (``adapters.marks``)."""
+
+    text: str
+    relevant: list[int] = field(default_factory=list)  # image ids
+    not_relevant: list[int] = field(default_factory=list)
+
+
+def marked_queries(ctx: ServiceContext, collection_id: int) -> tuple[list[QueryMarks], FeedbackUse]:
+    """Every query text with its latest marks, in the order each text was first marked."""
+    use = FeedbackUse()
+    queries: dict[str, QueryMarks] = {}
+    for (text, image_id), relevant in _latest_text_marks(ctx, collection_id, use).items():
+        query = queries.setdefault(text, QueryMarks(text))
+        (query.relevant if relevant else query.not_relevant).append(image_id)
+    return list(queries.values()), use

@@ -32,10 +32,11 @@ from service.collections import get_collection
 from service.context import ServiceContext
 from service.errors import not_found
 from service.input_rules import public_error
+from service.marks_tuning import run_marks_tuning
 from service.models import AdapterVersion, TuningJob, utcnow
 from service.progress import Progress
 from service.schemas import TuningConfig
-from service.tuning import captioned_image_ids, check_config, plan_split, run_tuning
+from service.tuning import check_config, is_marks_job, plan_job, run_tuning
 from service.vocabulary import OPEN_STATES, TERMINAL_STATES, ZERO_SHOT, JobKind, JobState, Stage, version_space
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def enqueue(ctx: ServiceContext, collection_id: int, config: TuningConfig) -> Tu
     """Check the config and draw the split now (a bad request fails here, not in the worker); queue it."""
     import_jobs.refuse_while_importing(ctx, collection_id)
     check_config(ctx, config)
-    split = plan_split(captioned_image_ids(ctx, collection_id), config)
+    split = plan_job(ctx, collection_id, config)
     with ctx.session() as session:
         get_collection(session, collection_id)
         job = TuningJob(collection_id=collection_id, state=JobState.QUEUED, config=config.model_dump(mode="json"),
@@ -241,10 +242,11 @@ def run_job(ctx: ServiceContext, job_id: int, should_cancel: Callable[[], bool])
             import_jobs.run_import(ctx, job_id, collection_id, _reporter(ctx, job_id), should_cancel)
         else:
             tuning = TuningConfig.model_validate(config)
-            log.info("tuning job %s started for collection %s (method %s, %s epochs)", job_id, collection_id,
-                     tuning.method, tuning.epochs)
-            version = run_tuning(ctx, job_id, collection_id, tuning, split, _reporter(ctx, job_id),
-                                 should_cancel).version
+            on_marks = is_marks_job(split)
+            log.info("tuning job %s started for collection %s (method %s, %s epochs, on %s)", job_id, collection_id,
+                     tuning.method, tuning.epochs, "marks alone" if on_marks else "pairs")
+            run = run_marks_tuning if on_marks else run_tuning
+            version = run(ctx, job_id, collection_id, tuning, split, _reporter(ctx, job_id), should_cancel).version
     except TrainingCancelled:
         with ctx.session() as session:
             requested = session.scalar(select(TuningJob.cancel_requested).where(TuningJob.id == job_id))

@@ -25,6 +25,9 @@ class Progress(BaseModel):
     val_zero_shot: Metrics | None = None  # ... and of the backbone alone
     elapsed_s: float | None = None
     eta_s: float | None = None
+    # A job on marks alone trains once per cross-validation fold, then once on every mark: run of runs.
+    run: int | None = None
+    runs: int | None = None
     # An import job: step / total_steps count its files; these say what became of those done.
     added: int | None = None
     duplicates: int | None = None  # the collection had the same bytes: metadata updated, no new image
@@ -87,7 +90,7 @@ class TuningReport(BaseModel):
     """``AdapterVersion.report`` of a tuned version (served as the adapter's ``report``)."""
 
     split_sizes: dict[str, int]
-    test: HeldOutComparison
+    test: HeldOutComparison | None  # None: a job on marks alone (its evidence is ``marks``)
     training: dict[str, Any]  # TrainResult.summary()
     loss_curve: list[float]
     epochs: list[dict[str, Any]]
@@ -98,3 +101,4 @@ class TuningReport(BaseModel):
     templated_captions: int = 0  # items that trained with captions made from their category
     activation: ActivationEvidence | None = None
     feedback: FeedbackUse | None = None  # the user's marks this job trained on, and those it skipped
+    marks: dict[str, Any] | None = None  # a job on marks alone: adapters.marks' cross-validated selection

@@ -18,7 +18,7 @@ from pydantic import (
 
 from adapters.train import TrainConfig
 from service.input_rules import bounded_json, printable_name, printable_text
-from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobKind, JobState, Method, SearchSort
+from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobKind, JobState, Method, SearchSort, TrainingData
 
 # The training recipe has one home, adapters.train.TrainConfig: the API's defaults are read from it.
 RECIPE = TrainConfig()
@@ -382,9 +382,16 @@ class TuningConfig(ApiModel):
     """Random seed of the split and the training"""
     dcar: DcarOptions = Field(default_factory=DcarOptions)
     """Category-aware loss options"""
+    training_data: TrainingData = Field(
+        TrainingData.AUTO,
+        description="pairs: captioned or categorised images (and the user's marks) with held-out val and test pairs; "
+                    "marks: the user's marked searches alone, the epoch and mixing weight chosen by cross-validation "
+                    "over the marked queries and activation gated on it; auto: pairs when there are enough, else marks")
     activation: Activation = Field(Activation.IF_BETTER,
                                    description="if_better: activate only when the 95 % interval of the test gain "
-                                               "over the active one lies above min_gain")
+                                               "over the active one lies above min_gain (a job on marks alone: the "
+                                               "cross-validated gain over zero-shot, by an interval that holds for "
+                                               "every epoch and weight compared, on at least 30 judged queries)")
     min_gain: float = Field(0.0, ge=-1, le=1, description="Test gain over the active one needed to activate")
 
 

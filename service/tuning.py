@@ -5,6 +5,10 @@ and no test pair ever reaches training or early stopping. Images with a category
 take part with captions templated from their category and attributes. The user's marks
 (``service.feedback``) add their query texts as training captions (relevant) or name images the
 query must rank lower (not relevant), never with a val or test image.
+
+A collection without enough captioned or categorised images can still learn from its owner's
+marked searches alone (``training_data``: ``marks``, or ``auto``): ``plan_job`` then stores the
+marked images as the job's ``marked`` part and ``service.marks_tuning`` runs it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from service.held_out import measure
 from service.models import AdapterVersion, Caption, ImageRecord
 from service.progress import HeldOutComparison, Progress, StoredMetrics, TuningReport
 from service.schemas import TuningConfig
-from service.vocabulary import ACTIVE, Method, Stage
+from service.vocabulary import ACTIVE, Method, Stage, TrainingData
 
 MIN_TRAIN, MIN_VAL, MIN_TEST = 8, 2, 2
 
@@ -66,8 +70,49 @@ def plan_split(image_ids: list[int], cfg: TuningConfig) -> dict[str, list[int]]:
     }
 
 
+MARKED = "marked"  # the one part of a job on marks alone: the images marked for a query text
+MIN_MARKED_QUERIES = 2  # query texts with a relevant mark: cross-validation needs one to judge, one to train
+
+
+def is_marks_job(split: dict[str, list[int]]) -> bool:
+    return MARKED in split
+
+
+def plan_marks(ctx: ServiceContext, collection_id: int) -> dict[str, list[int]]:
+    """The images marked for a query text; refused when fewer than two texts found a relevant image."""
+    queries, _ = feedback.marked_queries(ctx, collection_id)
+    answered = [q for q in queries if q.relevant]
+    relevant_images = {i for q in answered for i in q.relevant}
+    if len(answered) < MIN_MARKED_QUERIES or len(relevant_images) < 2:
+        raise Invalid("too_few_marks",
+                      f"tuning on marks alone needs at least {MIN_MARKED_QUERIES} searched texts, with at least 2 "
+                      f"images between them, marked relevant (POST /collections/{collection_id}/feedback); this "
+                      f"collection has {len(answered)} texts with {len(relevant_images)} images marked relevant",
+                      minimum=MIN_MARKED_QUERIES, marked_queries=len(answered))
+    return {MARKED: sorted({i for q in queries for i in q.relevant + q.not_relevant})}
+
+
+def plan_job(ctx: ServiceContext, collection_id: int, cfg: TuningConfig) -> dict[str, list[int]]:
+    """What the job learns from, fixed when it is created: a train/val/test split, or the marked images."""
+    if cfg.training_data == TrainingData.MARKS:
+        return plan_marks(ctx, collection_id)
+    captioned = captioned_image_ids(ctx, collection_id)
+    if cfg.training_data == TrainingData.PAIRS or len(captioned) >= minimum_pairs(cfg.val_fraction, cfg.test_fraction):
+        return plan_split(captioned, cfg)
+    try:
+        return plan_marks(ctx, collection_id)
+    except Invalid as marks_refused:
+        need = minimum_pairs(cfg.val_fraction, cfg.test_fraction)
+        raise Invalid("too_few_pairs",
+                      f"tuning needs at least {need} captioned or categorised images (with val_fraction="
+                      f"{cfg.val_fraction}, test_fraction={cfg.test_fraction}), and this collection has "
+                      f"{len(captioned)}; or, to learn from marked searches alone, {marks_refused.detail}",
+                      minimum=need, captioned=len(captioned),
+                      marked_queries=marks_refused.fields["marked_queries"]) from None
+
+
 # TuningConfig fields that are not TrainConfig's: the service's own, or (dcar) a group of them.
-SERVICE_FIELDS = frozenset({"val_fraction", "test_fraction", "activation", "min_gain", "dcar"})
+SERVICE_FIELDS = frozenset({"val_fraction", "test_fraction", "activation", "min_gain", "dcar", "training_data"})
 
 
 def to_train_config(cfg: TuningConfig, device: str) -> TrainConfig:

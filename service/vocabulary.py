@@ -83,6 +83,14 @@ class Method(StrEnum):
         return cls.VISUAL if has_visual else cls.TEXT
 
 
+class TrainingData(StrEnum):
+    """What a tuning job learns from (``service.tuning.plan_job``)."""
+
+    AUTO = "auto"  # pairs when the collection has enough captioned or categorised images, marks otherwise
+    PAIRS = "pairs"  # captioned or categorised images (plus the user's marks), with held-out val and test pairs
+    MARKS = "marks"  # the user's marked searches alone, chosen and gated by cross-validation (adapters.marks)
+
+
 class Activation(StrEnum):
     """When a finished tuning job makes its version the active one (rules: ``service.activation``)."""
 

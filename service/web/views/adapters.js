@@ -75,9 +75,11 @@ export async function adaptersView(body, collection) {
         h("dt", {}, "Parameters"), h("dd", {}, a.param_count.toLocaleString()),
         h("dt", {}, "File size"), h("dd", {}, fmt.bytes(a.size_bytes)),
         h("dt", {}, "Job"), h("dd", {}, a.job_id ? String(a.job_id) : "uploaded"),
-        r.split_sizes ? [h("dt", {}, "Pairs (train / val / test)"), h("dd", {}, `${r.split_sizes.train} / ${r.split_sizes.val} / ${r.split_sizes.test}`)] : null),
+        r.marks ? [h("dt", {}, "Trained on marks alone"), h("dd", {}, `${r.split_sizes.train} images, ${r.split_sizes.marked_queries} searches (${r.split_sizes.judged_queries} judged out of fold)`)]
+          : r.split_sizes ? [h("dt", {}, "Pairs (train / val / test)"), h("dd", {}, `${r.split_sizes.train} / ${r.split_sizes.val} / ${r.split_sizes.test}`)] : null),
       test.adapter ? comparisonTable(rows, { id: "adapter-test", caption: "Test pairs never used for training or early stopping", evidence: r.activation })
-        : h("p", { class: "muted" }, "No test metrics (an uploaded adapter)."),
+        : h("p", { class: "muted" }, r.marks ? "No test pairs: trained and judged on the marked searches alone (below)."
+          : "No test metrics (an uploaded adapter)."),
       activationSummary(r, "adapter-activation"),
       r.epochs ? trainingCharts(r.loss_curve || [], r.epochs, r.epochs[0]?.metrics) : null));
     detail.querySelector("h2").focus();

@@ -27,7 +27,7 @@ export function comparisonTable(rows, { id, caption, evidence }) {
       COLUMNS.map(([key]) => cell(metrics, key, intervals)))))));
 }
 
-const METRIC_LABELS = { t2i_r1: "R@1", cat_p10: "category P@10" };
+const METRIC_LABELS = { t2i_r1: "R@1", cat_p10: "category P@10", marks_ap: "AP of the marked searches" };
 const signed = (x) => `${x < 0 ? "−" : "+"}${Math.abs(x).toFixed(3)}`;
 
 /** A tuned version's report as sentences: the activation decision with the server's interval of the gain,
@@ -41,7 +41,7 @@ export function activationSummary(report, id) {
     parts.push(h("p", { class: "evidence", dataset: { field: "activation" } },
       `gain ${signed(a.gain.mean)} ${metric}, ${Math.round(100 * a.level)} % interval ${signed(a.gain.low)} to ${signed(a.gain.high)}`
       + ` over ${a.queries} queries: ${a.activated ? "activated" : "kept inactive"}`,
-      h("small", { class: "muted" }, ` (test ${metric} ${a.adapter.toFixed(3)} vs ${a.baseline.toFixed(3)} of ${a.baseline_name === "none" ? "zero-shot" : a.baseline_name}; `
+      h("small", { class: "muted" }, ` (${a.metric === "marks_ap" ? "cross-validated" : "test"} ${metric} ${a.adapter.toFixed(3)} vs ${a.baseline.toFixed(3)} of ${a.baseline_name === "none" ? "zero-shot" : a.baseline_name}; `
         + `policy ${a.policy}, min_gain ${a.min_gain}; paired bootstrap)`)));
   }
   if (f) {

@@ -82,13 +82,16 @@ function liveBoard(job) {
       if (!epochs.length && zeroShot) epochs.push({ epoch: 0, metrics: zeroShot });
       epochs.push({ epoch: epochs.length, metrics: p.val });
     }
-    const done = p.total_steps ? p.step / p.total_steps : 0;
+    // A job on marks alone trains once per cross-validation fold, then on every mark: run of runs.
+    const done = p.total_steps ? (p.runs ? (p.run - 1 + p.step / p.total_steps) / p.runs : p.step / p.total_steps) : 0;
     bar.value = j.state === "succeeded" ? 1 : done;
     const stats = [["State", j.state, "state"], ["Stage", p.stage || "–", "stage"],
       ["Epoch", p.epoch !== undefined ? `${p.epoch} of ${p.epochs}` : "–", "epoch"],
       ["Step", p.step !== undefined ? `${p.step} of ${p.total_steps}` : "–", "step"],
       ["ETA", LIVE.includes(j.state) ? fmt.secs(p.eta_s) : "–", "eta"],
-      ["Pairs (train / val / test)", ["train", "val", "test"].map((k) => j.split_sizes[k] ?? "–").join(" / "), "split"]];
+      j.split_sizes.marked !== undefined
+        ? ["Marked images (marks alone)", `${j.split_sizes.marked}${p.runs ? `, run ${p.run} of ${p.runs}` : ""}`, "split"]
+        : ["Pairs (train / val / test)", ["train", "val", "test"].map((k) => j.split_sizes[k] ?? "–").join(" / "), "split"]];
     status.replaceChildren(...stats.flatMap(([k, v, key]) => [h("dt", {}, k), h("dd", { dataset: { field: key } }, String(v))]));
     cancel.hidden = !LIVE.includes(j.state);
     if (j.error) result.replaceChildren(h("p", { class: "error", role: "alert" }, j.error));

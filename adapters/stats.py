@@ -2,8 +2,7 @@
 
 Queries are the resampling unit (a collection's test captions); two methods evaluated on the same
 test pairs are compared *paired* (the same resampled queries for both), which is what makes a
-small but consistent gain visible and a tie look like a tie. When one of many candidates is chosen
-on the same queries, ``simultaneous_gains`` gives intervals that hold for all of them at once.
+small but consistent gain visible and a tie look like a tie.
 """
 
 from __future__ import annotations
@@ -57,36 +56,6 @@ def paired_bootstrap_gain(baseline: Sequence[float] | np.ndarray, candidate: Seq
         raise ValueError(f"paired results differ in length: {a.shape} vs {b.shape}")
     keep = ~(np.isnan(a) | np.isnan(b))
     return bootstrap_mean(b[keep] - a[keep], n_boot, seed, level)
-
-
-def simultaneous_gains(baseline: Sequence[float] | np.ndarray, candidates: np.ndarray, n_boot: int = 4000,
-                       seed: int = 0, level: float = 0.95) -> list[Interval]:
-    """Intervals of each candidate's paired gain that cover all true gains at once with ``level``.
-
-    ``candidates`` is (K, n): K candidates' per-query results on the ``baseline``'s n queries. Every
-    bootstrap replicate resamples the queries once for all candidates; the half-width of candidate c
-    is q * se_c, with se_c its bootstrap standard error and q the ``level`` quantile of the largest
-    standardised deviation over the K candidates (the bootstrap max-t). Candidates that err together
-    (a job's epochs, its mixing weights) share that maximum, so q stays near the single-interval
-    value where Bonferroni's 1 - (1 - level) / K would widen every interval as if they were
-    independent; the coverage of the family is the same. A candidate that never differs from the
-    baseline gets a zero-width interval at 0.
-    """
-    base = np.asarray(baseline, dtype=np.float64).ravel()
-    diffs = np.asarray(candidates, dtype=np.float64).reshape(-1, len(base)) - base
-    if len(base) == 0 or np.isnan(diffs).any():
-        raise ValueError("simultaneous gains need the same non-empty, NaN-free queries for every candidate")
-    n = len(base)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)  # (n_boot, n): one resample per row
-    means = diffs.mean(axis=1)
-    deviations = counts @ diffs.T / n - means  # (n_boot, K)
-    se = deviations.std(axis=0)
-    varies = se > 0
-    if not varies.any():
-        return [Interval(float(m), float(m), float(m)) for m in means]
-    q = float(np.quantile(np.abs(deviations[:, varies] / se[varies]).max(axis=1), level))
-    return [Interval(float(m), float(m - q * s), float(m + q * s)) for m, s in zip(means, se, strict=True)]
 
 
 def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, level: float = 0.95) -> Interval | None:

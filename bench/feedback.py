@@ -232,10 +232,7 @@ def _ci(d: dict | None, signed: bool = False) -> str:
 def _gate(selection: dict) -> str:
     if not selection.get("gate_ap"):
         return "–"
-    level = f"{100 * selection['gate_level']:.3g} %"
-    if selection.get("gate_method") == "bootstrap max-t":
-        level += f" for all {selection['candidates_compared']} at once"
-    return f"{_ci(selection['gate_ap'], True)} ({level})"
+    return f"{_ci(selection['gate_ap'], True)} ({100 * selection['gate_level']:.3g} %)"
 
 
 MODEL_LABELS = {"served": "served", "adapter": "adapter before the gate"}
@@ -317,8 +314,8 @@ def markdown(report: dict) -> str:
         "query is judged once, by a job that did not train on it (average precision of its relevant marks among its "
         "fold's marked images, paired with zero-shot); the candidate with the highest paired bootstrap 95 % lower bound "
         "of the gain wins, and the final job trains on every mark up to its epoch. **Served**: that adapter only when "
-        "the gate passes (the lower bound of its gain's interval that holds for all K candidates at once, 95 % for the "
-        f"family by the bootstrap max-t, is above 0, on at least {MIN_JUDGED_QUERIES} judged queries), zero-shot (mixing weight 0) otherwise: what a user would get. **Adapter before "
+        "the gate passes (its gain's lower bound at the Bonferroni level 1 − 0.05 / K for the K candidates compared is "
+        f"above 0, on at least {MIN_JUDGED_QUERIES} judged queries), zero-shot (mixing weight 0) otherwise: what a user would get. **Adapter before "
         "the gate**: the same adapter at its chosen epoch and weight, served or not. "
         + ("The same job without the named negatives (\"relevant marks only\") isolates their effect."
            if "relevant marks only" in report.get("variants", []) else ""),

@@ -12,8 +12,8 @@ precision@10 is compared instead.
 
 A job on the user's marks alone has no test pairs (``decide_on_marks``): its evidence is the
 cross-validated gain in average precision of the marked queries over zero-shot, and ``if_better``
-reads the interval that holds for every epoch and weight compared (``adapters.marks``'s gate, which
-also needs 30 judged queries). That gain is over zero-shot, so it never replaces another active
+reads its lower bound at the Bonferroni level for the epochs and weights compared (``adapters.marks``'s
+gate, which also needs 30 judged queries). That gain is over zero-shot, so it never replaces another active
 version by itself.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adapters.data import PairedItem
-from adapters.marks import MIN_JUDGED_QUERIES, Selection
+from adapters.marks import MIN_JUDGED_QUERIES, Selection, gate_level
 from adapters.stats import paired_bootstrap_gain
 from service.progress import ActivationEvidence
 from service.vocabulary import ZERO_SHOT, Activation
@@ -93,11 +93,13 @@ def decide_on_marks(policy: Activation, min_gain: float, selection: Selection, a
     else:
         numbers = (f"cross-validated AP of {selection.queries} marked queries {selection.zero_shot_ap + gain.mean:.3f} "
                    f"vs {selection.zero_shot_ap:.3f} of zero-shot at epoch {selection.epoch}, weight {selection.weight}; "
-                   f"gain {gain.mean:+.3f} (interval over all {len(selection.candidates)} epochs and weights compared "
-                   f"{gate.low:+.3f} to {gate.high:+.3f}; min_gain {min_gain})")
+                   f"gain {gain.mean:+.3f} ({100 * gate_level(len(selection.candidates)):.3g} % interval, Bonferroni for the "
+                   f"{len(selection.candidates)} epochs and weights compared, {gate.low:+.3f} to {gate.high:+.3f}; "
+                   f"min_gain {min_gain})")
         evidence = ActivationEvidence(
             policy=policy, metric=MARKS_AP, baseline_name=ZERO_SHOT, adapter=selection.zero_shot_ap + gain.mean,
-            baseline=selection.zero_shot_ap, gain=gate.to_dict(), level=LEVEL, queries=selection.queries,
+            baseline=selection.zero_shot_ap, gain=gate.to_dict(), level=gate_level(len(selection.candidates)),
+            queries=selection.queries,
             min_gain=min_gain, activated=False)
     if policy == Activation.NEVER:
         activate, why = False, "kept inactive: activation=never"

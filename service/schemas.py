@@ -390,8 +390,8 @@ class TuningConfig(ApiModel):
     activation: Activation = Field(Activation.IF_BETTER,
                                    description="if_better: activate only when the 95 % interval of the test gain "
                                                "over the active one lies above min_gain (a job on marks alone: the "
-                                               "cross-validated gain over zero-shot, by an interval that holds for "
-                                               "every epoch and weight compared, on at least 30 judged queries)")
+                                               "cross-validated gain over zero-shot, its interval corrected for "
+                                               "the epochs and weights compared, on at least 30 judged queries)")
     min_gain: float = Field(0.0, ge=-1, le=1, description="Test gain over the active one needed to activate")
 
 

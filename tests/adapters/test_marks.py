@@ -16,6 +16,7 @@ from adapters.marks import (
     average_precision,
     choose,
     cross_validate,
+    gate_level,
     train_on_marks,
 )
 from adapters.train import TrainConfig
@@ -90,16 +91,14 @@ def _candidates(n_queries: int, seed: int, gain: float = 0.0) -> dict[tuple[int,
 
 
 def test_the_gate_corrects_for_choosing_the_best_of_many_candidates():
-    # Pure noise on 80 queries: the best of 40 uncorrected 95 % lower bounds clears 0 about one time
-    # in three; the gate, whose interval holds for all 40 at once, at most one time in twenty.
-    selections = [choose(_candidates(80, seed)) for seed in range(40)]
-    assert sum(s.gain.low > 0 for s in selections) >= 6
-    assert sum(s.served for s in selections) <= 2
-    assert all(s.gate.low <= s.gain.low for s in selections)
+    assert gate_level(40) == pytest.approx(1 - 0.05 / 40)
+    # Pure noise on 80 queries: the best of 40 uncorrected 95 % lower bounds often clears 0, the gate never.
+    selections = [choose(_candidates(80, seed)) for seed in range(20)]
+    assert sum(s.gain.low > 0 for s in selections) >= 3
+    assert not any(s.served for s in selections)
 
 
 def test_the_gate_serves_a_real_gain_and_never_on_too_few_queries():
-    # A gain well inside the per-query noise (0.02 against 0.05 to 0.11) on 80 queries is served.
-    assert sum(choose(_candidates(80, seed, gain=0.02)).served for seed in range(10)) >= 8
+    assert all(choose(_candidates(80, seed, gain=0.08)).served for seed in range(5))
     few = choose(_candidates(MIN_JUDGED_QUERIES - 1, 0, gain=0.3))
     assert few.gate is not None and few.gate.low > 0 and not few.served

@@ -8,7 +8,7 @@ import torch
 
 from adapters.captions import templated_captions
 from adapters.evaluate import category_metrics, per_query_category, per_query_t2i_ranks
-from adapters.stats import bootstrap_mean, paired_bootstrap_gain, simultaneous_gains
+from adapters.stats import bootstrap_mean, paired_bootstrap_gain
 
 
 def test_paired_gain_of_a_tie_includes_zero():
@@ -35,49 +35,6 @@ def test_paired_gain_drops_queries_without_a_value():
 def test_paired_gain_refuses_unpaired_lengths():
     with pytest.raises(ValueError):
         paired_bootstrap_gain(np.zeros(3), np.zeros(4))
-
-
-def _family(n: int, k: int, shared: float, rng: np.random.Generator, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A baseline and K candidates on n queries: candidate c = baseline + truth[c] + noise, with a ``shared`` part."""
-    base = rng.uniform(0, 1, n)
-    common = rng.normal(0, 0.1, n)
-    own = rng.normal(0, 0.1, (k, n))
-    return base, base + truth[:, None] + shared * common + (1 - shared) * own
-
-
-def test_simultaneous_gains_cover_every_candidate_at_once():
-    rng = np.random.default_rng(1)
-    truth = np.linspace(-0.02, 0.02, 20)
-    covered = []
-    for _ in range(100):
-        base, cands = _family(60, 20, 0.3, rng, truth)
-        intervals = simultaneous_gains(base, cands, n_boot=1000, seed=int(rng.integers(1 << 30)))
-        covered.append(all(iv.low <= t <= iv.high for iv, t in zip(intervals, truth, strict=True)))
-    assert np.mean(covered) >= 0.88  # 95 % nominal; a percentile bootstrap on 60 queries runs a little short
-
-
-def test_simultaneous_gains_are_narrow_when_candidates_err_together_and_wide_when_not():
-    rng = np.random.default_rng(2)
-    truth = np.zeros(40)
-    base, together = _family(200, 40, 0.95, rng, truth)
-    single = paired_bootstrap_gain(base, together[0])
-    shared = simultaneous_gains(base, together)[0]
-    bonferroni = paired_bootstrap_gain(base, together[0], n_boot=20000, level=1 - 0.05 / 40)
-    assert (single.high - single.low) < (shared.high - shared.low) < (bonferroni.high - bonferroni.low)
-    assert (shared.high - shared.low) < 1.3 * (single.high - single.low)
-    base, apart = _family(200, 40, 0.0, rng, truth)
-    alone = simultaneous_gains(base, apart)[0]
-    single = paired_bootstrap_gain(base, apart[0])
-    assert (alone.high - alone.low) > 1.4 * (single.high - single.low)  # independent: near Bonferroni's width
-
-
-def test_simultaneous_gains_of_an_unchanged_candidate_are_exactly_zero():
-    base = np.linspace(0, 1, 50)
-    intervals = simultaneous_gains(base, np.stack([base, base + 0.1]))
-    assert intervals[0] == intervals[0].__class__(0.0, 0.0, 0.0)
-    assert intervals[1].low == pytest.approx(0.1) and intervals[1].high == pytest.approx(0.1)
-    with pytest.raises(ValueError):
-        simultaneous_gains(base, np.stack([base, np.full(50, np.nan)]))
 
 
 def test_bootstrap_interval_brackets_the_mean():

@@ -21,6 +21,11 @@ them see the prompts alone.
   caption can rewrite a word inside it. The offsets start at zero, so an untrained table changes
   nothing; words outside the table, and the zero-shot path, keep the backbone's embeddings.
 
+- Block adapters (optional): beside each prompted image block, a bottleneck ``up(gelu(down(x)))``
+  is added to the block's output (AdaptFormer's parallel adapter, Chen et al., 2022), ``up``
+  zero-initialised so an untrained one changes nothing. Prompts can only add tokens for the frozen
+  attention to read; these write into every token's residual stream.
+
 Two optional pieces act on the finished embeddings, so an index built with ``encode_image`` and
 a query from ``encode_text`` need nothing else:
 
@@ -60,6 +65,18 @@ class _LowRankResidual(nn.Module):
         return x + (x @ self.down.T) @ self.up.T
 
 
+class _BlockAdapter(nn.Module):
+    """``up(gelu(down(x)))``, added beside a frozen block; ``up`` starts at zero, so it adds nothing until trained."""
+
+    def __init__(self, dim: int, rank: int, gen: torch.Generator):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(rank, dim, generator=gen) / math.sqrt(dim))
+        self.up = nn.Parameter(torch.zeros(dim, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x @ self.down.T.to(x.dtype)) @ self.up.T.to(x.dtype)
+
+
 def collection_words(tokenizer: Callable, captions: Sequence[str], k: int) -> list[int]:
     """The ``k`` token ids the captions use most (ties: the smaller id), special tokens excluded."""
     if k <= 0 or not captions:
@@ -89,6 +106,7 @@ class PromptConfig:
     residual_rank: int = 0  # rank of the residual map on each tower's output embedding (0: none)
     zero_shot_mix: bool = False  # carry a weight mixing the adapted with the zero-shot embedding
     word_tokens: int = 0  # K: token ids whose embedding gets a learned offset (the collection's words)
+    block_adapter_rank: int = 0  # bottleneck beside every prompted image block (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,6 +254,14 @@ class PromptedCLIP(nn.Module):
         else:
             self.visual_prompts = None
 
+        self.block_adapters: nn.ModuleList | None = None
+        if config.block_adapter_rank > 0:
+            if not self.visual_layers:
+                raise ValueError("block adapters sit beside the prompted image blocks: they need visual prompts")
+            width = visual.conv1.out_channels
+            self.block_adapters = nn.ModuleList(
+                _BlockAdapter(width, config.block_adapter_rank, gen) for _ in self.visual_layers).to(device)
+
         self.word_ids, self.word_deltas = None, None
         if config.word_tokens > 0:
             if self._text is None:
@@ -296,6 +322,9 @@ class PromptedCLIP(nn.Module):
             assert self.word_ids is not None
             out["word_ids"] = self.word_ids.detach().to("cpu", copy=True)
             out["word_deltas"] = _copy(self.word_deltas)
+        if self.block_adapters is not None:
+            for name, value in self.block_adapters.state_dict().items():
+                out[f"block_adapters.{name}"] = _copy(value)
         if self.residual is not None:
             for name, value in self.residual.state_dict().items():
                 out[f"residual.{name}"] = _copy(value)
@@ -320,6 +349,9 @@ class PromptedCLIP(nn.Module):
         with torch.no_grad():
             if name == "adapted_weight":
                 self.adapted_weight = value.float().reshape(()).clone()
+            elif name.startswith("block_adapters."):
+                assert self.block_adapters is not None
+                self.block_adapters.get_parameter(name[len("block_adapters.") :]).copy_(value)
             elif name.startswith("residual."):
                 assert self.residual is not None
                 self.residual.get_parameter(name[len("residual.") :]).copy_(value)
@@ -537,9 +569,13 @@ class PromptedCLIP(nn.Module):
         n_image = x.shape[1]
         blocks = visual.transformer.resblocks
         for index in range(start, len(blocks)):
-            if prompts and index in self.visual_layers:
+            prompted_block = prompts and index in self.visual_layers
+            if prompted_block:
                 x = torch.cat([x[:, :n_image], self._visual_prompt(index, x)], dim=1)
-            x = self._run_block(blocks[index], x)
+            out = self._run_block(blocks[index], x)
+            if prompted_block and self.block_adapters is not None:
+                out = out + self.block_adapters[self.visual_layers.index(index)](x)
+            x = out
         x = x[:, :n_image]  # prompts never reach pooling
         pooled, _ = visual._pool(x)
         if visual.proj is not None:

@@ -81,6 +81,7 @@ class TrainConfig:
     residual_lr: float = 1e-3  # its learning rate (prompts use ``lr``)
     word_tokens: int = 192  # learn an embedding offset for the K tokens the training captions use most (not "visual")
     word_lr: float | None = None  # the offsets' learning rate (None: the prompts' ``lr``)
+    block_adapter_rank: int = 0  # bottleneck adapter beside every prompted image block (0: none; needs visual prompts)
     consistency_weight: float = 0.0  # pull adapted embeddings towards the frozen ones (KgCoOp / PromptSRC)
     zero_shot_mix: bool = True  # choose a mixing weight with the zero-shot embedding on val
     mix_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # adapted-embedding weights tried
@@ -104,6 +105,7 @@ class TrainConfig:
             residual_rank=self.residual_rank,
             zero_shot_mix=self.zero_shot_mix,
             word_tokens=0 if self.method == "visual" else self.word_tokens,
+            block_adapter_rank=0 if self.method == "text" else self.block_adapter_rank,
         )
 
     def to_dict(self) -> dict:
@@ -237,12 +239,15 @@ def train_adapter(
 
     sampler = BatchSampler(data, cfg.batch_size, neighbours, cfg.captions_per_item, cfg.seed)
     total_steps = cfg.epochs * sampler.steps_per_epoch
-    prompt_params = [p for name, p in prompted.named_parameters() if not name.startswith("residual.") and name != "word_deltas"]
+    weight_maps = ("residual.", "block_adapters.")  # low-rank maps train at residual_lr
+    prompt_params = [p for name, p in prompted.named_parameters()
+                     if not name.startswith(weight_maps) and name != "word_deltas"]
     groups: list[dict] = [{"params": prompt_params, "lr": cfg.lr}]
     if prompted.word_deltas is not None:
         groups.append({"params": [prompted.word_deltas], "lr": cfg.lr if cfg.word_lr is None else cfg.word_lr})
-    if prompted.residual is not None:
-        groups.append({"params": list(prompted.residual.parameters()), "lr": cfg.residual_lr})
+    maps = [p for name, p in prompted.named_parameters() if name.startswith(weight_maps)]
+    if maps:
+        groups.append({"params": maps, "lr": cfg.residual_lr})
     log_scale = frozen_logit_scale(backbone.model).log().to(device)
     if cfg.learn_logit_scale:
         log_scale = torch.nn.Parameter(log_scale.clone())

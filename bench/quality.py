@@ -115,6 +115,7 @@ LEVERS: dict[str, dict] = {
     "+ residual map + mixing + all of DCAR": dict(OUTPUT_SIDE, **DCAR),
     "recipe with 64 collection words (recipe 192)": dict(ON_RECIPE, word_tokens=64),
     "recipe, collection words' lr 1e-3 (recipe 1e-2)": dict(ON_RECIPE, word_lr=1e-3),
+    "recipe + block adapters (rank 8)": dict(ON_RECIPE, block_adapter_rank=8),
 }
 
 

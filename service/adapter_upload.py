@@ -21,7 +21,7 @@ from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, r
 from adapters.prompted import PromptedCLIP
 from service.context import ServiceContext
 from service.errors import Invalid
-from service.schemas import MAX_WORD_TOKENS
+from service.schemas import MAX_BLOCK_ADAPTER_RANK, MAX_WORD_TOKENS
 
 MAX_PROMPT_TOKENS = 64  # the tuning API's own upper bounds (text 32, visual 64)
 MAX_RESIDUAL_RANK = 512  # the residual map's rank (the recipe's is 32)
@@ -68,7 +68,8 @@ def check_adapter_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
     for name, value, limit in (("text_tokens", config.text_tokens, min(MAX_PROMPT_TOKENS, context - 5)),
                                ("visual_tokens", config.visual_tokens, MAX_PROMPT_TOKENS),
                                ("word_tokens", config.word_tokens, MAX_WORD_TOKENS),
-                               ("residual_rank", config.residual_rank, MAX_RESIDUAL_RANK)):
+                               ("residual_rank", config.residual_rank, MAX_RESIDUAL_RANK),
+                               ("block_adapter_rank", config.block_adapter_rank, MAX_BLOCK_ADAPTER_RANK)):
         if not isinstance(value, int) or not 0 <= value <= limit:
             raise _refuse("adapter_shape", f"{name}={value!r} is outside 0..{limit} for this backbone")
     if not config.text_tokens and not config.visual_tokens and not config.word_tokens:

@@ -23,6 +23,7 @@ from service.vocabulary import ACTIVE, ZERO_SHOT, Activation, JobKind, JobState,
 # The training recipe has one home, adapters.train.TrainConfig: the API's defaults are read from it.
 RECIPE = TrainConfig()
 MAX_WORD_TOKENS = 1024  # the word table's bound, for a tuning job and an uploaded adapter alike
+MAX_BLOCK_ADAPTER_RANK = 64  # the block adapters' bound, likewise
 
 # JSON columns may hold NULL for "nothing yet": the API shows an empty list or object.
 ListOrEmpty = Annotated[list[str], BeforeValidator(lambda value: value or [])]
@@ -374,6 +375,9 @@ class TuningConfig(ApiModel):
     word_tokens: int = Field(RECIPE.word_tokens, ge=0, le=MAX_WORD_TOKENS,
                              description="The collection's most used words (tokens of its captions) whose "
                                          "embeddings the adapter learns; 0: none")
+    block_adapter_rank: int = Field(RECIPE.block_adapter_rank, ge=0, le=MAX_BLOCK_ADAPTER_RANK,
+                                    description="Rank of a bottleneck adapter beside every prompted image block "
+                                                "(AdaptFormer-style; needs visual prompts); 0: none")
     patience: int | None = Field(RECIPE.patience, ge=1, le=200,
                                  description="Epochs without held-out improvement before stopping")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Held-out pairs for early stopping")

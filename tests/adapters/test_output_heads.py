@@ -61,8 +61,31 @@ def test_deep_text_prompts_get_gradients_at_every_block(tiny):
     assert bool((prompted.text_deep_prompts.grad.abs().sum(dim=(1, 2)) > 0).all())
 
 
+@torch.no_grad()
+def test_untrained_block_adapters_change_nothing_and_need_visual_prompts(tiny, pixels):
+    plain = PromptedCLIP.from_backbone(tiny, PromptConfig(visual_tokens=2, visual_deep_from=0))
+    adapted = PromptedCLIP.from_backbone(tiny, PromptConfig(visual_tokens=2, visual_deep_from=0, block_adapter_rank=3))
+    assert len(adapted.block_adapters) == len(adapted.visual_layers) == len(tiny.model.visual.transformer.resblocks)
+    assert _diff(adapted.encode_image(pixels), plain.encode_image(pixels)) < 1e-6
+    adapted.block_adapters[-1].up.add_(torch.randn(adapted.block_adapters[-1].up.shape, generator=torch.Generator().manual_seed(0)))
+    assert _diff(adapted.encode_image(pixels), plain.encode_image(pixels)) > 1e-3
+    assert _diff(adapted.image_tower(pixels, prompts=False), plain.image_tower(pixels, prompts=False)) == 0
+    with pytest.raises(ValueError, match="need visual prompts"):
+        PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, block_adapter_rank=3))
+    assert TrainConfig(method="text", block_adapter_rank=3).prompt_config().block_adapter_rank == 0
+
+
+def test_block_adapters_train_at_the_residual_rate(tiny):
+    items = generate(load_spec("style"), 12, seed=5)
+    config = TrainConfig(text_tokens=2, visual_tokens=2, block_adapter_rank=2, residual_rank=0, word_tokens=0,
+                         zero_shot_mix=False, epochs=1, batch_size=4, patience=None, restore_best=False)
+    trained = train_adapter(tiny, items[:8], items[8:], config).prompted
+    assert all(float(block.up.abs().sum()) > 0 for block in trained.block_adapters)
+
+
 def test_every_learned_tensor_survives_an_artifact_round_trip(tiny, pixels, tmp_path):
-    config = PromptConfig(text_tokens=2, visual_tokens=2, text_deep=True, residual_rank=4, zero_shot_mix=True)
+    config = PromptConfig(text_tokens=2, visual_tokens=2, text_deep=True, residual_rank=4, zero_shot_mix=True,
+                          block_adapter_rank=2)
     prompted = PromptedCLIP.from_backbone(tiny, config)
     with torch.no_grad():
         for p in prompted.parameters():

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from adapters.marks import MarkedQuery
 from service.collections import get_image
 from service.context import ServiceContext
 from service.errors import Invalid, NotFound, not_found
@@ -154,20 +155,11 @@ def training_marks(ctx: ServiceContext, collection_id: int, split: dict[str, lis
     return out
 
 
-@dataclass
-class QueryMarks:
-    """One query text and the images marked for it, for a job on the marks alone (``adapters.marks``)."""
-
-    text: str
-    relevant: list[int] = field(default_factory=list)  # image ids
-    not_relevant: list[int] = field(default_factory=list)
-
-
-def marked_queries(ctx: ServiceContext, collection_id: int) -> tuple[list[QueryMarks], FeedbackUse]:
-    """Every query text with its latest marks, in the order each text was first marked."""
+def marked_queries(ctx: ServiceContext, collection_id: int) -> tuple[list[MarkedQuery], FeedbackUse]:
+    """Every query text with its latest marks (image ids), in the order each text was first marked."""
     use = FeedbackUse()
-    queries: dict[str, QueryMarks] = {}
+    queries: dict[str, MarkedQuery] = {}
     for (text, image_id), relevant in _latest_text_marks(ctx, collection_id, use).items():
-        query = queries.setdefault(text, QueryMarks(text))
+        query = queries.setdefault(text, MarkedQuery(text))
         (query.relevant if relevant else query.not_relevant).append(image_id)
     return list(queries.values()), use

@@ -116,6 +116,7 @@ LEVERS: dict[str, dict] = {
     "recipe with 64 collection words (recipe 192)": dict(ON_RECIPE, word_tokens=64),
     "recipe, collection words' lr 1e-3 (recipe 1e-2)": dict(ON_RECIPE, word_lr=1e-3),
     "recipe + block adapters (rank 8)": dict(ON_RECIPE, block_adapter_rank=8),
+    "recipe + block adapters (rank 2)": dict(ON_RECIPE, block_adapter_rank=2),
 }
 
 

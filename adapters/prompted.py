@@ -65,13 +65,8 @@ class _LowRankResidual(nn.Module):
         return x + (x @ self.down.T) @ self.up.T
 
 
-class _BlockAdapter(nn.Module):
-    """``up(gelu(down(x)))``, added beside a frozen block; ``up`` starts at zero, so it adds nothing until trained."""
-
-    def __init__(self, dim: int, rank: int, gen: torch.Generator):
-        super().__init__()
-        self.down = nn.Parameter(torch.randn(rank, dim, generator=gen) / math.sqrt(dim))
-        self.up = nn.Parameter(torch.zeros(dim, rank))
+class _BlockAdapter(_LowRankResidual):
+    """``up(gelu(down(x)))``, added beside a frozen block: the same factors, a non-linear bottleneck, no identity."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x @ self.down.T.to(x.dtype)) @ self.up.T.to(x.dtype)

@@ -413,10 +413,11 @@ class JobOut(ApiModel):
     config: dict[str, Any]
     """The tuning settings it runs with; for an import, the import request"""
     split_sizes: dict[str, int]
-    """Training, validation and test pairs drawn for it (empty for an import)"""
+    """Training, validation and test pairs drawn for it; a job on marks alone: {marked: images marked for a
+    query text}; empty for an import"""
     progress: DictOrEmpty
     """Latest progress: stage, step/total_steps, epoch, loss, held-out metrics, elapsed_s, eta_s (null once
-    finished). An import: step/total_steps are files done / files listed, with added, duplicates (same bytes
+    finished); a job on marks alone also run/runs (its cross-validation folds, then the final run). An import: step/total_steps are files done / files listed, with added, duplicates (same bytes
     already stored: metadata updated), failed, and failures (the first 100 failed files: path, reason)"""
     error: str | None
     """Why it failed, if it did"""

@@ -116,9 +116,9 @@ def decide_on_marks(policy: Activation, min_gain: float, selection: Selection, a
         activate, why = False, f"kept inactive: {selection.queries} judged queries, fewer than the {MIN_JUDGED_QUERIES} needed"
     else:
         activate = gate.low > min_gain
-        why = ("activated: the gain's interval over every epoch and weight compared lies above min_gain" if activate
-               else "kept inactive: the gain's interval over every epoch and weight compared does not lie above "
-                    "min_gain (no clear gain)")
+        why = ("activated: the gain's interval, corrected for the epochs and weights compared, lies above min_gain"
+               if activate else "kept inactive: the gain's interval, corrected for the epochs and weights compared, "
+                                "does not lie above min_gain (no clear gain)")
     if evidence is not None:
         evidence = evidence.model_copy(update={"activated": activate})
     return Decision(activate, f"{why}; {numbers}", evidence)

@@ -6,6 +6,8 @@ stored and served) and the activation rules; whether marks help is the feedback 
 
 import logging
 
+from safetensors.torch import load
+
 from adapters.marks import MIN_JUDGED_QUERIES, Selection, gate_level
 from adapters.stats import Interval
 from service.activation import decide_on_marks
@@ -79,6 +81,8 @@ def test_a_collection_without_captions_tunes_on_marked_searches_alone(client, ca
 
     # Stored as trained (the cross-validated weight), so activating it by hand serves the trained adapter.
     assert marks["weight"] > 0
+    stored = load(client.get(f"/collections/{cid}/adapters/{version['version']}/file").content)
+    assert float(stored["adapted_weight"]) == marks["weight"]
     by_version = client.post(f"/collections/{cid}/search", json={"query": TEXTS[0], "k": 14,
                                                                 "adapter": str(version["version"])}).json()
     zero_shot = client.post(f"/collections/{cid}/search", json={"query": TEXTS[0], "k": 14, "adapter": "none"}).json()

@@ -317,12 +317,10 @@ class PromptedCLIP(nn.Module):
             assert self.word_ids is not None
             out["word_ids"] = self.word_ids.detach().to("cpu", copy=True)
             out["word_deltas"] = _copy(self.word_deltas)
-        if self.block_adapters is not None:
-            for name, value in self.block_adapters.state_dict().items():
-                out[f"block_adapters.{name}"] = _copy(value)
-        if self.residual is not None:
-            for name, value in self.residual.state_dict().items():
-                out[f"residual.{name}"] = _copy(value)
+        for prefix, module in (("block_adapters", self.block_adapters), ("residual", self.residual)):
+            if module is not None:
+                for name, value in module.state_dict().items():
+                    out[f"{prefix}.{name}"] = _copy(value)
         if self.adapted_weight is not None:
             out["adapted_weight"] = _copy(self.adapted_weight.reshape(1))
         return out
@@ -344,14 +342,8 @@ class PromptedCLIP(nn.Module):
         with torch.no_grad():
             if name == "adapted_weight":
                 self.adapted_weight = value.float().reshape(()).clone()
-            elif name.startswith("block_adapters."):
-                assert self.block_adapters is not None
-                self.block_adapters.get_parameter(name[len("block_adapters.") :]).copy_(value)
-            elif name.startswith("residual."):
-                assert self.residual is not None
-                self.residual.get_parameter(name[len("residual.") :]).copy_(value)
-            else:
-                getattr(self, name).copy_(value)
+            else:  # a parameter of this module or of a submodule ("residual.image.up", "block_adapters.0.down")
+                self.get_parameter(name).copy_(value)
 
     def set_words(self, ids: torch.Tensor | Sequence[int]) -> None:
         """The token ids whose embeddings the rows of ``word_deltas`` offset, in row order.

@@ -86,20 +86,19 @@ def decide(policy: Activation, min_gain: float, metric: str, baseline: np.ndarra
 
 def decide_on_marks(policy: Activation, min_gain: float, selection: Selection, active_name: str) -> Decision:
     """Decide for a job on marks alone from its cross-validated selection (``active_name``: what serves now)."""
-    gate, gain = selection.gate, selection.gain
+    gate, gain, level = selection.gate, selection.gain, gate_level(len(selection.candidates))
     if gate is None or gain is None or selection.zero_shot_ap is None:
         numbers = "no marked query could be judged by a model that did not train on it"
         evidence = None
     else:
         numbers = (f"cross-validated AP of {selection.queries} marked queries {selection.zero_shot_ap + gain.mean:.3f} "
                    f"vs {selection.zero_shot_ap:.3f} of zero-shot at epoch {selection.epoch}, weight {selection.weight}; "
-                   f"gain {gain.mean:+.3f} ({100 * gate_level(len(selection.candidates)):.3g} % interval, Bonferroni for the "
+                   f"gain {gain.mean:+.3f} ({100 * level:.3g} % interval, Bonferroni for the "
                    f"{len(selection.candidates)} epochs and weights compared, {gate.low:+.3f} to {gate.high:+.3f}; "
                    f"min_gain {min_gain})")
         evidence = ActivationEvidence(
             policy=policy, metric=MARKS_AP, baseline_name=ZERO_SHOT, adapter=selection.zero_shot_ap + gain.mean,
-            baseline=selection.zero_shot_ap, gain=gate.to_dict(), level=gate_level(len(selection.candidates)),
-            queries=selection.queries,
+            baseline=selection.zero_shot_ap, gain=gate.to_dict(), level=level, queries=selection.queries,
             min_gain=min_gain, activated=False)
     if policy == Activation.NEVER:
         activate, why = False, "kept inactive: activation=never"

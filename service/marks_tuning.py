@@ -16,18 +16,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select
-
 from adapters.artifact import serialize_adapter
 from adapters.data import PairedItem
 from adapters.marks import MarkedQuery, train_on_marks, training_data
 from service import adapter_versions, feedback
 from service.activation import decide_on_marks
 from service.context import ServiceContext
-from service.models import AdapterVersion, ImageRecord
+from service.models import AdapterVersion
 from service.progress import Progress, TuningReport
 from service.schemas import TuningConfig
-from service.tuning import MARKED, active_prompts, apply_decision, to_train_config
+from service.tuning import MARKED, MIN_MARKED_QUERIES, active_prompts, apply_decision, open_images, to_train_config
 from service.vocabulary import Stage
 
 
@@ -35,19 +33,9 @@ def load_marked(ctx: ServiceContext, collection_id: int, image_ids: list[int]
                 ) -> tuple[list[PairedItem], list[MarkedQuery], feedback.FeedbackUse]:
     """The job's marked images that still exist (uncaptioned: marks are their only text) and the marks on them."""
     queries, use = feedback.marked_queries(ctx, collection_id)
-    wanted = set(image_ids)
-    with ctx.session() as session:
-        records = session.scalars(select(ImageRecord).where(ImageRecord.id.in_(sorted(wanted)))
-                                  .order_by(ImageRecord.id)).all()
-    pool: list[PairedItem] = []
-    position: dict[int, int] = {}
-    for record in records:
-        try:
-            image = ctx.store.open_rgb(collection_id, record.sha256)
-        except FileNotFoundError:  # deleted since the rows were read
-            continue
-        position[record.id] = len(pool)
-        pool.append(PairedItem(image=image, captions=[], key=str(record.id)))
+    images = open_images(ctx, collection_id, image_ids)
+    pool = [PairedItem(image=image, captions=[], key=str(image_id)) for image_id, image in images.items()]
+    position = {image_id: k for k, image_id in enumerate(images)}
     marked = []
     for query in queries:
         relevant = [position[i] for i in query.relevant if i in position]
@@ -70,7 +58,7 @@ def run_marks_tuning(
     report(Progress(stage=Stage.LOADING))
     pool, marked, use = load_marked(ctx, collection_id, split[MARKED])
     items, negatives = training_data(pool, marked)
-    if len(items) < 2 or sum(1 for q in marked if q.relevant) < 2:
+    if len(items) < 2 or sum(1 for q in marked if q.relevant) < MIN_MARKED_QUERIES:
         raise ValueError("too few marked searches are left on the job's images (were images deleted?)")
     train_cfg = to_train_config(cfg, str(ctx.backbone.device))
 
@@ -96,8 +84,8 @@ def run_marks_tuning(
     use.not_relevant_used = trained.negative_pairs_used
     use.not_relevant_skipped_no_positive = negatives.pairs() - trained.negative_pairs_used
     use.images_added = len(items)
-    blob = serialize_adapter(trained.prompted, train_config=train_cfg.to_dict(),
-                             metrics={"marks": selection.to_dict()})
+    choice = selection.to_dict()
+    blob = serialize_adapter(trained.prompted, train_config=train_cfg.to_dict(), metrics={"marks": choice})
     train_report = TuningReport(
         split_sizes={"train": len(items), "marked_queries": len(marked), "judged_queries": selection.queries},
         test=None,
@@ -110,12 +98,12 @@ def run_marks_tuning(
         train_and_eval_wall_time_s=round(time.perf_counter() - started, 3),
         activation=decision.evidence,
         feedback=use,
-        marks={**selection.to_dict(), "candidates": selection.candidates},
+        marks={**choice, "candidates": selection.candidates},
     )
     report(Progress(stage=Stage.INDEXING))
     row = adapter_versions.register(
         ctx, collection_id, trained.prompted, blob, method=cfg.method, job_id=job_id,
-        metrics={"marks": selection.to_dict()}, report=train_report.model_dump(mode="json"),
+        metrics={"marks": choice}, report=train_report.model_dump(mode="json"),
         should_cancel=should_cancel,
     )
     apply_decision(ctx, collection_id, row, decision)

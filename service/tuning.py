@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
@@ -52,15 +53,21 @@ def minimum_pairs(val_fraction: float, test_fraction: float) -> int:
     return n
 
 
+def too_few_pairs(captioned: int, cfg: TuningConfig, also: str = "", **fields) -> Invalid:
+    """The refusal of a job whose collection has fewer captioned or categorised images than a split needs."""
+    need = minimum_pairs(cfg.val_fraction, cfg.test_fraction)
+    return Invalid("too_few_pairs",
+                   f"tuning needs at least {need} captioned or categorised images (with val_fraction={cfg.val_fraction}, "
+                   f"test_fraction={cfg.test_fraction}); this collection has {captioned}{also}",
+                   minimum=need, captioned=captioned, **fields)
+
+
 def plan_split(image_ids: list[int], cfg: TuningConfig) -> dict[str, list[int]]:
     """Shuffle the captioned or categorised images with the job's seed and cut train / val / test."""
     n = len(image_ids)
     n_train, n_val, _ = split_sizes(n, cfg.val_fraction, cfg.test_fraction)
     if n_train < MIN_TRAIN:
-        need = minimum_pairs(cfg.val_fraction, cfg.test_fraction)
-        raise Invalid("too_few_pairs",
-                       f"tuning needs at least {need} captioned or categorised images (with val_fraction={cfg.val_fraction}, "
-                       f"test_fraction={cfg.test_fraction}); this collection has {n}", minimum=need, captioned=n)
+        raise too_few_pairs(n, cfg)
     order = sorted(image_ids)
     random.Random(cfg.seed).shuffle(order)
     return {
@@ -102,13 +109,8 @@ def plan_job(ctx: ServiceContext, collection_id: int, cfg: TuningConfig) -> dict
     try:
         return plan_marks(ctx, collection_id)
     except Invalid as marks_refused:
-        need = minimum_pairs(cfg.val_fraction, cfg.test_fraction)
-        raise Invalid("too_few_pairs",
-                      f"tuning needs at least {need} captioned or categorised images (with val_fraction="
-                      f"{cfg.val_fraction}, test_fraction={cfg.test_fraction}), and this collection has "
-                      f"{len(captioned)}; or, to learn from marked searches alone, {marks_refused.detail}",
-                      minimum=need, captioned=len(captioned),
-                      marked_queries=marks_refused.fields["marked_queries"]) from None
+        raise too_few_pairs(len(captioned), cfg, f"; or, to learn from marked searches alone, {marks_refused.detail}",
+                            marked_queries=marks_refused.fields["marked_queries"]) from None
 
 
 # TuningConfig fields that are not TrainConfig's: the service's own, or (dcar) a group of them.
@@ -175,18 +177,25 @@ def load_items(ctx: ServiceContext, collection_id: int, image_ids: list[int],
     return items, templated
 
 
-def load_negatives(ctx: ServiceContext, collection_id: int, negatives: dict[str, list[int]]) -> QueryNegatives:
-    """The marked images of each query text, each image read once (one deleted since is left out)."""
-    wanted = sorted({image_id for ids in negatives.values() for image_id in ids})
+def open_images(ctx: ServiceContext, collection_id: int, image_ids: Iterable[int]) -> dict[int, Image.Image]:
+    """The images of these ids that still exist, by id in id order (one deleted since is left out)."""
     with ctx.session() as session:
-        records = session.scalars(select(ImageRecord).where(ImageRecord.id.in_(wanted))).all()
-    out, position = QueryNegatives(), {}
+        records = session.scalars(select(ImageRecord).where(ImageRecord.id.in_(sorted(set(image_ids))))
+                                  .order_by(ImageRecord.id)).all()
+    out = {}
     for record in records:
         try:
-            out.images.append(ctx.store.open_rgb(collection_id, record.sha256))
-        except FileNotFoundError:
+            out[record.id] = ctx.store.open_rgb(collection_id, record.sha256)
+        except FileNotFoundError:  # deleted since the rows were read
             continue
-        position[record.id] = len(out.images) - 1
+    return out
+
+
+def load_negatives(ctx: ServiceContext, collection_id: int, negatives: dict[str, list[int]]) -> QueryNegatives:
+    """The marked images of each query text, each image read once (one deleted since is left out)."""
+    images = open_images(ctx, collection_id, (image_id for ids in negatives.values() for image_id in ids))
+    out = QueryNegatives(images=list(images.values()))
+    position = {image_id: k for k, image_id in enumerate(images)}
     for text, ids in negatives.items():
         kept = [position[i] for i in ids if i in position]
         if kept:

@@ -17,7 +17,14 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, read_adapter_info
+from adapters.artifact import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    AdapterError,
+    AdapterIncompatible,
+    load_adapter,
+    read_adapter_info,
+)
 from adapters.prompted import PromptedCLIP
 from service.context import ServiceContext
 from service.errors import Invalid
@@ -25,8 +32,6 @@ from service.schemas import MAX_BLOCK_ADAPTER_RANK, MAX_WORD_TOKENS
 
 MAX_PROMPT_TOKENS = 64  # the tuning API's own upper bounds (text 32, visual 64)
 MAX_RESIDUAL_RANK = 512  # the residual map's rank (the recipe's is 32)
-STORED_DTYPE = "F32"  # artifacts store float32 tensors ...
-STORED_DTYPES = {"word_ids": "I64"}  # ... except the token ids of the word table
 
 
 def _refuse(code: str, detail: str) -> Invalid:
@@ -78,8 +83,8 @@ def check_adapter_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
         expected = PromptedCLIP.from_backbone(ctx.backbone, config).prompt_shapes()
     except Exception:
         raise _refuse("adapter_shape", "the adapter's prompt layout does not fit this backbone") from None
-    wanted = {name: (STORED_DTYPES.get(name, STORED_DTYPE), shape) for name, shape in expected.items()}
-    if found != wanted:
+    wanted = {name: (INDEX_DTYPES.get(name, " or ".join(FLOAT_DTYPES)), shape) for name, shape in expected.items()}
+    if not _layout_matches(found, wanted):
         raise _refuse("adapter_shape", f"prompt tensors {describe(found)} do not match what this backbone "
                                        f"builds from the adapter's config: {describe(wanted)}")
 
@@ -96,6 +101,12 @@ def check_adapter_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
     if not all(np.isfinite(p).all() for p in probes):
         raise _refuse("non_finite", "the adapter's prompts give non-finite embeddings")
     return prompted
+
+
+def _layout_matches(found: dict[str, tuple[str, list[int]]], wanted: dict[str, tuple[str, list[int]]]) -> bool:
+    if set(found) != set(wanted):
+        return False
+    return all(dtype in wanted[name][0].split(" or ") and shape == wanted[name][1] for name, (dtype, shape) in found.items())
 
 
 def describe(tensors: dict[str, tuple[str, list[int]]]) -> str:

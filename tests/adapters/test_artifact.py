@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 
 import pytest
 import torch
+from safetensors.torch import load as load_raw
+from safetensors.torch import save as save_raw
 
 from adapters.artifact import (
     AdapterError,
@@ -30,15 +33,18 @@ def _trained_looking(tiny) -> PromptedCLIP:
     return prompted
 
 
-def test_save_then_load_gives_identical_embeddings(tiny, pixels, tmp_path):
+def test_save_then_load_gives_the_same_embeddings_up_to_float16_rounding(tiny, pixels, tmp_path):
     prompted = _trained_looking(tiny)
     path = tmp_path / "a" / "adapter.safetensors"
     info = save_adapter(path, prompted, TrainConfig(method="dual", epochs=2), {"val": {"t2i_r1": 0.5}})
     loaded = load_adapter(path, tiny)
+    for name, value in loaded.prompt_state_dict().items():  # exactly the float16 values, back in float32
+        assert value.dtype == torch.float32
+        assert torch.equal(value, prompted.prompt_state_dict()[name].half().float()), name
     captions = ["a red circle", "two blue stars"]
     with torch.no_grad():
-        assert torch.equal(loaded.encode_image(pixels), prompted.encode_image(pixels))
-        assert torch.equal(loaded.encode_text(captions), prompted.encode_text(captions))
+        assert (loaded.encode_image(pixels) - prompted.encode_image(pixels)).abs().max() < 1e-3
+        assert (loaded.encode_text(captions) - prompted.encode_text(captions)).abs().max() < 1e-3
     assert info.num_bytes == path.stat().st_size
     assert info.num_parameters == prompted.num_parameters() == 3 * 64 + 2 * 2 * 64
     assert info.prompt_shapes == {"text_prompts": [3, 64], "visual_prompts": [2, 2, 64]}
@@ -57,6 +63,42 @@ def test_info_from_bytes_needs_no_backbone(tiny):
     assert info.format_version == 1
     assert info.created_at
     assert load_adapter(blob, tiny).num_parameters() == info.num_parameters
+
+
+def test_tensors_are_stored_in_float16_and_float32_files_still_load(tiny, tmp_path):
+    prompted = _trained_looking(tiny)
+    prompted_words = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, word_tokens=4, zero_shot_mix=True))
+    prompted_words.set_words([10, 11, 12, 13])
+    prompted_words.set_adapted_weight(0.3)
+    assert stored_dtypes(serialize_adapter(prompted_words)) == {"text_prompts": torch.float16, "word_deltas": torch.float16, "word_ids": torch.int64,
+                                                            "adapted_weight": torch.float32}
+    assert float(load_adapter(serialize_adapter(prompted_words), tiny).adapted_weight) == pytest.approx(0.3, abs=1e-7)
+
+    blob = serialize_adapter(prompted)
+    header = read_adapter_info(blob)
+    old = save_raw(prompted.prompt_state_dict(), metadata=_metadata(blob))  # a float32 file, as written before
+    assert len(old) > len(blob)
+    loaded = load_adapter(old, tiny)
+    assert loaded.num_parameters() == header.num_parameters
+    assert torch.equal(loaded.prompt_state_dict()["text_prompts"], prompted.prompt_state_dict()["text_prompts"])
+
+
+def test_a_value_float16_cannot_hold_is_kept_in_float32(tiny):
+    prompted = _trained_looking(tiny)
+    with torch.no_grad():
+        prompted.text_prompts[0, 0] = 1e6
+    dtypes = stored_dtypes(serialize_adapter(prompted))
+    assert dtypes["text_prompts"] == torch.float32 and dtypes["visual_prompts"] == torch.float16
+    assert float(load_adapter(serialize_adapter(prompted), tiny).text_prompts.detach()[0, 0]) == 1e6
+
+
+def stored_dtypes(blob: bytes) -> dict[str, torch.dtype]:
+    return {name: t.dtype for name, t in load_raw(blob).items()}
+
+
+def _metadata(blob: bytes) -> dict:
+    (size,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8 : 8 + size])["__metadata__"]
 
 
 @pytest.mark.slow

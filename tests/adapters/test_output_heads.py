@@ -95,8 +95,9 @@ def test_every_learned_tensor_survives_an_artifact_round_trip(tiny, pixels, tmp_
     loaded = load_adapter(tmp_path / "a.safetensors", tiny)
     assert float(loaded.adapted_weight) == 0.25
     with torch.no_grad():
-        assert _diff(loaded.encode_image(pixels), prompted.encode_image(pixels)) < 1e-6
-        assert _diff(loaded.encode_text(CAPTIONS), prompted.encode_text(CAPTIONS)) < 1e-6
+        assert _diff(loaded.encode_image(pixels), prompted.encode_image(pixels)) < 1e-3  # float16 storage
+        assert _diff(loaded.encode_text(CAPTIONS), prompted.encode_text(CAPTIONS)) < 1e-3
+        assert _diff(loaded.encode_image(pixels), PromptedCLIP.from_backbone(tiny, config).encode_image(pixels)) > 1e-2
 
 
 @pytest.mark.slow

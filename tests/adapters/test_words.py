@@ -62,7 +62,7 @@ def test_a_file_round_trip_keeps_the_words_and_refuses_forged_ids(tiny):
     loaded = load_adapter(serialize_adapter(prompted), tiny)
     assert torch.equal(loaded.word_ids, prompted.word_ids)
     with torch.no_grad():
-        assert torch.equal(loaded.encode_text(["a zebra"]), prompted.encode_text(["a zebra"]))
+        assert (loaded.encode_text(["a zebra"]) - prompted.encode_text(["a zebra"])).abs().max() < 1e-3  # float16 storage
     forged = prompted.prompt_state_dict()
     forged["word_ids"] = torch.tensor([10**7, -1])
     with pytest.raises(ValueError):

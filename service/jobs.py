@@ -244,7 +244,8 @@ def run_job(ctx: ServiceContext, job_id: int, should_cancel: Callable[[], bool])
             tuning = TuningConfig.model_validate(config)
             on_marks = is_marks_job(split)
             log.info("tuning job %s started for collection %s (method %s, %s epochs, on %s)", job_id, collection_id,
-                     tuning.method, tuning.epochs, "marks alone" if on_marks else "pairs")
+                     tuning.method.trained() if on_marks else tuning.method, tuning.epochs,
+                     "marks alone" if on_marks else "pairs")  # a job on marks alone trains auto's first candidate
             run = run_marks_tuning if on_marks else run_tuning
             version = run(ctx, job_id, collection_id, tuning, split, _reporter(ctx, job_id), should_cancel).version
     except TrainingCancelled:

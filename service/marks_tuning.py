@@ -23,7 +23,7 @@ from service import adapter_versions, feedback
 from service.activation import decide_on_marks
 from service.context import ServiceContext
 from service.models import AdapterVersion
-from service.progress import Progress, TuningReport
+from service.progress import Progress, TuningReport, runs_and_eta
 from service.schemas import TuningConfig
 from service.tuning import MARKED, MIN_MARKED_QUERIES, active_prompts, apply_decision, open_images, to_train_config
 from service.vocabulary import Stage
@@ -64,11 +64,9 @@ def run_marks_tuning(
 
     def on_progress(event: dict) -> None:
         elapsed = time.perf_counter() - started
-        done = (event["run"] - 1 + event["step"] / max(1, event["total_steps"])) / event["runs"]
         report(Progress(stage=Stage.TRAINING, step=event["step"], total_steps=event["total_steps"],
-                        epoch=event["epoch"], epochs=event["epochs"], loss=event["loss"], run=event["run"],
-                        runs=event["runs"], elapsed_s=round(elapsed, 2),
-                        eta_s=round(elapsed * (1 - done) / done, 2) if done > 0 else None))
+                        epoch=event["epoch"], epochs=event["epochs"], loss=event["loss"], elapsed_s=round(elapsed, 2),
+                        **runs_and_eta(event, elapsed)))
 
     result = train_on_marks(ctx.backbone, pool, marked, train_cfg, on_progress=on_progress,
                             should_cancel=should_cancel)
@@ -102,7 +100,7 @@ def run_marks_tuning(
     )
     report(Progress(stage=Stage.INDEXING))
     row = adapter_versions.register(
-        ctx, collection_id, trained.prompted, blob, method=cfg.method, job_id=job_id,
+        ctx, collection_id, trained.prompted, blob, method=cfg.method.trained(), job_id=job_id,
         metrics={"marks": choice}, report=train_report.model_dump(mode="json"),
         should_cancel=should_cancel,
     )

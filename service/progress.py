@@ -25,7 +25,8 @@ class Progress(BaseModel):
     val_zero_shot: Metrics | None = None  # ... and of the backbone alone
     elapsed_s: float | None = None
     eta_s: float | None = None
-    # A job on marks alone trains once per cross-validation fold, then once on every mark: run of runs.
+    # Run of runs: a job on marks alone trains once per cross-validation fold, then once on every mark; a job
+    # with method auto trains once per candidate recipe.
     run: int | None = None
     runs: int | None = None
     # An import job: step / total_steps count its files; these say what became of those done.
@@ -40,6 +41,14 @@ class Progress(BaseModel):
 
     def ends_an_epoch(self) -> bool:
         return self.step is not None and self.step == self.total_steps
+
+
+def runs_and_eta(event: dict, elapsed_s: float) -> dict[str, Any]:
+    """Progress fields of a job that trains several runs in a row (marks folds, auto's candidates): which run,
+    and an ETA over all of them, assuming each run takes as long as those so far."""
+    done = (event["run"] - 1 + event["step"] / max(1, event["total_steps"])) / event["runs"]
+    return {"run": event["run"], "runs": event["runs"],
+            "eta_s": round(elapsed_s * (1 - done) / done, 2) if done > 0 else None}
 
 
 class StoredMetrics(BaseModel):
@@ -102,3 +111,4 @@ class TuningReport(BaseModel):
     activation: ActivationEvidence | None = None
     feedback: FeedbackUse | None = None  # the user's marks this job trained on, and those it skipped
     marks: dict[str, Any] | None = None  # a job on marks alone: adapters.marks' cross-validated selection
+    candidates: dict[str, Any] | None = None  # method auto: each candidate's val metrics, and the one kept

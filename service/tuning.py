@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from adapters.artifact import serialize_adapter
+from adapters.candidates import candidate_configs, train_auto
 from adapters.captions import templated_captions
 from adapters.data import PairedItem
 from adapters.negatives import QueryNegatives
@@ -33,7 +34,7 @@ from service.context import ServiceContext
 from service.errors import Invalid
 from service.held_out import measure
 from service.models import AdapterVersion, Caption, ImageRecord
-from service.progress import HeldOutComparison, Progress, StoredMetrics, TuningReport
+from service.progress import HeldOutComparison, Progress, StoredMetrics, TuningReport, runs_and_eta
 from service.schemas import TuningConfig
 from service.vocabulary import ACTIVE, Method, Stage, TrainingData
 
@@ -120,6 +121,7 @@ SERVICE_FIELDS = frozenset({"val_fraction", "test_fraction", "activation", "min_
 def to_train_config(cfg: TuningConfig, device: str) -> TrainConfig:
     """Every other field (and every DCAR option) has a TrainConfig field of the same name."""
     recipe = cfg.model_dump(mode="json", exclude=set(SERVICE_FIELDS))
+    recipe["method"] = cfg.method.trained().value
     return TrainConfig(**recipe, **cfg.dcar.model_dump(mode="json"), device=device)
 
 
@@ -129,8 +131,10 @@ def check_config(ctx: ServiceContext, cfg: TuningConfig) -> None:
     if cfg.text_tokens >= ctx.backbone.identity.context_length - 4:
         raise Invalid("bad_config", f"text_tokens must leave room for captions in a context of "
                                           f"{ctx.backbone.identity.context_length} tokens")
+    tried = candidate_configs(train_cfg) if cfg.method == Method.AUTO else [("", train_cfg)]
     try:
-        PromptedCLIP.from_backbone(ctx.backbone, train_cfg.prompt_config())
+        for _, candidate in tried:
+            PromptedCLIP.from_backbone(ctx.backbone, candidate.prompt_config())
     except (PromptsUnsupported, ValueError) as exc:
         raise Invalid("bad_config", str(exc)) from exc
     blocks = getattr(getattr(ctx.backbone.model.visual, "transformer", None), "resblocks", None)
@@ -233,14 +237,21 @@ def run_tuning(
 
     def on_progress(event: dict) -> None:
         elapsed = time.perf_counter() - started
+        timing = runs_and_eta(event, elapsed) if "run" in event else {"eta_s": event.get("eta_s")}
         report(Progress(stage=Stage.TRAINING, step=event["step"], total_steps=event["total_steps"],
                         epoch=event["epoch"], epochs=event["epochs"], loss=event["loss"],
                         val=event.get("metrics"), val_zero_shot=event.get("zero_shot_metrics"),
-                        elapsed_s=round(elapsed, 2), eta_s=event.get("eta_s")))
+                        elapsed_s=round(elapsed, 2), **timing))
 
     negatives = load_negatives(ctx, collection_id, marks.negatives)
-    result = train_adapter(ctx.backbone, train, val, train_cfg, on_progress=on_progress, should_cancel=should_cancel,
-                           negatives=negatives)
+    candidates = None
+    if cfg.method == Method.AUTO:
+        auto = train_auto(ctx.backbone, train, val, train_cfg, on_progress=on_progress, should_cancel=should_cancel,
+                          negatives=negatives)
+        result, candidates = auto.result, auto.summary()
+    else:
+        result = train_adapter(ctx.backbone, train, val, train_cfg, on_progress=on_progress,
+                               should_cancel=should_cancel, negatives=negatives)
     marks.use.not_relevant_used = result.negative_pairs_used
     marks.use.not_relevant_skipped_no_positive = negatives.pairs() - result.negative_pairs_used
     report(Progress(stage=Stage.EVALUATING, val_zero_shot=result.zero_shot_metrics, val=result.best_metrics))
@@ -253,7 +264,7 @@ def run_tuning(
     metric = selection_metric(test)
     decision = decide(cfg.activation, cfg.min_gain, metric, baseline_test.per_query[metric],
                       adapter_test.per_query[metric], baseline_name)
-    blob = serialize_adapter(result.prompted, train_config=train_cfg.to_dict(),
+    blob = serialize_adapter(result.prompted, train_config=result.config.to_dict(),
                              metrics={"test": adapter_test.metrics})
     comparison = HeldOutComparison(adapter=adapter_test.metrics, zero_shot=zero_shot_test.metrics,
                                    baseline=baseline_test.metrics, baseline_name=baseline_name)
@@ -270,10 +281,11 @@ def run_tuning(
         templated_captions=sum(templated for _, templated in loaded.values()),
         activation=decision.evidence,
         feedback=marks.use,
+        candidates=candidates,
     )
     report(Progress(stage=Stage.INDEXING))
     row = adapter_versions.register(
-        ctx, collection_id, result.prompted, blob, method=cfg.method, job_id=job_id,
+        ctx, collection_id, result.prompted, blob, method=cfg.method.trained(), job_id=job_id,
         metrics=StoredMetrics(test=adapter_test.metrics,
                               test_zero_shot=zero_shot_test.metrics).model_dump(mode="json"),
         report=train_report.model_dump(mode="json"), should_cancel=should_cancel,

@@ -74,6 +74,11 @@ class Method(StrEnum):
     TEXT = "text"
     VISUAL = "visual"
     DUAL = "dual"
+    AUTO = "auto"  # dual prompts, trained as each of adapters.candidates' recipes; the best on val is kept
+
+    def trained(self) -> Method:
+        """The prompts a job of this method stores."""
+        return Method.DUAL if self == Method.AUTO else self
 
     @classmethod
     def of(cls, has_text: bool, has_visual: bool) -> Method:

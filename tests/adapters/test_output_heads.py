@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from adapters.artifact import load_adapter, save_adapter
+from adapters.candidates import candidate_configs
 from adapters.prompted import PromptConfig, PromptedCLIP
 from adapters.train import TrainConfig, train_adapter
 from bench.world import generate, load_spec
@@ -101,10 +102,12 @@ def test_every_learned_tensor_survives_an_artifact_round_trip(tiny, pixels, tmp_
 
 
 @pytest.mark.slow
-def test_default_recipe_adapter_fits_one_megabyte_on_vit_b_32(vitb32, tmp_path):
-    prompted = PromptedCLIP.from_backbone(vitb32, TrainConfig().prompt_config())
-    info = save_adapter(tmp_path / "b32.safetensors", prompted)
-    assert info.num_bytes <= 1_000_000, info.num_bytes
+def test_every_candidate_of_the_default_method_fits_one_megabyte_on_vit_b_32(vitb32, tmp_path):
+    sizes = {}
+    for name, config in candidate_configs(TrainConfig()):
+        info = save_adapter(tmp_path / "b32.safetensors", PromptedCLIP.from_backbone(vitb32, config.prompt_config()))
+        sizes[name] = info.num_bytes
+    assert len(sizes) == 2 and max(sizes.values()) <= 1_000_000, sizes
 
 
 def test_mixing_weight_chosen_on_val_is_never_worse_than_zero_shot_there(tiny):

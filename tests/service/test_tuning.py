@@ -7,7 +7,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from adapters.artifact import serialize_adapter
+from adapters.artifact import read_adapter_info, serialize_adapter
 from adapters.backbone import load_backbone
 from adapters.prompted import PromptConfig, PromptedCLIP
 from adapters.train import TrainConfig
@@ -92,6 +92,29 @@ def test_text_only_adapter_reuses_zero_shot_index(client):
     status = client.get(f"/collections/{cid}").json()["indexes"]
     assert [s["space"] for s in status] == ["none"]
     assert client.get(f"/collections/{cid}/adapters").json()[0]["has_visual"] is False
+
+
+def test_the_default_method_trains_each_candidate_and_keeps_the_one_better_on_val(client):
+    cid = fill(client)
+    job = wait(client, start_job(client, cid, activation="always", **QUICK))  # method auto: the default
+    assert job["config"]["method"] == "auto"
+    assert (job["progress"]["run"], job["progress"]["runs"]) == (2, 2)  # the last candidate's progress
+
+    detail = client.get(f"/collections/{cid}/adapters/1").json()
+    assert detail["method"] == "dual"
+    tried = detail["report"]["candidates"]["candidates"]
+    assert [c["name"] for c in tried] == ["recipe", "recipe + block adapters"]
+    kept = [c for c in tried if c["chosen"]]
+    assert len(kept) == 1 and kept[0]["name"] == detail["report"]["candidates"]["chosen"]
+    assert detail["report"]["training"]["val"] == kept[0]["val"]
+    assert detail["param_count"] == kept[0]["params"]
+    stored = read_adapter_info(client.get(f"/collections/{cid}/adapters/1/file").content)
+    assert (stored.prompt_config.block_adapter_rank > 0) == (kept[0]["name"] == "recipe + block adapters")
+    assert stored.train_config["block_adapter_rank"] == stored.prompt_config.block_adapter_rank
+
+    single = wait(client, start_job(client, cid, method="dual", activation="never", **QUICK))
+    report = client.get(f"/collections/{cid}/adapters/{single['adapter_version']}").json()["report"]
+    assert report["candidates"] is None and "run" not in single["progress"]
 
 
 def test_events_stream_until_the_end(client):

@@ -76,7 +76,9 @@ export async function adaptersView(body, collection) {
         h("dt", {}, "File size"), h("dd", {}, fmt.bytes(a.size_bytes)),
         h("dt", {}, "Job"), h("dd", {}, a.job_id ? String(a.job_id) : "uploaded"),
         r.marks ? [h("dt", {}, "Trained on marks alone"), h("dd", {}, `${r.split_sizes.train} images, ${r.split_sizes.marked_queries} searches (${r.split_sizes.judged_queries} judged out of fold)`)]
-          : r.split_sizes ? [h("dt", {}, "Pairs (train / val / test)"), h("dd", {}, `${r.split_sizes.train} / ${r.split_sizes.val} / ${r.split_sizes.test}`)] : null),
+          : r.split_sizes ? [h("dt", {}, "Pairs (train / val / test)"), h("dd", {}, `${r.split_sizes.train} / ${r.split_sizes.val} / ${r.split_sizes.test}`)] : null,
+        r.candidates ? [h("dt", {}, "Candidates (val R@1)"), h("dd", { id: "adapter-candidates" }, r.candidates.candidates
+          .map((c) => `${c.name}: ${fmt.pct(c.val.t2i_r1)}${c.chosen ? " (kept)" : ""}`).join(" · "))] : null),
       test.adapter ? comparisonTable(rows, { id: "adapter-test", caption: "Test pairs never used for training or early stopping", evidence: r.activation })
         : h("p", { class: "muted" }, r.marks ? "No test pairs: trained and judged on the marked searches alone (below)."
           : "No test metrics (an uploaded adapter)."),

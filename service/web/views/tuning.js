@@ -71,10 +71,17 @@ function liveBoard(job) {
   const epochs = [];
   let zeroShot = null;
   let lastVal = null;
+  let lastRun = null;
 
   function update(j) {
     const p = j.progress || {};
     board.dataset.state = j.state;
+    if (p.run !== undefined && p.run !== lastRun) {  // a new run (candidate or fold) starts its own curves
+      lastRun = p.run;
+      losses.clear();
+      epochs.length = 0;
+      lastVal = null;
+    }
     if (p.step !== undefined && p.loss !== undefined) losses.set(p.step, p.loss);
     if (p.val_zero_shot) zeroShot = p.val_zero_shot;
     if (p.val && JSON.stringify(p.val) !== lastVal) {
@@ -82,7 +89,8 @@ function liveBoard(job) {
       if (!epochs.length && zeroShot) epochs.push({ epoch: 0, metrics: zeroShot });
       epochs.push({ epoch: epochs.length, metrics: p.val });
     }
-    // A job on marks alone trains once per cross-validation fold, then on every mark: run of runs.
+    // Run of runs: a job on marks alone trains once per cross-validation fold, then on every mark; a job with
+    // method auto once per candidate recipe.
     const done = p.total_steps ? (p.runs ? (p.run - 1 + p.step / p.total_steps) / p.runs : p.step / p.total_steps) : 0;
     bar.value = j.state === "succeeded" ? 1 : done;
     const stats = [["State", j.state, "state"], ["Stage", p.stage || "–", "stage"],
@@ -91,7 +99,8 @@ function liveBoard(job) {
       ["ETA", LIVE.includes(j.state) ? fmt.secs(p.eta_s) : "–", "eta"],
       j.split_sizes.marked !== undefined
         ? ["Marked images (marks alone)", `${j.split_sizes.marked}${p.runs ? `, run ${p.run} of ${p.runs}` : ""}`, "split"]
-        : ["Pairs (train / val / test)", ["train", "val", "test"].map((k) => j.split_sizes[k] ?? "–").join(" / "), "split"]];
+        : ["Pairs (train / val / test)", ["train", "val", "test"].map((k) => j.split_sizes[k] ?? "–").join(" / "), "split"],
+      ...(p.runs && j.split_sizes.marked === undefined ? [["Candidate recipe", `${p.run} of ${p.runs}`, "candidate"]] : [])];
     status.replaceChildren(...stats.flatMap(([k, v, key]) => [h("dt", {}, k), h("dd", { dataset: { field: key } }, String(v))]));
     cancel.hidden = !LIVE.includes(j.state);
     if (j.error) result.replaceChildren(h("p", { class: "error", role: "alert" }, j.error));

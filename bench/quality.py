@@ -43,8 +43,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 import torch
 from tqdm import tqdm
 
-from adapters.artifact import serialize_adapter
+from adapters.artifact import load_adapter, serialize_adapter
 from adapters.backbone import OFFLINE_CHECKPOINT, load_backbone
+from adapters.candidates import CANDIDATES
 from adapters.evaluate import flatten_captions, image_ids_of, per_query_category, per_query_t2i_ranks, retrieval_metrics
 from adapters.features import preprocess_images
 from adapters.train import TrainConfig, train_adapter
@@ -224,16 +225,20 @@ def run_adapter(backbone, coll: Collection, method: str, overrides: dict, seed: 
 
     torch.manual_seed(seed)
     result = train_adapter(backbone, coll.train, coll.val, cfg, on_progress=progress)
-    prompted = result.prompted
+    trained = result.prompted
+    blob = serialize_adapter(trained, cfg)
     record = {
         "method": method, "seed": seed, "config": cfg.to_dict(), "val": _val(result.best_metrics),
-        "val_zero_shot": _val(result.zero_shot_metrics), "params": prompted.num_parameters(),
-        "bytes": len(serialize_adapter(prompted, cfg)), "wall_time_s": round(result.wall_time_s, 1),
+        "val_zero_shot": _val(result.zero_shot_metrics), "params": trained.num_parameters(),
+        "bytes": len(blob), "wall_time_s": round(result.wall_time_s, 1),
         "best_epoch": result.best_epoch, "steps": result.steps,
-        "adapted_weight": float(prompted.adapted_weight) if prompted.adapted_weight is not None else None,
+        "adapted_weight": float(trained.adapted_weight) if trained.adapted_weight is not None else None,
     }
     if with_test:
-        record.update(test_results(coll, prompted.encode_image, prompted.encode_text, lambda caps: prompted.tokenize(caps).cpu()))
+        stored = load_adapter(blob, backbone)  # tested as the service serves it: read back from its file
+        record.update(test_results(coll, stored.encode_image, stored.encode_text, lambda caps: stored.tokenize(caps).cpu()))
+        unrounded = test_results(coll, trained.encode_image, trained.encode_text, lambda caps: trained.tokenize(caps).cpu())
+        record["t2i_r1_before_storage"] = unrounded["summary"]["t2i_r1"]  # float32 in memory, before float16 storage
     return record
 
 
@@ -352,7 +357,8 @@ def plan_runs(opts: Options) -> list[tuple[str, int, str, object]]:
     return plan
 
 
-METHOD_CONFIGS = {"adapter": RECIPE, "dual": DUAL, "dcar": dict(DUAL, **DCAR)}
+METHOD_CONFIGS = {"adapter": RECIPE, "adapter+blocks": dict(RECIPE, **CANDIDATES["recipe + block adapters"]),
+                  "dual": DUAL, "dcar": dict(DUAL, **DCAR)}
 
 
 def run_benchmark(opts: Options) -> dict:
@@ -600,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", "--shifts", dest="specs", nargs="+", default=None,
                         help=f"shift specs: names in bench/specs or JSON file paths (default {' '.join(SHIFTS)})")
-    parser.add_argument("--methods", nargs="+", default=None, choices=("zero-shot", "adapter", "dual", "dcar", "linear", "full-ft"))
+    parser.add_argument("--methods", nargs="+", default=None, choices=("zero-shot", "adapter", "adapter+blocks", "dual", "dcar", "linear", "full-ft"))
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--sizes", nargs="+", type=int, default=None, help="train sizes (default 1000 5000)")
     parser.add_argument("--test-size", type=int, default=None)

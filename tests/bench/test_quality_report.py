@@ -54,6 +54,28 @@ def test_recovered_fraction_interval_brackets_its_point():
     assert np.isclose(rec["mean"], (0.25 - 0.1) / (0.5 - 0.1))
 
 
+def test_auto_rows_keep_per_seed_the_candidate_better_on_val_and_carry_the_goals():
+    n = 200
+    cat = [0.5] * n
+    good, poor = [1 if i % 3 == 0 else 0 for i in range(n)], [1 if i % 10 == 0 else 0 for i in range(n)]
+    records = _records(poor)
+    records[1]["val"] = {"t2i_r1": 0.30, "rsum": 1.5}  # seed 0: the recipe wins on val ...
+    records += [_record("adapter+blocks", 0, good, cat, params=300) | {"val": {"t2i_r1": 0.20, "rsum": 2.0}},
+                _record("adapter", 1, poor, cat, params=100) | {"val": {"t2i_r1": 0.30, "rsum": 1.5}},
+                _record("adapter+blocks", 1, good, cat, params=300) | {"val": {"t2i_r1": 0.30, "rsum": 1.6}},
+                _record("full-ft", 1, good, cat, params=10_000),
+                _record("adapter+blocks", 2, good, cat, params=300) | {"val": {"t2i_r1": 0.9, "rsum": 3.0}}]
+    coll = summarize(records, backbone_params=100_000)["collections"]["s/100"]
+    auto = coll["methods"]["auto"]
+    assert auto["seeds"] == [0, 1]  # seed 2 lacks the recipe's run: auto cannot be composed there
+    assert auto["auto_choice"] == ["recipe", "recipe + block adapters"]  # ... and on seed 1 the rsum breaks the tie
+    hits = (np.mean(poor) + np.mean(good)) / 2  # ... so it is test-blind: seed 0 keeps the poorer run on test
+    assert np.isclose(auto["t2i_r1"]["mean"], hits)
+    assert auto["params"] == 300 and auto["wall_time_s"] == 2.0
+    assert coll["goals"]["method"] == "auto"
+    assert coll["goals"]["within_param_budget"]["params"] == 300
+
+
 @pytest.mark.slow
 def test_spec_file_outside_the_repo_runs_from_another_directory(tmp_path):
     spec = {"extends": "broad", "name": "outside", "caption": {"partial_prob": 0.0}}

@@ -5,6 +5,7 @@ stored and served) and the activation rules; whether marks help is the feedback 
 """
 
 import logging
+import time
 
 from safetensors.torch import load
 
@@ -12,7 +13,7 @@ from adapters.marks import MIN_JUDGED_QUERIES, Selection, gate_level
 from adapters.stats import Interval
 from service.activation import decide_on_marks
 from service.vocabulary import Activation
-from tests.service.test_tuning import QUICK, wait
+from tests.service.test_tuning import QUICK, SLOW, wait
 from tests.support import png_bytes, upload
 
 TEXTS = ["a red thing", "a blue thing", "something green", "a dark shape", "a bright spot", "the odd one"]
@@ -95,6 +96,22 @@ def test_a_collection_without_captions_tunes_on_marked_searches_alone(client, ca
     assert client.get(f"/collections/{cid}/adapters/{job['adapter_version']}").json()["active"]
     served = client.post(f"/collections/{cid}/search", json={"query": TEXTS[0], "k": 3}).json()
     assert served["adapter"] == f"v{job['adapter_version']}"
+
+
+def test_a_job_on_marks_alone_cancels_between_two_steps_and_keeps_nothing(client, tmp_path):
+    cid = uncaptioned(client)
+    mark_searches(client, cid)
+    job_id = client.post(f"/collections/{cid}/tuning-jobs", json=SLOW).json()["id"]
+    while not (running := client.get(f"/jobs/{job_id}").json())["progress"].get("step"):
+        assert running["state"] in ("queued", "running"), running
+        time.sleep(0.05)
+    assert running["split_sizes"]["marked"] > 0 and running["progress"]["runs"] == 5
+    client.post(f"/jobs/{job_id}/cancel")
+    job = wait(client, job_id)
+    assert job["state"] == "cancelled"
+    assert job["progress"]["run"] == 1  # stopped inside the first cross-validation run, not at its end
+    assert client.get(f"/collections/{cid}/adapters").json() == []
+    assert not list((tmp_path / "data").rglob("*.safetensors"))
 
 
 def test_what_each_kind_of_job_needs_is_said_before_it_is_queued(client):

@@ -72,6 +72,11 @@ class Processes:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
+    def report(self) -> str:
+        """Each process's exit code (None: running) and the end of its log."""
+        return "\n".join(f"--- {name} (exit {process.poll()}):\n{self.log(name)[-3000:]}"
+                         for name, process in self.running.items())
+
     def stop_all(self) -> None:
         for process in self.running.values():
             if process.poll() is None:
@@ -84,13 +89,15 @@ class Processes:
                 process.wait()
 
 
-def wait_until(what: str, check, timeout: float = 60.0, step: float = 0.1):
+def wait_until(what: str, check, timeout: float = 60.0, step: float = 0.1, diagnose=None):
+    """``diagnose()``: what to show if it times out (e.g. the processes' logs)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}" + (f"\n{diagnose()}" if diagnose else ""))
         time.sleep(step)
 
 
@@ -171,8 +178,14 @@ def test_two_apis_and_two_workers_agree(postgres_server, tmp_path, tiny_backbone
         # Two long jobs: each worker runs one at a time, so both running at once means both workers work.
         job_a = api1.post(f"/collections/{cid}/tuning-jobs", json=SLOW).json()["id"]
         job_b = api2.post(f"/collections/{cid}/tuning-jobs", json=SLOW).json()["id"]
-        wait_until("both jobs running", lambda: all(
-            api1.get(f"/jobs/{j}").json()["state"] == "running" for j in (job_a, job_b)), timeout=300)
+        def both_running() -> bool:
+            jobs = [api1.get(f"/jobs/{j}").json() for j in (job_a, job_b)]
+            ended = [j for j in jobs if j["state"] not in ("queued", "running")]
+            assert not ended, f"a job ended before both ran: {ended}\n{processes.report()}"
+            return all(j["state"] == "running" for j in jobs)
+
+        wait_until("both jobs running", both_running, timeout=300,
+                   diagnose=lambda: f"{[api1.get(f'/jobs/{j}').json() for j in (job_a, job_b)]}\n{processes.report()}")
         workers = {job: wait_until(f"job {job}'s worker in the logs", lambda j=job: taken_by(processes, j), 10)
                    for job in (job_a, job_b)}
         assert set(workers.values()) == {"worker-1", "worker-2"}, workers

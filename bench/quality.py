@@ -13,7 +13,9 @@ drawn deterministically from the miniature world:
 - test: ``generate(spec.clean(), TEST_SIZE, seed=TEST_SEED)``: never seen by training, stopping or
   any choice. Items are drawn from their own RNG seeded by (seed, index): independent draws.
 
-Methods: ``zero-shot``; ``adapter`` (``TrainConfig()``: the service's default recipe); ``dual``
+Methods: ``zero-shot``; ``adapter`` (``TrainConfig()``: the recipe) and ``adapter+blocks`` (the recipe
+with block adapters): the candidates of the service's default, ``method: "auto"``, whose rows the summary
+composes from them (``bench.summary.compose_auto``); ``dual``
 (dual prompts alone: the recipe without residual map or zero-shot mixing); ``dcar`` (dual + DCAR's
 three parts); ``linear`` (a d x d residual map on frozen embeddings) and ``full-ft`` (every backbone
 weight). The baselines get the recipe's epoch / patience / batch budget and a learning rate chosen on
@@ -311,7 +313,7 @@ def swept(backbone, coll: Collection, method: str, seeds: Sequence[int], lrs: Se
 class Options:
     out: Path = Path("docs/bench")
     specs: Sequence[str] = SHIFTS
-    methods: Sequence[str] = ("zero-shot", "adapter", "dual", "linear", "full-ft")
+    methods: Sequence[str] = ("zero-shot", "adapter", "adapter+blocks", "dual", "linear", "full-ft")
     seeds: Sequence[int] = SEEDS
     sizes: Sizes = Sizes()
     big_size_methods: Sequence[str] | None = None  # methods also run at sizes after the first (None: all)

@@ -39,7 +39,7 @@ def compose_auto(records: list[dict]) -> list[dict]:
     """One "auto" record per (shift, size, seed) where every candidate ran: the candidate auto keeps."""
     runs = {(r["spec"], r["train_size"], r["seed"], r["method"]): r for r in records if "per_query" in r}
     out = []
-    for (spec, size, seed, method), first in runs.items():
+    for spec, size, seed, method in runs:
         if method != CANDIDATE_METHODS["recipe"]:
             continue
         tried = [runs.get((spec, size, seed, m)) for m in CANDIDATE_METHODS.values()]

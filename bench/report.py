@@ -133,7 +133,8 @@ def markdown(report: dict) -> str:
             if "t2i_r1_before_storage" in r:
                 stored = [_pct(x) for x in r["t2i_r1_before_storage"]]
                 lines.append(f"- {METHOD_LABEL[m]}: test R@1 in float32 before float16 storage, per seed: {stored} "
-                             "(the table: read back from the stored file)")
+                             "(the table: read back from the stored file; –: a run from before float16 storage, "
+                             "tested in float32 only)")
         lines += [""] + goals_lines(coll) + [""]
     if s["levers"]:
         recipe_lever = report.get("recipe_lever")

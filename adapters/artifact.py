@@ -35,8 +35,6 @@ from .prompted import PromptConfig, PromptedCLIP
 FORMAT = "prompt-adapter"
 FORMAT_VERSION = 1
 STORED_FLOAT = torch.float16
-FLOAT_DTYPES = ("F16", "F32")  # safetensors' names of what a stored learned tensor may be
-INDEX_DTYPES = {"word_ids": "I64"}  # the word table's token ids are integers
 KEPT_FLOAT32 = ("adapted_weight",)
 
 
@@ -106,6 +104,12 @@ def _stored(name: str, value: torch.Tensor) -> torch.Tensor:
     if bool(torch.isfinite(half).all()) or not bool(torch.isfinite(value).all()):
         return half
     return value  # float16 would turn a large value into infinity
+
+
+def stored_dtypes(name: str) -> tuple[str, ...]:
+    """The safetensors dtypes a file may hold for this tensor: the word table's ids are integers; a learned
+    tensor is float16, or float32 (kept so by ``_stored``, or written before float16 storage)."""
+    return ("I64",) if name == "word_ids" else ("F16", "F32")
 
 
 def save_adapter(path: str | os.PathLike, prompted: PromptedCLIP, train_config=None, metrics: dict | None = None) -> AdapterInfo:

@@ -17,14 +17,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from adapters.artifact import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    AdapterError,
-    AdapterIncompatible,
-    load_adapter,
-    read_adapter_info,
-)
+from adapters.artifact import AdapterError, AdapterIncompatible, load_adapter, read_adapter_info, stored_dtypes
 from adapters.prompted import PromptedCLIP
 from service.context import ServiceContext
 from service.errors import Invalid
@@ -83,10 +76,12 @@ def check_adapter_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
         expected = PromptedCLIP.from_backbone(ctx.backbone, config).prompt_shapes()
     except Exception:
         raise _refuse("adapter_shape", "the adapter's prompt layout does not fit this backbone") from None
-    wanted = {name: (INDEX_DTYPES.get(name, " or ".join(FLOAT_DTYPES)), shape) for name, shape in expected.items()}
-    if not _layout_matches(found, wanted):
+    wanted = {name: (stored_dtypes(name), shape) for name, shape in expected.items()}
+    if set(found) != set(wanted) or any(found[name][0] not in dtypes or found[name][1] != shape
+                                        for name, (dtypes, shape) in wanted.items()):
+        expected_text = {name: (" or ".join(dtypes), shape) for name, (dtypes, shape) in wanted.items()}
         raise _refuse("adapter_shape", f"prompt tensors {describe(found)} do not match what this backbone "
-                                       f"builds from the adapter's config: {describe(wanted)}")
+                                       f"builds from the adapter's config: {describe(expected_text)}")
 
     try:  # load_adapter also checks the word ids: distinct tokens of this vocabulary
         prompted = load_adapter(blob, ctx.backbone)
@@ -101,12 +96,6 @@ def check_adapter_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
     if not all(np.isfinite(p).all() for p in probes):
         raise _refuse("non_finite", "the adapter's prompts give non-finite embeddings")
     return prompted
-
-
-def _layout_matches(found: dict[str, tuple[str, list[int]]], wanted: dict[str, tuple[str, list[int]]]) -> bool:
-    if set(found) != set(wanted):
-        return False
-    return all(dtype in wanted[name][0].split(" or ") and shape == wanted[name][1] for name, (dtype, shape) in found.items())
 
 
 def describe(tensors: dict[str, tuple[str, list[int]]]) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from safetensors.torch import save as save_raw
 from adapters.artifact import (
     AdapterError,
     AdapterIncompatible,
+    _header_metadata,
     load_adapter,
     read_adapter_info,
     save_adapter,
@@ -76,7 +76,7 @@ def test_tensors_are_stored_in_float16_and_float32_files_still_load(tiny, tmp_pa
 
     blob = serialize_adapter(prompted)
     header = read_adapter_info(blob)
-    old = save_raw(prompted.prompt_state_dict(), metadata=_metadata(blob))  # a float32 file, as written before
+    old = save_raw(prompted.prompt_state_dict(), metadata=_header_metadata(blob))  # a float32 file, as written before
     assert len(old) > len(blob)
     loaded = load_adapter(old, tiny)
     assert loaded.num_parameters() == header.num_parameters
@@ -94,11 +94,6 @@ def test_a_value_float16_cannot_hold_is_kept_in_float32(tiny):
 
 def stored_dtypes(blob: bytes) -> dict[str, torch.dtype]:
     return {name: t.dtype for name, t in load_raw(blob).items()}
-
-
-def _metadata(blob: bytes) -> dict:
-    (size,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8 : 8 + size])["__metadata__"]
 
 
 @pytest.mark.slow

@@ -42,8 +42,8 @@ def negative_weights(row_cats: torch.Tensor | None, col_cats: torch.Tensor | Non
 
 def weighted_nce(logits: torch.Tensor, positive: torch.Tensor, negative_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over positive pairs of -log(e^pos / (e^pos + sum_neg w e^neg)); rows are anchors."""
-    positive = positive.to(torch.bool)
     logits = logits.float()
+    positive = positive.to(device=logits.device, dtype=torch.bool)  # ids and categories live on the CPU
     weight = torch.ones_like(logits)
     if negative_weight is not None:
         weight = weight * negative_weight.to(logits.device).float().clamp_min(0)

@@ -9,6 +9,13 @@ from pathlib import Path
 import torch
 
 
+def gpu_name() -> str:
+    """The GPU a run can use, or a plain statement that it used none."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return "none used (CPU only)"
+
+
 def machine_info(versions: dict[str, str] | None = None) -> dict:
     cpu_model, ram_gb = None, None
     try:
@@ -26,7 +33,7 @@ def machine_info(versions: dict[str, str] | None = None) -> dict:
 
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": cpu_model, "ram_gb": ram_gb, "gpu": "none used (CPU only)",
+        "cpu_model": cpu_model, "ram_gb": ram_gb, "gpu": gpu_name(),
         "platform": platform.platform(), "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],

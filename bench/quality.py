@@ -325,6 +325,8 @@ class Options:
     quick: bool = False
     linear_lrs: Sequence[float] = LINEAR_LRS
     ft_lrs: Sequence[float] = FT_LRS
+    device: str = "auto"  # as the service: the GPU where there is one
+    precision: str = "auto"  # as the service: fp16 on a GPU, fp32 on the CPU
 
 
 def quick_options(out: Path) -> Options:
@@ -365,7 +367,7 @@ METHOD_CONFIGS = {"adapter": RECIPE, "adapter+blocks": dict(RECIPE, **CANDIDATES
 
 def run_benchmark(opts: Options) -> dict:
     t_start = time.perf_counter()
-    backbone = load_backbone()
+    backbone = load_backbone(device=opts.device, precision=opts.precision)
     plan = plan_runs(opts)
     records: list[dict] = []
     data: dict[tuple[str, int], Collection] = {}
@@ -404,6 +406,7 @@ def run_benchmark(opts: Options) -> dict:
         "wall_time_s": round(time.perf_counter() - t_start, 1),
         "machine": machine_info(),
         "backbone": {"identity": backbone.identity.to_dict(), "parameters": _backbone_params(backbone),
+                     "device": str(backbone.device), "precision": backbone.precision,
                      "card": json.loads((Path(__file__).parent / "backbone_card.json").read_text())},
         "recipe": RECIPE, "dual": DUAL, "dcar": DCAR, "baseline_budget": budget(),
         "linear_lrs": list(opts.linear_lrs), "full_ft_lrs": list(opts.ft_lrs), "levers": LEVERS, "recipe_lever": RECIPE_LEVER,
@@ -621,6 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lever-specs", nargs="+", default=None)
     parser.add_argument("--lever-names", nargs="+", default=None, help="a subset of the levers (default all)")
     parser.add_argument("--quick", action="store_true", help="one shift, small sizes, the default adapter, one seed")
+    parser.add_argument("--device", default="auto", help="auto (the GPU where there is one) | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="auto", help="auto (fp16 on a GPU, fp32 on the CPU) | fp32 | fp16 | bf16")
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--from-json", type=Path, default=None, help="rewrite the markdown and plots from a saved quality.json")
     parser.add_argument("--note", action="append", default=None, help="a sentence for the report's notes (with --merge)")
@@ -676,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts.linear_lrs = tuple(args.linear_lrs) if args.linear_lrs else opts.linear_lrs
     opts.lever_specs = args.lever_specs
     opts.lever_names = args.lever_names
+    opts.device, opts.precision = args.device, args.precision
     if not OFFLINE_CHECKPOINT.exists():
         print(f"warning: {OFFLINE_CHECKPOINT} is missing; load_backbone() falls back to a random tiny model", file=sys.stderr)
     report = run_benchmark(opts)

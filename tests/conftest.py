@@ -23,7 +23,7 @@ from adapters.backbone import Backbone, load_backbone
 from service.app import create_app
 from service.config import Settings
 from service.db import make_engine, migrate
-from tests.support import TEST_BACKBONE, fresh_postgres_database, seed_database
+from tests.support import TEST_BACKBONE, TEST_DEVICE, fresh_postgres_database, seed_database
 
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `-n N` (pytest-xdist): the workers share the cores
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
@@ -84,7 +84,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_backbone() -> Backbone:
     """The one model fixture: loaded once for the whole run; the app uses it exactly as one it loaded itself."""
-    return load_backbone(TEST_BACKBONE, device="cpu")
+    return load_backbone(TEST_BACKBONE, device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")

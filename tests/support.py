@@ -11,9 +11,10 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -21,8 +22,74 @@ from PIL import Image
 
 from service.config import Settings
 
+if TYPE_CHECKING:
+    import torch
+
 TEST_BACKBONE = "tiny-vit-test"  # the project's tiny model config (random init, offline)
+# Where the suite's models live: the CPU, or "cuda" to run it on a GPU machine (in half precision there,
+# as the service runs by default). CI has no GPU; bench/gpu_check.sh is the run that sets it.
+TEST_DEVICE = os.environ.get("PAS_TEST_DEVICE", "cpu")
 COLOURS = ["red", "green", "blue", "yellow"]
+# A backbone in half precision (fp16 weights, as load_backbone gives on a GPU) rounds every activation to 11
+# significant bits: a unit embedding, or a score, then differs from a float32 reference, or from the same
+# numbers summed in another order (another batch, another kernel), by up to about 1e-3. Comparisons keep
+# their own, tighter bound in float32 (on the CPU, in CI) and loosen to this one only in half precision.
+HALF_PRECISION_TOLERANCE = 2e-3
+
+
+def half_precision(model: Any) -> bool:
+    """Whether ``model`` (a Backbone, a torch module or a dtype) computes in less than float32."""
+    import torch
+
+    dtype = model if isinstance(model, torch.dtype) else getattr(model, "dtype", None)
+    if not isinstance(dtype, torch.dtype):  # a module: its weights' dtype
+        dtype = next(model.parameters()).dtype
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+def tolerance(model: Any, fp32: float) -> float:
+    """The bound for comparing ``model``'s outputs: ``fp32`` where it computes in float32, never less than
+    HALF_PRECISION_TOLERANCE in half precision (fp16 rounding; see there)."""
+    return max(fp32, HALF_PRECISION_TOLERANCE) if half_precision(model) else fp32
+
+
+def noise_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise of ``tensor``'s shape, drawn on the CPU from ``generator`` (the same numbers
+    whatever the device) and placed like ``tensor`` (its device and dtype)."""
+    import torch
+
+    return torch.randn(tensor.shape, generator=generator).to(tensor)
+
+
+def perturb(module: torch.nn.Module, generator: torch.Generator, scale: float = 1.0) -> None:
+    """Move every parameter of ``module`` off its initial value by ``scale`` times noise_like noise."""
+    import torch
+
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(noise_like(param, generator) * scale)
+
+
+def assert_same_ranking(got_ids: Sequence[int], got_scores: Sequence[float], ids: Sequence[int],
+                        scores: Sequence[float], backbone: Any, atol: float, note: object = "") -> None:
+    """Hits (ids and scores, best first) against the expected ones, for a search run on ``backbone``.
+
+    In float32: exactly the expected ids in the expected order, scores within ``atol``. In half precision
+    two images whose scores differ by less than its rounding may swap (at the cut of a top k too): the
+    scores rank by rank within tolerance(backbone, atol), and every image in both lists scored alike.
+    ``note`` goes into the failure's message.
+    """
+    if not half_precision(backbone):
+        assert list(got_ids) == list(ids), note
+        np.testing.assert_allclose(got_scores, scores, atol=atol, err_msg=str(note))
+        return
+    atol = tolerance(backbone, atol)
+    assert len(got_ids) == len(ids), note
+    np.testing.assert_allclose(got_scores, scores, atol=atol, err_msg=str(note))
+    expected = dict(zip(ids, scores, strict=True))
+    both = [(score, expected[image_id]) for image_id, score in zip(got_ids, got_scores, strict=True)
+            if image_id in expected]
+    np.testing.assert_allclose([g for g, _ in both], [e for _, e in both], atol=atol, err_msg=str(note))
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG") -> bytes:
@@ -171,9 +238,15 @@ def crash_at(phase: str, nth: int = 1) -> None:
 
 def exit_code_of_child(work: Callable[[], int]) -> int:
     """Fork; the child runs ``work`` (its result is the exit code; an exception exits 1) and leaves by
-    os._exit, so nothing is rolled back or cleaned up. Returns the child's exit code."""
+    os._exit, so nothing is rolled back or cleaned up. Returns the child's exit code.
+
+    Skips the test where the suite's models live on a GPU: CUDA does not survive a fork, and the crash
+    these tests simulate is about the data directory, not the device."""
+    import pytest
     import torch
 
+    if TEST_DEVICE != "cpu":
+        pytest.skip(f"forks a process that holds CUDA (PAS_TEST_DEVICE={TEST_DEVICE}); a forked child cannot use it")
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1

@@ -1,4 +1,4 @@
-"""Fixtures for the adapters library tests: offline, CPU, small models (``tiny`` is tests/conftest.py's one model)."""
+"""Fixtures for the adapters library tests: offline, CPU (or PAS_TEST_DEVICE), small models (``tiny`` is tests/conftest.py's one model)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,20 @@ import pytest
 import torch
 
 from adapters.backbone import load_backbone
+from tests.support import TEST_DEVICE
 
 
 @pytest.fixture(scope="session")
 def vitb32():
     """A randomly initialised ViT-B-32: a real open_clip architecture, no weights downloaded."""
-    return load_backbone("ViT-B-32", device="cpu")
+    return load_backbone("ViT-B-32", device=TEST_DEVICE)
 
 
 @pytest.fixture
 def pixels(tiny):
     size = tiny.identity.image_size
-    return torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return pixels.to(device=tiny.device, dtype=tiny.dtype)  # as the backbone's own preprocessing gives them
 
 
 @pytest.fixture(autouse=True)

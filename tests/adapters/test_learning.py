@@ -24,6 +24,7 @@ from adapters.evaluate import embed_items, image_ids_of, per_query_t2i_ranks
 from adapters.stats import paired_bootstrap_gain
 from adapters.train import TrainConfig, train_adapter
 from bench.world import generate, load_spec
+from tests.support import TEST_DEVICE
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not OFFLINE_CHECKPOINT.exists(),
@@ -38,7 +39,7 @@ def ranks(backbone, items, adapter=None):
 
 def test_default_recipe_learns_the_style_shift_and_never_falls_below_zero_shot():
     start = time.perf_counter()
-    backbone = load_backbone(device="cpu")
+    backbone = load_backbone(device=TEST_DEVICE)
     spec = load_spec("style")
     train = generate(spec, 800, seed=101)
     val = generate(spec.clean(), 150, seed=202)

@@ -27,8 +27,8 @@ def test_the_term_is_the_contrastive_loss_against_exactly_the_named_images(tiny,
     assert term.pairs_used == 2  # "elsewhere" trains no item: its mark cannot be used
     with torch.no_grad():
         named = term.images(torch.tensor([0, 2]))
-    gen = torch.Generator().manual_seed(0)
-    text, own = (F.normalize(torch.randn(3, named.shape[1], generator=gen), dim=-1) for _ in range(2))
+    gen = torch.Generator().manual_seed(0)  # the batch's embeddings live where the model's do, as in training
+    text, own = (F.normalize(torch.randn(3, named.shape[1], generator=gen), dim=-1).to(named) for _ in range(2))
     caption_index, slot = torch.tensor([1, 0, 2]), torch.tensor([0, 1, 2])
     with torch.no_grad():
         value = term(text, own, caption_index, slot, torch.tensor(10.0))

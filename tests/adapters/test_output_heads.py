@@ -14,6 +14,7 @@ from adapters.candidates import candidate_configs
 from adapters.prompted import PromptConfig, PromptedCLIP
 from adapters.train import TrainConfig, train_adapter
 from bench.world import generate, load_spec
+from tests.support import half_precision, noise_like, tolerance
 
 CAPTIONS = ["a small red striped circle on the left", "two blue squares"]
 
@@ -26,8 +27,8 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_untrained_residual_map_is_the_identity(tiny, pixels):
     plain = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2))
     with_map = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, residual_rank=4))
-    assert _diff(with_map.encode_image(pixels), plain.encode_image(pixels)) < 1e-6
-    assert _diff(with_map.encode_text(CAPTIONS), plain.encode_text(CAPTIONS)) < 1e-6
+    assert _diff(with_map.encode_image(pixels), plain.encode_image(pixels)) < tolerance(tiny, 1e-6)
+    assert _diff(with_map.encode_text(CAPTIONS), plain.encode_text(CAPTIONS)) < tolerance(tiny, 1e-6)
 
 
 @torch.no_grad()
@@ -36,8 +37,9 @@ def test_adapted_weight_zero_is_exactly_zero_shot(tiny, pixels):
     prompted.text_prompts.add_(0.5)  # make the adapted side differ from zero-shot
     prompted.residual["image"].up.add_(0.1)
     prompted.set_adapted_weight(0.0)
-    assert _diff(prompted.encode_image(pixels), tiny.model.encode_image(pixels, normalize=True)) < 1e-5
-    assert _diff(prompted.encode_text(CAPTIONS), tiny.model.encode_text(tiny.tokenizer(CAPTIONS), normalize=True)) < 1e-5
+    assert _diff(prompted.encode_image(pixels), tiny.model.encode_image(pixels, normalize=True)) < tolerance(tiny, 1e-5)
+    assert _diff(prompted.encode_text(CAPTIONS), tiny.model.encode_text(tiny.tokenize(CAPTIONS), normalize=True)) \
+        < tolerance(tiny, 1e-5)
 
 
 @torch.no_grad()
@@ -67,8 +69,8 @@ def test_untrained_block_adapters_change_nothing_and_need_visual_prompts(tiny, p
     plain = PromptedCLIP.from_backbone(tiny, PromptConfig(visual_tokens=2, visual_deep_from=0))
     adapted = PromptedCLIP.from_backbone(tiny, PromptConfig(visual_tokens=2, visual_deep_from=0, block_adapter_rank=3))
     assert len(adapted.block_adapters) == len(adapted.visual_layers) == len(tiny.model.visual.transformer.resblocks)
-    assert _diff(adapted.encode_image(pixels), plain.encode_image(pixels)) < 1e-6
-    adapted.block_adapters[-1].up.add_(torch.randn(adapted.block_adapters[-1].up.shape, generator=torch.Generator().manual_seed(0)))
+    assert _diff(adapted.encode_image(pixels), plain.encode_image(pixels)) < tolerance(tiny, 1e-6)
+    adapted.block_adapters[-1].up.add_(noise_like(adapted.block_adapters[-1].up, torch.Generator().manual_seed(0)))
     assert _diff(adapted.encode_image(pixels), plain.encode_image(pixels)) > 1e-3
     assert _diff(adapted.image_tower(pixels, prompts=False), plain.image_tower(pixels, prompts=False)) == 0
     with pytest.raises(ValueError, match="need visual prompts"):
@@ -78,8 +80,11 @@ def test_untrained_block_adapters_change_nothing_and_need_visual_prompts(tiny, p
 
 def test_block_adapters_train_at_the_residual_rate(tiny):
     items = generate(load_spec("style"), 12, seed=5)
+    # In half precision training scales its loss (a GradScaler), and the first steps, whose scaled gradients
+    # overflow float16, are skipped while the scale comes down: give it steps enough to take one.
+    epochs = 8 if half_precision(tiny) else 1
     config = TrainConfig(text_tokens=2, visual_tokens=2, block_adapter_rank=2, residual_rank=0, word_tokens=0,
-                         zero_shot_mix=False, epochs=1, batch_size=4, patience=None, restore_best=False)
+                         zero_shot_mix=False, epochs=epochs, batch_size=4, patience=None, restore_best=False)
     trained = train_adapter(tiny, items[:8], items[8:], config).prompted
     assert all(float(block.up.detach().abs().sum()) > 0 for block in trained.block_adapters)
 
@@ -96,8 +101,8 @@ def test_every_learned_tensor_survives_an_artifact_round_trip(tiny, pixels, tmp_
     loaded = load_adapter(tmp_path / "a.safetensors", tiny)
     assert float(loaded.adapted_weight) == 0.25
     with torch.no_grad():
-        assert _diff(loaded.encode_image(pixels), prompted.encode_image(pixels)) < 1e-3  # float16 storage
-        assert _diff(loaded.encode_text(CAPTIONS), prompted.encode_text(CAPTIONS)) < 1e-3
+        assert _diff(loaded.encode_image(pixels), prompted.encode_image(pixels)) < tolerance(tiny, 1e-3)  # float16 storage
+        assert _diff(loaded.encode_text(CAPTIONS), prompted.encode_text(CAPTIONS)) < tolerance(tiny, 1e-3)
         assert _diff(loaded.encode_image(pixels), PromptedCLIP.from_backbone(tiny, config).encode_image(pixels)) > 1e-2
 
 
@@ -134,4 +139,5 @@ def test_untrained_prompts_never_ship(tiny):
     assert float(result.prompted.adapted_weight) == 0.0
     assert result.best_metrics == result.zero_shot_metrics
     captions = [c for item in items[40:] for c in item.captions]
-    assert torch.allclose(result.prompted.encode_text(captions), tiny.encode_texts(captions).float(), atol=1e-5)
+    assert torch.allclose(result.prompted.encode_text(captions).cpu(), tiny.encode_texts(captions).float(),
+                          atol=tolerance(tiny, 1e-5))

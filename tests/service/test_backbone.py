@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 from adapters.backbone import BackboneError, load_backbone, resolve_device, resolve_precision
 from service.cli import main
+from tests.support import TEST_DEVICE
 
 
 def test_random_init_is_reproducible_and_identified(tiny_backbone):
@@ -54,8 +55,11 @@ def test_device_and_precision_rules(monkeypatch):
 
 def test_offline_default_is_reported(client):
     health = client.get("/healthz").json()
-    assert health["device"] == "cpu"
-    assert health["precision"] == "fp32"
+    # The suite's backbone is loaded on TEST_DEVICE ("cpu" unless PAS_TEST_DEVICE says otherwise) with the
+    # default precision: what those resolve to on this machine (cpu, fp32 on a machine without a GPU).
+    device = resolve_device(TEST_DEVICE)
+    assert health["device"] == device.type
+    assert health["precision"] == resolve_precision("auto", device)
     assert health["backbone"]["model_name"] == "tiny-vit-test"
     assert health["backbone_source"]
 

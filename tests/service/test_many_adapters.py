@@ -6,13 +6,12 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import torch
 
 from adapters.artifact import serialize_adapter
 from adapters.prompted import PromptConfig, PromptedCLIP
 from tests.service.live_server import live_server
-from tests.support import COLOURS, png_bytes
+from tests.support import COLOURS, assert_same_ranking, perturb, png_bytes
 
 QUERIES = ["a red thing", "a green thing number 3", "blue", "a yellow thing number 7", "thing"]
 
@@ -21,10 +20,7 @@ def adapter_file(backbone, seed: int) -> bytes:
     """A text adapter (prompts, residual map, zero-shot mixing) moved away from its initial values."""
     prompted = PromptedCLIP.from_backbone(
         backbone, PromptConfig(text_tokens=2 + seed, residual_rank=2, zero_shot_mix=True, seed=seed))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in prompted.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * 0.3)
+    perturb(prompted, torch.Generator().manual_seed(seed), 0.3)
     prompted.set_adapted_weight(0.7)
     return serialize_adapter(prompted)
 
@@ -58,7 +54,6 @@ def test_concurrent_searches_on_two_adapters_match_sequential_ones(tiny_backbone
             concurrent = list(pool.map(ask, asks))
         zero_shot = http.post(f"/collections/{cids[0]}/search", json={"query": QUERIES[0], "k": 5, "adapter": "none"})
     for job, (ids, scores) in zip(asks, concurrent, strict=True):
-        assert ids == sequential[job][0], job
-        np.testing.assert_allclose(scores, sequential[job][1], atol=1e-5)
+        assert_same_ranking(ids, scores, *sequential[job], tiny_backbone, atol=1e-5, note=job)
     # The adapter changes the answer, so a query encoded with the wrong adapter's prompts would show.
     assert [h["score"] for h in zero_shot.json()["results"]] != sequential[(cids[0], QUERIES[0])][1]

@@ -14,6 +14,7 @@ import argparse
 import json
 import shlex
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,14 +85,8 @@ def suite_lines(junit: Path) -> list[str]:
             message = (problem.get("message") or "").splitlines()[0][:160] if problem.get("message") else ""
             name = "::".join(part for part in (case.get("classname"), case.get("name")) if part)
             lines.append(f"- {name}: {message}")
-    skipped = [c for c in suite.iter("testcase") if c.find("skipped") is not None]
-    reasons: dict[str, int] = {}
-    for case in skipped:
-        element = case.find("skipped")
-        assert element is not None
-        reason = (element.get("message") or "").strip()
-        reasons[reason] = reasons.get(reason, 0) + 1
-    lines += [f"- skipped ({n}): {reason}" for reason, n in sorted(reasons.items(), key=lambda x: -x[1])]
+    reasons = Counter((skip.get("message") or "").strip() for skip in suite.iter("skipped"))
+    lines += [f"- skipped ({n}): {reason}" for reason, n in reasons.most_common()]
     return lines
 
 

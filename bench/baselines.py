@@ -20,6 +20,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from safetensors.torch import save as save_tensors_to_bytes
 from torch import nn
 
 from adapters.data import PairedItem
-from adapters.evaluate import flatten_captions, image_ids_of, retrieval_metrics
+from adapters.evaluate import Metrics, flatten_captions, image_ids_of, retrieval_metrics
 from adapters.features import preprocess_images
 from adapters.losses import contrastive_loss, frozen_logit_scale
 from adapters.sampling import BatchSampler, TrainingSet
@@ -42,7 +43,7 @@ class BaselineResult:
     model: object
     config: object
     best_epoch: int
-    best_metrics: dict
+    best_metrics: Metrics
     wall_time_s: float
     steps: int
     stopped_early: bool
@@ -78,12 +79,13 @@ class _Residual(nn.Module):
     def __init__(self, dim: int, hidden: int | None, alpha: float):
         super().__init__()
         self.alpha = alpha
+        self.net: nn.Module
         if hidden is None:
             self.net = nn.Linear(dim, dim)
             last = self.net
         else:
             self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-            last = self.net[-1]
+            last = cast(nn.Linear, self.net[-1])  # the nn.Linear built just above
         nn.init.zeros_(last.weight)  # start exactly at zero-shot
         nn.init.zeros_(last.bias)
 
@@ -129,7 +131,7 @@ class FrozenFeatures:
             ])
         return cls(image_emb, text_emb, owner, image_ids_of(items))
 
-    def metrics(self, adapter: FeatureAdapter | None = None) -> dict:
+    def metrics(self, adapter: FeatureAdapter | None = None) -> Metrics:
         image, text = self.image_emb, self.text_emb
         if adapter is not None:
             with torch.no_grad():
@@ -186,6 +188,8 @@ def train_feature_adapter(
             break
     adapter.load_state_dict(stopper.best_state)
     adapter.eval()
+    # Set together with best_state, and load_state_dict above raises on a None state.
+    assert stopper.best_metrics is not None
     return BaselineResult(
         adapter, cfg, stopper.best_epoch, stopper.best_metrics, time.perf_counter() - start, step, stopped,
         adapter.num_parameters(), _state_bytes(adapter), history,
@@ -210,7 +214,9 @@ class FullFinetuneConfig:
 class _Encoder:
     """Encode pixels / token ids with a (possibly trainable) open_clip model, batched."""
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    # open_clip models are Any here, as in adapters.prompted: typed as plain nn.Module, their methods and
+    # towers (encode_image, transformer, ...) would read as Tensor | Module to mypy.
+    def __init__(self, model: Any, device: torch.device):
         self.model, self.device = model, device
 
     def images(self, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -237,7 +243,7 @@ def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, :last]
 
 
-def encode_text(model: nn.Module, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+def encode_text(model: Any, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """open_clip ``CLIP.encode_text`` for token rows of any length up to the context length.
 
     The same computation as open_clip's (which insists on the full context), with positional
@@ -259,7 +265,7 @@ def encode_text(model: nn.Module, tokens: torch.Tensor, normalize: bool = True) 
 class FinetunedModel:
     """A fine-tuned copy of the backbone, with the encode methods evaluation needs."""
 
-    def __init__(self, model: nn.Module, tokenizer, device: torch.device):
+    def __init__(self, model: Any, tokenizer, device: torch.device):
         self.model, self.tokenizer, self.device = model, tokenizer, device
 
     @torch.no_grad()
@@ -305,7 +311,7 @@ def full_finetune(
     val_ids = image_ids_of(val_items)
     enc = _Encoder(model, device)
 
-    def validate() -> dict:
+    def validate() -> Metrics:
         model.eval()
         with torch.no_grad():
             m = retrieval_metrics(enc.texts(val_tokens), enc.images(val_pixels), val_owner, val_ids)
@@ -353,6 +359,8 @@ def full_finetune(
             break
     model.load_state_dict(stopper.best_state)
     model.eval()
+    # Set together with best_state, and load_state_dict above raises on a None state.
+    assert stopper.best_metrics is not None
     for p in model.parameters():
         p.requires_grad_(False)
     n_params = sum(p.numel() for p in params)

@@ -35,10 +35,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 
@@ -199,7 +200,7 @@ def test_results(coll: Collection, encode_image: Callable, encode_text_tokens: C
     }
 
 
-def _val(metrics: dict | None) -> dict | None:
+def _val(metrics: Mapping[str, object] | None) -> dict | None:
     return None if metrics is None else {k: metrics[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10", "rsum") if k in metrics}
 
 
@@ -380,17 +381,19 @@ def run_benchmark(opts: Options) -> dict:
             data[key] = Collection.draw(backbone, spec, size, opts.sizes)
         coll = data[key]
         base = {"spec": coll.name, "spec_ref": spec, "train_size": size}
+        # plan_runs gives a sweep its seeds, a lever its name and any other method one seed (hence the casts).
         if method == "zero-shot":
             records.append({**base, **run_zero_shot(backbone, coll)})
         elif method in ("linear", "full-ft"):
             lrs = opts.linear_lrs if method == "linear" else opts.ft_lrs
-            records += [{**base, **r} for r in swept(backbone, coll, method, arg, lrs, bar)]
+            records += [{**base, **r} for r in swept(backbone, coll, method, cast(Sequence[int], arg), lrs, bar)]
         elif method == "lever":
-            overrides = dict(DUAL, **LEVERS[arg])
+            overrides = dict(DUAL, **LEVERS[cast(str, arg)])
             rec = run_adapter(backbone, coll, "lever", overrides, 0, with_test=False, bar=bar)
             records.append({**base, **rec, "lever": arg})
         else:
-            records.append({**base, **run_adapter(backbone, coll, method, METHOD_CONFIGS[method], arg, bar=bar)})
+            records.append({**base, **run_adapter(backbone, coll, method, METHOD_CONFIGS[method], cast(int, arg),
+                                                  bar=bar)})
         bar.update(1)
         _write_partial(opts, records)
     bar.close()
@@ -490,7 +493,7 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
     # Tables list sizes, then shifts in the protocol's order, levers in LEVERS' order, whatever order
     # the files came in.
     order = {name: i for i, name in enumerate(SHIFTS)}
-    levers = {name: i for i, name in enumerate(LEVERS)}
+    levers: dict[str | None, int] = {name: i for i, name in enumerate(LEVERS)}  # a record without a lever: None
     unique.sort(key=lambda r: (r["train_size"], order.get(r["spec"], len(order)), levers.get(r.get("lever"), -1)))
     records, combined = combine_sweeps(unique)
     params = base["backbone"]["parameters"]

@@ -163,6 +163,8 @@ def busiest_processes(limit: int = 4) -> list[str]:
 class LoadSampler:
     """The 1-minute load average every ``period`` seconds during the run (other work on the machine)."""
 
+    samples: list[tuple[float, float]]  # (seconds since the start, load average)
+
     def __init__(self, period: float = 10.0):
         self.period, self.samples = period, []
         self._stop = threading.Event()
@@ -271,6 +273,7 @@ def measure_ingest(server, backbone, sizes: Sizes) -> tuple[dict, int]:
             log(f"ingest round {r}: bare {bare['images_per_s']:.1f} img/s, service {service['images_per_s']:.1f} img/s")
     bare_ips = statistics.median(r["bare"]["images_per_s"] for r in rounds)
     service_ips = statistics.median(r["service"]["images_per_s"] for r in rounds)
+    assert search_collection is not None  # every round sets it, and the medians above raise when none ran
     n = len(items)
     cpu_ms_per_image = {
         "bare_loop": 1000.0 * statistics.median(r["bare"]["cpu_s"] for r in rounds) / n,
@@ -401,6 +404,7 @@ def search_request_parts(backbone, sizes: Sizes) -> dict:
         for n in range(repeats + 10):
             marks = [time.perf_counter()]
             body = SearchRequest.model_validate({"query": queries[n % len(queries)], "k": sizes.search_k})
+            assert isinstance(body.query, str)  # one text from make_queries, never a list
             marks.append(time.perf_counter())
             who = adapter_versions.resolve(ctx, cid, body.adapter)
             marks.append(time.perf_counter())
@@ -632,7 +636,7 @@ def reasons_markdown(report: dict) -> list[str]:
             f"request.{measured} With the user-sized model below, the encoder dominates and the service keeps up.")
     tuning = report.get("tuning")
     pairs = [*tuning["visual"].values(), tuning["text"]] if tuning else []
-    if any(p["step_speedup"] < TARGETS["tuning"] for p in pairs):
+    if tuning and any(p["step_speedup"] < TARGETS["tuning"] for p in pairs):  # no tuning: no pairs
         text = tuning["text"]
         out.append(f"- tuning: {tuning.get('ceiling_note', '')} Text-only prompts sit in the text tower, which every "
                    f"step runs forward and backward ({text['cached_step_ms']:.0f} ms of a {text['uncached_step_ms']:.0f} ms "
@@ -831,6 +835,7 @@ def measure_service(backbone, backbone_env: dict, sizes: Sizes, with_search: boo
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         server = start_server(Path(tmp) / "data", backbone_env, sizes.ingest_batch, torch.get_num_threads())
         try:
+            assert server.health is not None  # start_server returns only once /healthz has answered
             out["server"] = {"command": shlex.join(server.command), "env": server.env,
                              "backbone_source": server.health.get("backbone_source"),
                              "backbone": server.health.get("backbone")}

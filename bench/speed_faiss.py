@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import faiss
 import numpy as np
@@ -92,7 +93,8 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def _set_nprobe(index: VectorIndex, nprobe: int) -> int:
-    inner = faiss.downcast_index(index._inner())
+    # downcast_index returns the concrete class (its stub says Index); the caller checked kind == "ivf".
+    inner = cast(faiss.IndexIVF, faiss.downcast_index(index._inner()))
     inner.nprobe = min(nprobe, inner.nlist)
     return int(inner.nprobe)
 
@@ -127,7 +129,7 @@ def run_faiss(datasets: Sequence[dict], dim: int, noise: float, n_queries: int, 
               sampled_max_points: int, seed: int, log=print) -> dict:
     """``datasets``: [{"name", "clusters", "sizes": [n, ...], "builds": ["rebuild", "grown", "sampled"],
     "exact_latency": bool}]; the sizes of one dataset are prefixes of one draw."""
-    out = {
+    out: dict = {
         "data": {"kind": "Gaussian mixture on the unit sphere (clustered, not uniform noise)", "dim": dim,
                  "centres": "uniform on the unit sphere", "cluster_weights": "log-normal(0, 1), normalised",
                  "noise_norm": noise, "l2_normalised": True, "queries": n_queries,

@@ -13,6 +13,8 @@ import contextlib
 import statistics
 import time
 from collections.abc import Sequence
+from typing import Any
+from unittest import mock
 
 import torch
 
@@ -45,23 +47,15 @@ class _RecomputeFrozenImages(ImageSide):
         return super().__call__(index)
 
 
-@contextlib.contextmanager
-def _uncached_frozen_images():
-    original = train_module.ImageSide
-    train_module.ImageSide = _RecomputeFrozenImages
-    try:
-        yield
-    finally:
-        train_module.ImageSide = original
-
-
 def _timed_train(backbone, train_items, val_items, config: TrainConfig, emulate_uncached: bool) -> dict:
     events: list[tuple[float, int]] = []
 
     def on_progress(event: dict) -> None:
         events.append((time.perf_counter(), int(event["step"])))
 
-    context = _uncached_frozen_images() if emulate_uncached else contextlib.nullcontext()
+    # The uncached side: train_adapter builds its image side from this module attribute.
+    uncached = mock.patch.object(train_module, "ImageSide", _RecomputeFrozenImages)
+    context = uncached if emulate_uncached else contextlib.nullcontext()
     with context:
         t0 = time.perf_counter()
         result = train_adapter(backbone, train_items, val_items, config, on_progress=on_progress)
@@ -108,7 +102,7 @@ def _compare(a, b) -> dict:
 def run_pair(backbone, train_items, val_items, base: TrainConfig, repeats: int, emulated: bool,
              tolerance: float = 1e-4) -> dict:
     """Cached vs uncached on the same data and seed, alternating, ``repeats`` times each."""
-    runs = {"cached": [], "uncached": []}
+    runs: dict[str, list[dict]] = {"cached": [], "uncached": []}
     last = {}
     for _ in range(repeats):
         for name in ("cached", "uncached"):
@@ -151,8 +145,8 @@ def run_tuning(backbone, items: Sequence, n_train: int, epochs: int, batch_size:
                visual_prompted_last: Sequence[int], seed: int) -> dict:
     train_items, val_items = list(items[:n_train]), list(items[n_train:])
     depth = len(backbone.model.visual.transformer.resblocks)
-    common = dict(epochs=epochs, batch_size=batch_size, seed=seed, patience=None, warmup=0.1)
-    out = {"n_train": len(train_items), "n_val": len(val_items), "image_blocks": depth, "visual": {}}
+    common: dict[str, Any] = dict(epochs=epochs, batch_size=batch_size, seed=seed, patience=None, warmup=0.1)
+    out: dict = {"n_train": len(train_items), "n_val": len(val_items), "image_blocks": depth, "visual": {}}
     for last in visual_prompted_last:
         start = depth - last  # the same share of the tower whatever the backbone's depth
         if not 0 < start < depth:

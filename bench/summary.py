@@ -42,8 +42,9 @@ def compose_auto(records: list[dict]) -> list[dict]:
     for spec, size, seed, method in runs:
         if method != CANDIDATE_METHODS["recipe"]:
             continue
-        tried = [runs.get((spec, size, seed, m)) for m in CANDIDATE_METHODS.values()]
-        if any(t is None for t in tried):
+        found = [runs.get((spec, size, seed, m)) for m in CANDIDATE_METHODS.values()]
+        tried = [t for t in found if t is not None]
+        if len(tried) < len(found):
             continue
         kept = choose([t["val"] for t in tried])
         out.append({**tried[kept], "method": "auto", "auto_choice": list(CANDIDATES)[kept],

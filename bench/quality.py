@@ -462,6 +462,7 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
     base: dict | None = None
     records: list[dict] = []
     parts = []
+    inherited: list[str] = []
     for path in paths:
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
@@ -469,6 +470,12 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
             base = base or data
             parts.append({"file": str(path), "command": data.get("command"), "wall_time_s": data.get("wall_time_s"),
                           "complete": True})
+            if "merged_from" in data:
+                # An earlier merge (a published report, say) taken as one input: its sources and its notes
+                # still describe its records; the notes its summary called for are recomputed below.
+                parts[-1]["merged_from"] = data["merged_from"]
+                recomputed = set(summary_notes(data["summary"]))
+                inherited += [n for n in data.get("notes", []) if n not in recomputed and n not in inherited]
         else:
             records += data
             parts.append({"file": str(path), "complete": False, "records": len(data)})
@@ -502,7 +509,10 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
         if tried:
             base = {**base, lrs_key: tried}
     summary = summarize(records, params)
-    notes = summary_notes(summary) + list(extra_notes) + combined
+    # A sweep combined again here is described by its new note (every rate it has now).
+    regrouped = {n.split(": lr sweep", 1)[0] for n in combined}
+    inherited = [n for n in inherited if n.split(": lr sweep", 1)[0] not in regrouped]
+    notes = summary_notes(summary) + list(extra_notes) + inherited + combined
     incomplete = [str(p["file"]) for p in parts if not p["complete"]]
     if incomplete:
         notes.append(f"Merged from runs stopped before their end (partial records): {', '.join(incomplete)}; "

@@ -129,3 +129,44 @@ def test_lever_rows_are_compared_with_the_plain_prompts_and_with_the_recipe():
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in markdown(report).splitlines() if line.startswith("| ")}
     assert rows[on_recipe][3:5] == ["+7.0", "+1.0"]  # vs the plain prompts, vs the recipe
     assert rows[RECIPE_LEVER][3:5] == ["+6.0", "+0.0"]
+
+
+def test_a_published_report_merged_again_keeps_its_sources_and_notes_and_its_sweeps_grow(tmp_path):
+    from bench.quality import merge_reports, summary_notes
+
+    n = 40
+    zero, adapter, _ = _records([1 if i % 4 == 0 else 0 for i in range(n)])
+
+    def ft(lr: float, val_r1: float) -> dict:
+        return {**_record("full-ft", 0, [1 if i % 2 == 0 else 0 for i in range(n)], [0.5] * n, params=10_000),
+                "lr_chosen": lr, "lr_sweep": [{"lr": lr, "val_t2i_r1": val_r1, "val_rsum": 1.0, "best_epoch": 3}]}
+
+    old_ft = {**ft(3e-4, 0.20), "lr_sweep": [{"lr": 1e-4, "val_t2i_r1": 0.15, "val_rsum": 1.0, "best_epoch": 3},
+                                              {"lr": 3e-4, "val_t2i_r1": 0.20, "val_rsum": 1.0, "best_epoch": 3}]}
+    runs = [zero, adapter, old_ft]
+    summary = summarize(runs, 1_000_000)
+    sweep_note = "s/100 full-ft seed 0: lr sweep [0.0001, 0.0003] ran as 2 separate processes; 0.0003 chosen on val R@1."
+    published = {"backbone": {"parameters": 1_000_000}, "command": "merge A B", "wall_time_s": 60.0,
+                 "merged_from": [{"file": "/tmp/a/quality.json"}, {"file": "/tmp/b/quality.json"}],
+                 "summary": summary, "notes": [*summary_notes(summary), "Published run of an earlier day.", sweep_note],
+                 "runs": runs}
+    new_rate = {"backbone": {"parameters": 1_000_000}, "command": "run 1e-3", "wall_time_s": 30.0,
+                "runs": [ft(1e-3, 0.25)]}
+    paths = []
+    for name, report in (("published.json", published), ("new.json", new_rate)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(report))
+
+    merged = merge_reports(paths, "merge again", ["This session's runs."])
+
+    assert merged["merged_from"][0]["merged_from"] == published["merged_from"]
+    assert "merged_from" not in merged["merged_from"][1]
+    assert "Published run of an earlier day." in merged["notes"]
+    assert "This session's runs." in merged["notes"]
+    assert sweep_note not in merged["notes"]  # superseded by the sweep's new note
+    [grown] = [note for note in merged["notes"] if note.startswith("s/100 full-ft seed 0")]
+    assert "[0.0001, 0.0003, 0.001]" in grown and "0.001 chosen" in grown
+    [kept] = [r for r in merged["runs"] if r["method"] == "full-ft"]
+    assert kept["lr_chosen"] == 1e-3
+    assert len([note for note in merged["notes"] if note in summary_notes(merged["summary"])]) == len(
+        summary_notes(merged["summary"]))  # recomputed once, not inherited twice

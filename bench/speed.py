@@ -404,7 +404,6 @@ def search_request_parts(backbone, sizes: Sizes) -> dict:
         for n in range(repeats + 10):
             marks = [time.perf_counter()]
             body = SearchRequest.model_validate({"query": queries[n % len(queries)], "k": sizes.search_k})
-            assert isinstance(body.query, str)  # one text from make_queries, never a list
             marks.append(time.perf_counter())
             who = adapter_versions.resolve(ctx, cid, body.adapter)
             marks.append(time.perf_counter())
@@ -414,6 +413,8 @@ def search_request_parts(backbone, sizes: Sizes) -> dict:
             marks.append(time.perf_counter())
             results = [SearchHit(**vars(h)) for h in hits[0]]
             marks.append(time.perf_counter())
+            # Where the handler tells one text from a list; make_queries gives one text.
+            assert isinstance(body.query, str)
             [search_id] = feedback.record_searches(ctx, cid, body.adapter, who.name, [feedback.search_query(body.query)],
                                                    [[h.image_id for h in hits[0]]])
             marks.append(time.perf_counter())

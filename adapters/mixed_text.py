@@ -13,6 +13,8 @@ What differs per row, and how one batch holds it:
   end-of-text position, so rows of different M never see each other's layout;
 - deep text prompts: before every later block, each such adapter's fresh prompts overwrite its
   own rows' prompt positions (the block loop ``PromptedCLIP`` runs for one adapter, row-wise);
+- text block adapters: after every block, each such adapter adds its bottleneck's output to its
+  own rows (again ``PromptedCLIP``'s block loop, row-wise);
 - word offsets: each adapter adds its own to its own rows' token embeddings;
 - zero-shot mixing: the zero-shot features of an adapter's rows (its tokens, no prompts) are
   extra rows of the same pass.
@@ -129,13 +131,18 @@ class MixedTextEncoder:
         x = x + parts.positional_embedding[:L].to(cast)
         mask = parts.attn_mask[:L, :L] if parts.attn_mask is not None else None
         deep = [(d, rows) for _, d, rows in prompted_rows if d is not None]
-        if deep:
+        block_adapted = [(p.text_block_adapters, rows.adapted) for p, rows in placed
+                         if p is not None and p.text_block_adapters is not None]
+        if deep or block_adapted:
             batch_first = getattr(parts.transformer, "batch_first", True)
             for index, block in enumerate(parts.transformer.resblocks):
                 if index > 0:  # each deep adapter's own prompts for this block, on its rows only
                     for prompts, rows in deep:
                         x[rows, 1 : 1 + prompts.shape[1]] = prompts[index - 1].to(cast)
-                x = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+                out = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+                for adapters, rows in block_adapted:  # each adapter's own block adapter, on its rows only
+                    out[rows] = out[rows] + adapters[index](x[rows])
+                x = out
         else:
             x = parts.transformer(x, attn_mask=mask)
         return parts.head(x, ids)

@@ -102,6 +102,7 @@ class PromptConfig:
     zero_shot_mix: bool = False  # carry a weight mixing the adapted with the zero-shot embedding
     word_tokens: int = 0  # K: token ids whose embedding gets a learned offset (the collection's words)
     block_adapter_rank: int = 0  # bottleneck beside every prompted image block (0: none)
+    text_block_adapter_rank: int = 0  # bottleneck beside every text block (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,6 +189,7 @@ class PromptedCLIP(nn.Module):
     text_deep_prompts: nn.Parameter | None
     visual_prompts: nn.Parameter | None
     word_deltas: nn.Parameter | None
+    text_block_adapters: nn.ModuleList | None
     word_ids: torch.Tensor | None  # the token id of each row of ``word_deltas`` (most used first); -1: unused
 
     def __init__(
@@ -257,6 +259,15 @@ class PromptedCLIP(nn.Module):
             self.block_adapters = nn.ModuleList(
                 _BlockAdapter(width, config.block_adapter_rank, gen) for _ in self.visual_layers).to(device)
 
+        self.text_block_adapters = None
+        if config.text_block_adapter_rank > 0:
+            if self._text is None:
+                raise PromptsUnsupported("this backbone's text tower does not accept block adapters")
+            width = self._text.token_embedding.weight.shape[1]
+            self.text_block_adapters = nn.ModuleList(
+                _BlockAdapter(width, config.text_block_adapter_rank, gen)
+                for _ in self._text.transformer.resblocks).to(device)
+
         self.word_ids, self.word_deltas = None, None
         if config.word_tokens > 0:
             if self._text is None:
@@ -317,7 +328,8 @@ class PromptedCLIP(nn.Module):
             assert self.word_ids is not None
             out["word_ids"] = self.word_ids.detach().to("cpu", copy=True)
             out["word_deltas"] = _copy(self.word_deltas)
-        for prefix, module in (("block_adapters", self.block_adapters), ("residual", self.residual)):
+        for prefix, module in (("block_adapters", self.block_adapters),
+                               ("text_block_adapters", self.text_block_adapters), ("residual", self.residual)):
             if module is not None:
                 for name, value in module.state_dict().items():
                     out[f"{prefix}.{name}"] = _copy(value)
@@ -392,7 +404,7 @@ class PromptedCLIP(nn.Module):
     @property
     def changes_text(self) -> bool:
         """Whether a caption's features differ from zero-shot before the output head."""
-        return self.text_prompts is not None or self.word_deltas is not None
+        return self.text_prompts is not None or self.word_deltas is not None or self.text_block_adapters is not None
 
     # ---------------------------------------------------------------- text
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -469,8 +481,9 @@ class PromptedCLIP(nn.Module):
         L = x.shape[1]
         x = x + parts.positional_embedding[:L].to(cast)
         mask = parts.attn_mask[:L, :L] if parts.attn_mask is not None else None
-        if M and self.text_deep_prompts is not None:
-            x = self._run_text_blocks_deep(x, mask, cast)
+        deep = M > 0 and self.text_deep_prompts is not None
+        if deep or (prompts and self.text_block_adapters is not None):
+            x = self._run_text_blocks(x, mask, cast, deep=deep, adapters=prompts)
         else:
             x = parts.transformer(x, attn_mask=mask)
         return parts.head(x, pool_tokens)
@@ -486,16 +499,22 @@ class PromptedCLIP(nn.Module):
         rows = self.word_deltas[order[slot]]
         return rows * found.unsqueeze(-1).to(rows.dtype)
 
-    def _run_text_blocks_deep(self, x: torch.Tensor, mask: torch.Tensor | None, cast: torch.dtype) -> torch.Tensor:
+    def _run_text_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, cast: torch.dtype,
+                         deep: bool, adapters: bool) -> torch.Tensor:
+        """The text blocks one by one: ``deep`` puts each block's own prompts in the prompt
+        positions; ``adapters`` adds each block's bottleneck adapter (if any) to its output."""
         transformer = self._text.transformer
-        assert self.text_deep_prompts is not None and self.text_prompts is not None
-        M = self.text_prompts.shape[0]
         batch_first = getattr(transformer, "batch_first", True)
         for index, block in enumerate(transformer.resblocks):
-            if index > 0:  # replace the prompt positions with this block's own prompts
+            if deep and index > 0:  # replace the prompt positions with this block's own prompts
+                assert self.text_deep_prompts is not None and self.text_prompts is not None
+                M = self.text_prompts.shape[0]
                 fresh = self.text_deep_prompts[index - 1].to(cast).unsqueeze(0).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :1], fresh, x[:, 1 + M :]], dim=1)
-            x = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+            out = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+            if adapters and self.text_block_adapters is not None:
+                out = out + self.text_block_adapters[index](x)
+            x = out
         return x
 
     def text_head(self, features: torch.Tensor) -> torch.Tensor:

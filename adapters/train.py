@@ -82,6 +82,7 @@ class TrainConfig:
     word_tokens: int = 192  # learn an embedding offset for the K tokens the training captions use most (not "visual")
     word_lr: float | None = None  # the offsets' learning rate (None: the prompts' ``lr``)
     block_adapter_rank: int = 0  # bottleneck adapter beside every prompted image block (0: none; needs visual prompts)
+    text_block_adapter_rank: int = 0  # bottleneck adapter beside every text block (0: none; not for "visual")
     consistency_weight: float = 0.0  # pull adapted embeddings towards the frozen ones (KgCoOp / PromptSRC)
     zero_shot_mix: bool = True  # choose a mixing weight with the zero-shot embedding on val
     mix_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # adapted-embedding weights tried
@@ -106,6 +107,7 @@ class TrainConfig:
             zero_shot_mix=self.zero_shot_mix,
             word_tokens=0 if self.method == "visual" else self.word_tokens,
             block_adapter_rank=0 if self.method == "text" else self.block_adapter_rank,
+            text_block_adapter_rank=0 if self.method == "visual" else self.text_block_adapter_rank,
         )
 
     def to_dict(self) -> dict:
@@ -239,7 +241,7 @@ def train_adapter(
 
     sampler = BatchSampler(data, cfg.batch_size, neighbours, cfg.captions_per_item, cfg.seed)
     total_steps = cfg.epochs * sampler.steps_per_epoch
-    weight_maps = ("residual.", "block_adapters.")  # low-rank maps train at residual_lr
+    weight_maps = ("residual.", "block_adapters.", "text_block_adapters.")  # low-rank maps train at residual_lr
     prompt_params = [p for name, p in prompted.named_parameters()
                      if not name.startswith(weight_maps) and name != "word_deltas"]
     groups: list[dict] = [{"params": prompt_params, "lr": cfg.lr}]

@@ -121,6 +121,10 @@ LEVERS: dict[str, dict] = {
     "recipe, collection words' lr 1e-3 (recipe 1e-2)": dict(ON_RECIPE, word_lr=1e-3),
     "recipe + block adapters (rank 8)": dict(ON_RECIPE, block_adapter_rank=8),
     "recipe + block adapters (rank 2)": dict(ON_RECIPE, block_adapter_rank=2),
+    "recipe + block adapters (rank 8), low-rank maps' lr 3e-3 (recipe 1e-3)": dict(
+        ON_RECIPE, block_adapter_rank=8, residual_lr=3e-3),
+    "recipe + block adapters (rank 8) + text block adapters (rank 2)": dict(
+        ON_RECIPE, block_adapter_rank=8, text_block_adapter_rank=2),
 }
 
 

@@ -18,6 +18,8 @@ CONFIGS = [
     PromptConfig(text_tokens=1, text_deep=True, seed=5),
     PromptConfig(text_tokens=2, word_tokens=3, zero_shot_mix=True, seed=6),  # prompts and collection words
     PromptConfig(word_tokens=2, residual_rank=2, zero_shot_mix=True, seed=7),  # collection words, no prompts
+    PromptConfig(text_tokens=2, text_block_adapter_rank=2, zero_shot_mix=True, seed=8),  # text block adapters
+    PromptConfig(text_tokens=2, text_deep=True, text_block_adapter_rank=3, seed=9),  # ... with deep prompts
 ]
 TEXTS = [
     ["a red circle", "two blue squares on the left of a long caption " * 6],  # the second is truncated
@@ -27,6 +29,8 @@ TEXTS = [
     ["one", "two three four"],
     ["a zebra disc", "two plaid tiles"],
     ["zebra", "no word of its table"],
+    ["a small red circle", "blue"],
+    ["two tiles", "a zebra disc on the left"],
 ]
 
 

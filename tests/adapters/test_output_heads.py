@@ -78,20 +78,37 @@ def test_untrained_block_adapters_change_nothing_and_need_visual_prompts(tiny, p
     assert TrainConfig(method="text", block_adapter_rank=3).prompt_config().block_adapter_rank == 0
 
 
+@torch.no_grad()
+def test_untrained_text_block_adapters_change_nothing_until_trained(tiny):
+    plain = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2))
+    adapted = PromptedCLIP.from_backbone(tiny, PromptConfig(text_tokens=2, text_block_adapter_rank=3))
+    assert adapted.text_block_adapters is not None
+    assert len(adapted.text_block_adapters) == len(tiny.model.transformer.resblocks)
+    assert _diff(adapted.encode_text(CAPTIONS), plain.encode_text(CAPTIONS)) < tolerance(tiny, 1e-6)
+    first = adapted.text_block_adapters[0]
+    first.up.add_(noise_like(first.up, torch.Generator().manual_seed(0)))
+    assert _diff(adapted.encode_text(CAPTIONS), plain.encode_text(CAPTIONS)) > 1e-3
+    tokens = plain.tokenize(CAPTIONS)
+    assert _diff(adapted.text_tower(tokens, prompts=False), plain.text_tower(tokens, prompts=False)) == 0
+    assert TrainConfig(method="visual", text_block_adapter_rank=3).prompt_config().text_block_adapter_rank == 0
+
+
 def test_block_adapters_train_at_the_residual_rate(tiny):
     items = generate(load_spec("style"), 12, seed=5)
     # In half precision training scales its loss (a GradScaler), and the first steps, whose scaled gradients
     # overflow float16, are skipped while the scale comes down: give it steps enough to take one.
     epochs = 8 if half_precision(tiny) else 1
-    config = TrainConfig(text_tokens=2, visual_tokens=2, block_adapter_rank=2, residual_rank=0, word_tokens=0,
-                         zero_shot_mix=False, epochs=epochs, batch_size=4, patience=None, restore_best=False)
+    config = TrainConfig(text_tokens=2, visual_tokens=2, block_adapter_rank=2, text_block_adapter_rank=2,
+                         residual_rank=0, word_tokens=0, zero_shot_mix=False, epochs=epochs, batch_size=4,
+                         patience=None, restore_best=False)
     trained = train_adapter(tiny, items[:8], items[8:], config).prompted
     assert all(float(block.up.detach().abs().sum()) > 0 for block in trained.block_adapters)
+    assert all(float(block.up.detach().abs().sum()) > 0 for block in trained.text_block_adapters)
 
 
 def test_every_learned_tensor_survives_an_artifact_round_trip(tiny, pixels, tmp_path):
     config = PromptConfig(text_tokens=2, visual_tokens=2, text_deep=True, residual_rank=4, zero_shot_mix=True,
-                          block_adapter_rank=2)
+                          block_adapter_rank=2, text_block_adapter_rank=2)
     prompted = PromptedCLIP.from_backbone(tiny, config)
     with torch.no_grad():
         for p in prompted.parameters():

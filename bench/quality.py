@@ -125,6 +125,8 @@ LEVERS: dict[str, dict] = {
         ON_RECIPE, block_adapter_rank=8, residual_lr=3e-3),
     "recipe + block adapters (rank 8) + text block adapters (rank 2)": dict(
         ON_RECIPE, block_adapter_rank=8, text_block_adapter_rank=2),
+    "recipe + block adapters (rank 8), prompts and adapters from block 0 (recipe 1)": dict(
+        ON_RECIPE, block_adapter_rank=8, visual_start=0),
 }
 
 

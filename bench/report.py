@@ -82,6 +82,12 @@ def goals_lines(coll: dict) -> list[str]:
     return out
 
 
+def _lever_reference(rows: list[dict], r: dict, lever: str, candidate: str) -> float | None:
+    """Val R@1 of ``lever``'s row with ``r``'s seed, else of auto's ``candidate`` run with that seed (None: neither)."""
+    row = next((x for x in rows if x["lever"] == lever and x.get("seed", 0) == r.get("seed", 0)), None)
+    return row["val"]["t2i_r1"] if row else r.get("candidates_val_t2i_r1", {}).get(candidate)
+
+
 def markdown(report: dict) -> str:
     s = report["summary"]
     bb = report["backbone"]
@@ -138,23 +144,27 @@ def markdown(report: dict) -> str:
         lines += [""] + goals_lines(coll) + [""]
     if s["levers"]:
         recipe_lever = report.get("recipe_lever")
-        lines += ["## Levers, one at a time (val only, seed 0)", "",
+        lines += ["## Levers, one at a time (val only)", "",
                   "Scored on each shift's val pairs (the same pairs that pick the epoch), never on test. Rows named "
                   "\"+ ...\" add levers to the plain dual prompts (\"+ residual map + mixing + ...\": one more lever on "
                   "the recipe as it was before collection words joined it); rows named \"recipe ...\" change one thing "
                   f"in the recipe (the row \"{recipe_lever}\"), so they say whether a lever would improve what the "
-                  "service ships.", ""]
+                  "service ships. Every Δ compares runs with the same seed on the same pairs; \"vs + blocks\" is "
+                  "auto's second candidate (the recipe with block adapters of rank 8).", ""]
         for key, rows in s["levers"].items():
-            lines += [f"### {key}", "", "| lever | val R@1 | val rsum | Δ val R@1 vs base | Δ val R@1 vs recipe | val zero-shot R@1 | params | adapted weight |",
-                      "|---|---|---|---|---|---|---|---|"]
-            base = next((r for r in rows if r["lever"] == "dual prompts (base)"), None)
-            recipe = next((r for r in rows if r["lever"] == recipe_lever), None)
+            lines += [f"### {key}", "", "| lever | seed | val R@1 | val rsum | Δ val R@1 vs base | Δ val R@1 vs recipe | "
+                      "Δ val R@1 vs + blocks | val zero-shot R@1 | params | adapted weight |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
 
-            def delta(ref: dict | None, r: dict) -> str:
-                return "–" if ref is None else f"{100 * (r['val']['t2i_r1'] - ref['val']['t2i_r1']):+.1f}"
+            def delta(ref: float | None, r: dict) -> str:
+                return "–" if ref is None else f"{100 * (r['val']['t2i_r1'] - ref):+.1f}"
 
             for r in rows:
-                lines.append(f"| {r['lever']} | {_pct(r['val']['t2i_r1'])} | {r['val']['rsum']:.2f} | {delta(base, r)} | {delta(recipe, r)} | "
+                base = _lever_reference(rows, r, "dual prompts (base)", "")
+                recipe = _lever_reference(rows, r, str(recipe_lever), "recipe")
+                blocks = _lever_reference(rows, r, "recipe + block adapters (rank 8)", "recipe + block adapters")
+                lines.append(f"| {r['lever']} | {r.get('seed', 0)} | {_pct(r['val']['t2i_r1'])} | {r['val']['rsum']:.2f} | "
+                             f"{delta(base, r)} | {delta(recipe, r)} | {delta(blocks, r)} | "
                              f"{_pct(r['val_zero_shot']['t2i_r1'])} | {r['params']:,} | {r['adapted_weight'] if r['adapted_weight'] is not None else '–'} |")
             lines.append("")
     lines += ["## What this run does not show", ""] + [f"- {n}" for n in report.get("notes", [])] + [""]

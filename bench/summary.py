@@ -69,13 +69,20 @@ def _matrix(runs: list[dict], metric: str) -> np.ndarray:
 def summarize(records: list[dict], backbone_params: int) -> dict:
     out: dict = {"collections": {}, "levers": {}}
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    # A lever row is compared with auto's candidates trained with the same seed on the same pairs.
+    candidates_val = {(r["spec"], r["train_size"], r.get("seed"), r["method"]): r["val"]["t2i_r1"]
+                      for r in records if r.get("method") in CANDIDATE_METHODS.values() and "val" in r}
     for r in [r for r in records if r.get("method") != "auto"] + compose_auto(records):
         if "per_query" in r:
             groups[(r["spec"], r["train_size"])][r["method"]].append(r)
         elif r.get("method") == "lever":
+            seed = r.get("seed", 0)
+            same_pairs = {name: candidates_val.get((r["spec"], r["train_size"], seed, method))
+                          for name, method in CANDIDATE_METHODS.items()}
             out["levers"].setdefault(f"{r['spec']}/{r['train_size']}", []).append(
-                {"lever": r["lever"], "val": r["val"], "val_zero_shot": r["val_zero_shot"], "params": r["params"],
-                 "adapted_weight": r["adapted_weight"], "best_epoch": r["best_epoch"], "wall_time_s": r["wall_time_s"]})
+                {"lever": r["lever"], "seed": seed, "val": r["val"], "val_zero_shot": r["val_zero_shot"],
+                 "params": r["params"], "adapted_weight": r["adapted_weight"], "best_epoch": r["best_epoch"],
+                 "wall_time_s": r["wall_time_s"], "candidates_val_t2i_r1": same_pairs})
     for (spec, size), methods in groups.items():
         n_q = len(next(iter(methods.values()))[0]["per_query"]["rank"])
         res = Resampler(n_q, seed=zlib.crc32(f"{spec}/{size}".encode()))

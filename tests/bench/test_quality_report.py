@@ -113,22 +113,31 @@ def test_an_lr_sweep_split_over_processes_keeps_the_val_best_rate_and_every_trie
     assert "3 separate processes" in notes[0]
 
 
-def test_lever_rows_are_compared_with_the_plain_prompts_and_with_the_recipe():
+def test_lever_rows_are_compared_with_the_plain_prompts_the_recipe_and_the_block_candidate_of_the_same_seed():
     from bench.quality import LEVERS, RECIPE_LEVER
     from bench.report import markdown
 
-    def lever(name: str, val_r1: float) -> dict:
-        return {"spec": "s", "train_size": 100, "method": "lever", "lever": name, "val": {"t2i_r1": val_r1, "rsum": 2.0},
-                "val_zero_shot": {"t2i_r1": 0.15}, "params": 10, "adapted_weight": None, "best_epoch": 1, "wall_time_s": 1.0}
+    def lever(name: str, val_r1: float, seed: int = 0) -> dict:
+        return {"spec": "s", "train_size": 100, "method": "lever", "lever": name, "seed": seed,
+                "val": {"t2i_r1": val_r1, "rsum": 2.0}, "val_zero_shot": {"t2i_r1": 0.15}, "params": 10,
+                "adapted_weight": None, "best_epoch": 1, "wall_time_s": 1.0}
+
+    def candidate(method: str, val_r1: float, seed: int) -> dict:  # auto's candidates as method runs (no test here)
+        return {"spec": "s", "train_size": 100, "method": method, "seed": seed, "val": {"t2i_r1": val_r1, "rsum": 2.0}}
 
     on_recipe = next(name for name in LEVERS if name.startswith("recipe") and name != RECIPE_LEVER)
-    records = [lever("dual prompts (base)", 0.10), lever(RECIPE_LEVER, 0.16), lever(on_recipe, 0.17)]
+    records = [lever("dual prompts (base)", 0.10), lever(RECIPE_LEVER, 0.16), lever(on_recipe, 0.17),
+               lever("recipe + block adapters (rank 8)", 0.18),
+               lever(on_recipe, 0.21, seed=1), candidate("adapter", 0.19, 1), candidate("adapter+blocks", 0.24, 1),
+               candidate("adapter", 0.50, 0)]  # seed 0's recipe lever row wins over a method run of that seed
     report = json.loads((REPO / "docs" / "bench" / "quality.json").read_text())  # a real report around them
     report["summary"]["levers"] = summarize(records, backbone_params=100_000)["levers"]
     report["recipe_lever"] = RECIPE_LEVER
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in markdown(report).splitlines() if line.startswith("| ")}
-    assert rows[on_recipe][3:5] == ["+7.0", "+1.0"]  # vs the plain prompts, vs the recipe
-    assert rows[RECIPE_LEVER][3:5] == ["+6.0", "+0.0"]
+    rows = [line.split(" | ") for line in markdown(report).splitlines() if line.startswith("| ")]
+    by_seed = {(row[0].lstrip("| "), row[1]): row for row in rows}
+    assert by_seed[(on_recipe, "0")][4:7] == ["+7.0", "+1.0", "-1.0"]  # vs the plain prompts, the recipe, + blocks
+    assert by_seed[(RECIPE_LEVER, "0")][4:7] == ["+6.0", "+0.0", "-2.0"]
+    assert by_seed[(on_recipe, "1")][4:7] == ["–", "+2.0", "-3.0"]  # seed 1: the candidates' runs of seed 1
 
 
 def test_a_published_report_merged_again_keeps_its_sources_and_notes_and_its_sweeps_grow(tmp_path):

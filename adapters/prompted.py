@@ -24,7 +24,8 @@ them see the prompts alone.
 - Block adapters (optional): beside each prompted image block, a bottleneck ``up(gelu(down(x)))``
   is added to the block's output (AdaptFormer's parallel adapter, Chen et al., 2022), ``up``
   zero-initialised so an untrained one changes nothing. Prompts can only add tokens for the frozen
-  attention to read; these write into every token's residual stream.
+  attention to read; these write into every token's residual stream. ``text_block_adapter_rank``
+  puts the same kind beside every text block (a lever the benchmark measures; no default uses it).
 
 Two optional pieces act on the finished embeddings, so an index built with ``encode_image`` and
 a query from ``encode_text`` need nothing else:

@@ -328,6 +328,7 @@ class Options:
     levers: bool = False
     lever_specs: Sequence[str] | None = None  # None: every spec
     lever_names: Sequence[str] | None = None  # None: every lever
+    lever_seeds: Sequence[int] = (0,)  # a lever is screened on seed 0; more seeds tell it from seed noise
     reference: str | None = REFERENCE
     quick: bool = False
     linear_lrs: Sequence[float] = LINEAR_LRS
@@ -364,7 +365,7 @@ def plan_runs(opts: Options) -> list[tuple[str, int, str, object]]:
         size = opts.sizes.train[0]
         for label in opts.lever_names or LEVERS:
             for spec in opts.lever_specs or opts.specs:
-                plan.append((spec, size, "lever", label))
+                plan += [(spec, size, "lever", (label, s)) for s in opts.lever_seeds]
     return plan
 
 
@@ -387,16 +388,17 @@ def run_benchmark(opts: Options) -> dict:
             data[key] = Collection.draw(backbone, spec, size, opts.sizes)
         coll = data[key]
         base = {"spec": coll.name, "spec_ref": spec, "train_size": size}
-        # plan_runs gives a sweep its seeds, a lever its name and any other method one seed (hence the casts).
+        # plan_runs gives a sweep its seeds, a lever its name and seed, any other method one seed (hence the casts).
         if method == "zero-shot":
             records.append({**base, **run_zero_shot(backbone, coll)})
         elif method in ("linear", "full-ft"):
             lrs = opts.linear_lrs if method == "linear" else opts.ft_lrs
             records += [{**base, **r} for r in swept(backbone, coll, method, cast(Sequence[int], arg), lrs, bar)]
         elif method == "lever":
-            overrides = dict(DUAL, **LEVERS[cast(str, arg)])
-            rec = run_adapter(backbone, coll, "lever", overrides, 0, with_test=False, bar=bar)
-            records.append({**base, **rec, "lever": arg})
+            label, seed = cast(tuple[str, int], arg)
+            overrides = dict(DUAL, **LEVERS[label])
+            rec = run_adapter(backbone, coll, "lever", overrides, seed, with_test=False, bar=bar)
+            records.append({**base, **rec, "lever": label})
         else:
             records.append({**base, **run_adapter(backbone, coll, method, METHOD_CONFIGS[method], cast(int, arg),
                                                   bar=bar)})
@@ -642,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levers", action="store_true", help="add the one-lever-at-a-time study (val only)")
     parser.add_argument("--lever-specs", nargs="+", default=None)
     parser.add_argument("--lever-names", nargs="+", default=None, help="a subset of the levers (default all)")
+    parser.add_argument("--lever-seeds", nargs="+", type=int, default=[0], help="seeds of each lever run (default 0)")
     parser.add_argument("--quick", action="store_true", help="one shift, small sizes, the default adapter, one seed")
     parser.add_argument("--device", default="auto", help="auto (the GPU where there is one) | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", help="auto (fp16 on a GPU, fp32 on the CPU) | fp32 | fp16 | bf16")
@@ -700,6 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts.linear_lrs = tuple(args.linear_lrs) if args.linear_lrs else opts.linear_lrs
     opts.lever_specs = args.lever_specs
     opts.lever_names = args.lever_names
+    opts.lever_seeds = tuple(args.lever_seeds)
     opts.device, opts.precision = args.device, args.precision
     if not OFFLINE_CHECKPOINT.exists():
         print(f"warning: {OFFLINE_CHECKPOINT} is missing; load_backbone() falls back to a random tiny model", file=sys.stderr)

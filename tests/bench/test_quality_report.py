@@ -140,6 +140,17 @@ def test_lever_rows_are_compared_with_the_plain_prompts_the_recipe_and_the_block
     assert by_seed[(on_recipe, "1")][4:7] == ["–", "+2.0", "-3.0"]  # seed 1: the candidates' runs of seed 1
 
 
+def test_levers_run_on_seed_0_unless_more_seeds_are_asked_for():
+    from bench.quality import LEVERS, Options, plan_runs
+
+    name = list(LEVERS)[1]
+    screened = plan_runs(Options(specs=("style",), methods=(), levers=True, lever_names=(name,)))
+    assert screened == [("style", 1000, "lever", (name, 0))]
+    seeded = plan_runs(Options(specs=("style", "vocabulary"), methods=(), levers=True, lever_names=(name,),
+                               lever_seeds=(1, 2)))
+    assert seeded == [(spec, 1000, "lever", (name, seed)) for spec in ("style", "vocabulary") for seed in (1, 2)]
+
+
 def test_a_published_report_merged_again_keeps_its_sources_and_notes_and_its_sweeps_grow(tmp_path):
     from bench.quality import merge_reports, summary_notes
 

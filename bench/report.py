@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from adapters.candidates import CANDIDATES
 from bench.summary import default_method
 
 METHOD_ORDER = ["zero-shot", "auto", "adapter", "adapter+blocks", "dual", "dcar", "linear", "full-ft"]
@@ -82,7 +83,7 @@ def goals_lines(coll: dict) -> list[str]:
     return out
 
 
-def _lever_reference(rows: list[dict], r: dict, lever: str, candidate: str) -> float | None:
+def _lever_reference(rows: list[dict], r: dict, lever: str, candidate: str | None = None) -> float | None:
     """Val R@1 of ``lever``'s row with ``r``'s seed, else of auto's ``candidate`` run with that seed (None: neither)."""
     row = next((x for x in rows if x["lever"] == lever and x.get("seed", 0) == r.get("seed", 0)), None)
     return row["val"]["t2i_r1"] if row else r.get("candidates_val_t2i_r1", {}).get(candidate)
@@ -151,6 +152,7 @@ def markdown(report: dict) -> str:
                   f"in the recipe (the row \"{recipe_lever}\"), so they say whether a lever would improve what the "
                   "service ships. Every Δ compares runs with the same seed on the same pairs; \"vs + blocks\" is "
                   "auto's second candidate (the recipe with block adapters of rank 8).", ""]
+        recipe_candidate, blocks_candidate = CANDIDATES  # auto's two candidates, by name
         for key, rows in s["levers"].items():
             lines += [f"### {key}", "", "| lever | seed | val R@1 | val rsum | Δ val R@1 vs base | Δ val R@1 vs recipe | "
                       "Δ val R@1 vs + blocks | val zero-shot R@1 | params | adapted weight |",
@@ -160,9 +162,9 @@ def markdown(report: dict) -> str:
                 return "–" if ref is None else f"{100 * (r['val']['t2i_r1'] - ref):+.1f}"
 
             for r in rows:
-                base = _lever_reference(rows, r, "dual prompts (base)", "")
-                recipe = _lever_reference(rows, r, str(recipe_lever), "recipe")
-                blocks = _lever_reference(rows, r, "recipe + block adapters (rank 8)", "recipe + block adapters")
+                base = _lever_reference(rows, r, "dual prompts (base)")
+                recipe = _lever_reference(rows, r, str(recipe_lever), recipe_candidate)
+                blocks = _lever_reference(rows, r, "recipe + block adapters (rank 8)", blocks_candidate)
                 lines.append(f"| {r['lever']} | {r.get('seed', 0)} | {_pct(r['val']['t2i_r1'])} | {r['val']['rsum']:.2f} | "
                              f"{delta(base, r)} | {delta(recipe, r)} | {delta(blocks, r)} | "
                              f"{_pct(r['val_zero_shot']['t2i_r1'])} | {r['params']:,} | {r['adapted_weight'] if r['adapted_weight'] is not None else '–'} |")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adapters.backbone import Backbone, BackboneIdentity, load_backbone
@@ -48,12 +49,19 @@ def load_configured_backbone(settings: Settings) -> Backbone:
 
 
 def check_backbone_identity(session: Session, identity: BackboneIdentity) -> None:
-    """Record the backbone on first start; refuse a different one afterwards."""
-    state = session.get(BackboneState, 1)
-    if state is None:
-        session.add(BackboneState(id=1, identity=identity.to_dict()))
+    """Record the backbone on first start; refuse a different one afterwards.
+
+    Insert first, read second: replicas starting at once all try to record it, one wins, and the
+    others compare against the winner's row instead of failing on the duplicate key.
+    """
+    session.add(BackboneState(id=1, identity=identity.to_dict()))
+    try:
         session.commit()
         return
+    except IntegrityError:
+        session.rollback()  # recorded before, by an earlier start or another replica
+    state = session.get(BackboneState, 1)
+    assert state is not None  # the duplicate key says the row exists; rows are never deleted
     stored = BackboneIdentity.from_dict(state.identity)
     differing = stored.mismatch(identity)
     if differing:

@@ -39,3 +39,39 @@ def test_collection_lifecycle_on_postgres(make_client, postgres_server, tmp_path
         assert client.get("/collections").json() == []
         make_client.stop(client)
         time.sleep(0.1)  # let pooled connections close before the database is dropped
+
+
+@pytest.mark.slow
+def test_replicas_starting_at_once_record_the_backbone_once(postgres_server, tiny_backbone):
+    """Every replica checks the backbone on start; the ones that lose the race to record it compare instead."""
+    import dataclasses
+    import threading
+
+    from service.context import BackboneMismatch, check_backbone_identity
+    from service.db import make_engine, make_session_factory, migrate
+
+    with fresh_postgres_database(postgres_server) as url:
+        engine = make_engine(url)
+        migrate(engine)
+        sessions = make_session_factory(engine)
+        starts = threading.Barrier(6)
+        failures: list[BaseException] = []
+
+        def start_replica() -> None:
+            with sessions() as session:
+                starts.wait()
+                try:
+                    check_backbone_identity(session, tiny_backbone.identity)
+                except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                    failures.append(exc)
+
+        threads = [threading.Thread(target=start_replica) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        other = dataclasses.replace(tiny_backbone.identity, embed_dim=tiny_backbone.identity.embed_dim + 1)
+        with sessions() as session, pytest.raises(BackboneMismatch, match="embed_dim"):
+            check_backbone_identity(session, other)
+        engine.dispose()

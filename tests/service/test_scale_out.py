@@ -169,6 +169,11 @@ def test_two_apis_and_two_workers_agree(postgres_server, tmp_path, tiny_backbone
             wait_until(f"{name} to serve", lambda u=url_, n=name: healthy(u) or processes.running[n].poll() is not None,
                        timeout=300)
             assert processes.running[name].poll() is None, processes.log(name)
+        # A job takes seconds here: a worker still loading its backbone would leave both jobs to the other.
+        for name in ("worker-1", "worker-2"):
+            wait_until(f"{name} taking jobs", lambda n=name: "taking jobs from queue" in processes.log(n)
+                       or processes.running[n].poll() is not None, timeout=300)
+            assert processes.running[name].poll() is None, processes.log(name)
         api1 = stack.enter_context(httpx.Client(base_url=urls[0], timeout=60))
         api2 = stack.enter_context(httpx.Client(base_url=urls[1], timeout=60))
 

@@ -51,17 +51,19 @@ def load_configured_backbone(settings: Settings) -> Backbone:
 def check_backbone_identity(session: Session, identity: BackboneIdentity) -> None:
     """Record the backbone on first start; refuse a different one afterwards.
 
-    Insert first, read second: replicas starting at once all try to record it, one wins, and the
-    others compare against the winner's row instead of failing on the duplicate key.
+    Replicas starting at once on a new database may all find no row and try to record it: one wins,
+    and the others compare against the winner's row instead of failing on the duplicate key.
     """
-    session.add(BackboneState(id=1, identity=identity.to_dict()))
-    try:
-        session.commit()
-        return
-    except IntegrityError:
-        session.rollback()  # recorded before, by an earlier start or another replica
     state = session.get(BackboneState, 1)
-    assert state is not None  # the duplicate key says the row exists; rows are never deleted
+    if state is None:
+        session.add(BackboneState(id=1, identity=identity.to_dict()))
+        try:
+            session.commit()
+            return
+        except IntegrityError:
+            session.rollback()
+            state = session.get(BackboneState, 1)
+            assert state is not None  # the duplicate key says another replica recorded it
     stored = BackboneIdentity.from_dict(state.identity)
     differing = stored.mismatch(identity)
     if differing:

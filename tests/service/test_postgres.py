@@ -3,10 +3,14 @@
 The whole suite can also run on PostgreSQL: PAS_TEST_POSTGRES_URL=postgresql+psycopg://... pytest
 """
 
+import dataclasses
+import threading
 import time
 
 import pytest
 
+from service.context import BackboneMismatch, check_backbone_identity
+from service.db import make_engine, make_session_factory, migrate
 from tests.service.test_tuning import QUICK, ranking, start_job, wait
 from tests.support import fill, fresh_postgres_database, png_bytes, throwaway_postgres_server, upload
 
@@ -44,12 +48,6 @@ def test_collection_lifecycle_on_postgres(make_client, postgres_server, tmp_path
 @pytest.mark.slow
 def test_replicas_starting_at_once_record_the_backbone_once(postgres_server, tiny_backbone):
     """Every replica checks the backbone on start; the ones that lose the race to record it compare instead."""
-    import dataclasses
-    import threading
-
-    from service.context import BackboneMismatch, check_backbone_identity
-    from service.db import make_engine, make_session_factory, migrate
-
     with fresh_postgres_database(postgres_server) as url:
         engine = make_engine(url)
         migrate(engine)

@@ -506,13 +506,13 @@ class PromptedCLIP(nn.Module):
         positions; ``adapters`` adds each block's bottleneck adapter (if any) to its output."""
         transformer = self._text.transformer
         batch_first = getattr(transformer, "batch_first", True)
+        deep_prompts = None
         if deep:
             assert self.text_deep_prompts is not None and self.text_prompts is not None
-            M = self.text_prompts.shape[0]
+            deep_prompts, M = self.text_deep_prompts, self.text_prompts.shape[0]
         for index, block in enumerate(transformer.resblocks):
-            if deep and index > 0:  # replace the prompt positions with this block's own prompts
-                assert self.text_deep_prompts is not None
-                fresh = self.text_deep_prompts[index - 1].to(cast).unsqueeze(0).expand(x.shape[0], -1, -1)
+            if deep_prompts is not None and index > 0:  # replace the prompt positions with this block's own prompts
+                fresh = deep_prompts[index - 1].to(cast).unsqueeze(0).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :1], fresh, x[:, 1 + M :]], dim=1)
             out = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
             if adapters and self.text_block_adapters is not None:

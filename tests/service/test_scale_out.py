@@ -72,6 +72,11 @@ class Processes:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
+    def wait_ready(self, name: str, what: str, ready, timeout: float = 300) -> None:
+        """Until ``ready()``; a process that exits first fails the test with its log."""
+        wait_until(f"{name} {what}", lambda: ready() or self.running[name].poll() is not None, timeout=timeout)
+        assert self.running[name].poll() is None, self.log(name)
+
     def report(self) -> str:
         """Each process's exit code (None: running) and the end of its log."""
         return "\n".join(f"--- {name} (exit {process.poll()}):\n{self.log(name)[-3000:]}"
@@ -166,14 +171,10 @@ def test_two_apis_and_two_workers_agree(postgres_server, tmp_path, tiny_backbone
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for name, url_ in zip(("api-1", "api-2"), urls, strict=True):
             # Generous: four processes import torch at once, on a CPU other jobs may be using too.
-            wait_until(f"{name} to serve", lambda u=url_, n=name: healthy(u) or processes.running[n].poll() is not None,
-                       timeout=300)
-            assert processes.running[name].poll() is None, processes.log(name)
+            processes.wait_ready(name, "to serve", lambda u=url_: healthy(u))
         # A job takes seconds here: a worker still loading its backbone would leave both jobs to the other.
         for name in ("worker-1", "worker-2"):
-            wait_until(f"{name} taking jobs", lambda n=name: "taking jobs from queue" in processes.log(n)
-                       or processes.running[n].poll() is not None, timeout=300)
-            assert processes.running[name].poll() is None, processes.log(name)
+            processes.wait_ready(name, "taking jobs", lambda n=name: "taking jobs from queue" in processes.log(n))
         api1 = stack.enter_context(httpx.Client(base_url=urls[0], timeout=60))
         api2 = stack.enter_context(httpx.Client(base_url=urls[1], timeout=60))
 

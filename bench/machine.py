@@ -17,12 +17,21 @@ def gpu_name() -> str:
 
 
 def machine_info(versions: dict[str, str] | None = None) -> dict:
+    """``cpu_id`` and ``torch_cpu_kernels`` tell two CPUs of one model name apart: torch picks its
+    kernels by instruction set, and a different kernel rounds differently, so the same seeded run
+    can train to a different adapter on another CPU (2.6 points of val R@1 on one benchmark row).
+    Records compare exactly only when these match."""
     cpu_model, ram_gb = None, None
+    cpu_fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "stepping") and key not in cpu_fields:
+                cpu_fields[key] = value.strip()
+            if not line.strip() and cpu_fields:
+                break  # the first processor's block is enough
+        cpu_model = cpu_fields.get("model name")
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 ram_gb = round(int(line.split()[1]) / 2**20, 1)
@@ -33,7 +42,10 @@ def machine_info(versions: dict[str, str] | None = None) -> dict:
 
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": cpu_model, "ram_gb": ram_gb, "gpu": gpu_name(),
+        "cpu_model": cpu_model,
+        "cpu_id": " / ".join(f"{k} {cpu_fields[k]}" for k in ("cpu family", "model", "stepping") if k in cpu_fields) or None,
+        "torch_cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "ram_gb": ram_gb, "gpu": gpu_name(),
         "platform": platform.platform(), "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],

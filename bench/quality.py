@@ -476,8 +476,9 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
         if isinstance(data, dict):
             records += data["runs"]
             base = base or data
+            # Each source's machine: a seeded run repeats exactly only on a CPU with the same kernels.
             parts.append({"file": str(path), "command": data.get("command"), "wall_time_s": data.get("wall_time_s"),
-                          "complete": True})
+                          "machine": data.get("machine"), "complete": True})
             if "merged_from" in data:
                 # An earlier merge (a published report, say) taken as one input: its sources and its notes
                 # still describe its records; the notes its summary called for are recomputed below.

@@ -170,8 +170,9 @@ def test_a_published_report_merged_again_keeps_its_sources_and_notes_and_its_swe
                  "merged_from": [{"file": "/tmp/a/quality.json"}, {"file": "/tmp/b/quality.json"}],
                  "summary": summary, "notes": [*summary_notes(summary), "Published run of an earlier day.", sweep_note],
                  "runs": runs}
+    machine = {"cpu_model": "AMD EPYC", "cpu_id": "cpu family 26 / model 2 / stepping 1", "torch_cpu_kernels": "AVX512"}
     new_rate = {"backbone": {"parameters": 1_000_000}, "command": "run 1e-3", "wall_time_s": 30.0,
-                "runs": [ft(1e-3, 0.25)]}
+                "machine": machine, "runs": [ft(1e-3, 0.25)]}
     paths = []
     for name, report in (("published.json", published), ("new.json", new_rate)):
         paths.append(tmp_path / name)
@@ -181,6 +182,7 @@ def test_a_published_report_merged_again_keeps_its_sources_and_notes_and_its_swe
 
     assert merged["merged_from"][0]["merged_from"] == published["merged_from"]
     assert "merged_from" not in merged["merged_from"][1]
+    assert merged["merged_from"][1]["machine"] == machine  # which CPU's kernels each source's records came from
     assert "Published run of an earlier day." in merged["notes"]
     assert "This session's runs." in merged["notes"]
     assert sweep_note not in merged["notes"]  # superseded by the sweep's new note

@@ -51,6 +51,8 @@ def test_run_is_described(quick_run):
     assert machine["nproc"] >= 1
     assert positive(machine["ram_gb"])
     assert "cpu_model" in machine
+    assert machine["torch_cpu_kernels"]  # e.g. "AVX512": seeded runs repeat exactly only on the same kernels
+    assert "cpu_id" in machine
     assert machine["versions"]["torch"]
     assert machine["versions"]["faiss"]
     assert report["model"]["model_name"] == "miniworld-vit"

@@ -16,6 +16,10 @@ def gpu_name() -> str:
     return "none used (CPU only)"
 
 
+# The /proc/cpuinfo fields that tell two CPUs sold under one model name apart.
+CPU_ID_FIELDS = ("cpu family", "model", "stepping")
+
+
 def machine_info(versions: dict[str, str] | None = None) -> dict:
     """``cpu_id`` and ``torch_cpu_kernels`` tell two CPUs of one model name apart. torch picks its
     kernels by instruction set, and kernels may round differently: the same code and seed trained to
@@ -28,7 +32,7 @@ def machine_info(versions: dict[str, str] | None = None) -> dict:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
-            if key in ("model name", "cpu family", "model", "stepping") and key not in cpu_fields:
+            if key in ("model name", *CPU_ID_FIELDS) and key not in cpu_fields:
                 cpu_fields[key] = value.strip()
             if not line.strip() and cpu_fields:
                 break  # the first processor's block is enough
@@ -44,7 +48,7 @@ def machine_info(versions: dict[str, str] | None = None) -> dict:
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_model": cpu_model,
-        "cpu_id": " / ".join(f"{k} {cpu_fields[k]}" for k in ("cpu family", "model", "stepping") if k in cpu_fields) or None,
+        "cpu_id": " / ".join(f"{k} {cpu_fields[k]}" for k in CPU_ID_FIELDS if k in cpu_fields) or None,
         "torch_cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "ram_gb": ram_gb, "gpu": gpu_name(),
         "platform": platform.platform(), "python": platform.python_version(),

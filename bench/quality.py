@@ -476,7 +476,7 @@ def merge_reports(paths: Sequence[Path], command: str, extra_notes: Sequence[str
         if isinstance(data, dict):
             records += data["runs"]
             base = base or data
-            # Each source's machine: a seeded run repeats exactly only on a CPU with the same kernels.
+            # Each source's machine: a seeded run may not repeat on a CPU whose kernels differ.
             parts.append({"file": str(path), "command": data.get("command"), "wall_time_s": data.get("wall_time_s"),
                           "machine": data.get("machine"), "complete": True})
             if "merged_from" in data:

@@ -51,7 +51,7 @@ def test_run_is_described(quick_run):
     assert machine["nproc"] >= 1
     assert positive(machine["ram_gb"])
     assert "cpu_model" in machine
-    assert machine["torch_cpu_kernels"]  # e.g. "AVX512": seeded runs repeat exactly only on the same kernels
+    assert machine["torch_cpu_kernels"]  # e.g. "AVX512": a seeded run may not repeat on other kernels
     assert "cpu_id" in machine
     assert machine["versions"]["torch"]
     assert machine["versions"]["faiss"]

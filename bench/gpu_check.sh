@@ -17,10 +17,10 @@ print("faiss", faiss.__version__, "(GPU build)" if hasattr(faiss, "StandardGpuRe
 print("open_clip", open_clip.__version__)
 EOF
 
-# Seed 0 of the published runs, same shifts and sizes: zero-shot and both candidates of `auto`.
+# Seed 0 of the published runs, same shifts and sizes: zero-shot and the candidates of `auto`.
 for spec in composition fine_grained; do
     for precision in fp16 fp32; do
-        timeout 240 python3 -m bench.quality --spec "$spec" --methods zero-shot adapter adapter+blocks --seeds 0 \
+        timeout 240 python3 -m bench.quality --spec "$spec" --methods zero-shot adapter adapter+blocks adapter+blocks-lr3e-3 --seeds 0 \
             --sizes 1000 --device cuda --precision "$precision" --out "$out/$spec-$precision" \
             > "$out/$spec-$precision.log" 2>&1 &
     done

@@ -21,8 +21,9 @@ from pathlib import Path
 from adapters.stats import paired_bootstrap_gain
 from bench.summary import compose_auto, per_query
 
-METHOD_ORDER = ("zero-shot", "adapter", "adapter+blocks", "auto")
+METHOD_ORDER = ("zero-shot", "adapter", "adapter+blocks", "adapter+blocks-lr3e-3", "auto")
 LABEL = {"zero-shot": "zero-shot", "adapter": "recipe", "adapter+blocks": "recipe + block adapters",
+         "adapter+blocks-lr3e-3": "recipe + block adapters, lr 3e-3",
          "auto": "auto (the default)"}
 
 

@@ -13,8 +13,8 @@ drawn deterministically from the miniature world:
 - test: ``generate(spec.clean(), TEST_SIZE, seed=TEST_SEED)``: never seen by training, stopping or
   any choice. Items are drawn from their own RNG seeded by (seed, index): independent draws.
 
-Methods: ``zero-shot``; ``adapter`` (``TrainConfig()``: the recipe) and ``adapter+blocks`` (the recipe
-with block adapters): the candidates of the service's default, ``method: "auto"``, whose rows the summary
+Methods: ``zero-shot``; ``adapter`` (``TrainConfig()``: the recipe), ``adapter+blocks`` (the recipe
+with block adapters) and ``adapter+blocks-lr3e-3`` (the same, its low-rank maps at lr 3e-3): the candidates of the service's default, ``method: "auto"``, whose rows the summary
 composes from them (``bench.summary.compose_auto``); ``dual``
 (dual prompts alone: the recipe without residual map or zero-shot mixing); ``dcar`` (dual + DCAR's
 three parts); ``linear`` (a d x d residual map on frozen embeddings) and ``full-ft`` (every backbone
@@ -320,7 +320,7 @@ def swept(backbone, coll: Collection, method: str, seeds: Sequence[int], lrs: Se
 class Options:
     out: Path = Path("docs/bench")
     specs: Sequence[str] = SHIFTS
-    methods: Sequence[str] = ("zero-shot", "adapter", "adapter+blocks", "dual", "linear", "full-ft")
+    methods: Sequence[str] = ("zero-shot", "adapter", "adapter+blocks", "adapter+blocks-lr3e-3", "dual", "linear", "full-ft")
     seeds: Sequence[int] = SEEDS
     sizes: Sizes = Sizes()
     big_size_methods: Sequence[str] | None = None  # methods also run at sizes after the first (None: all)
@@ -370,6 +370,7 @@ def plan_runs(opts: Options) -> list[tuple[str, int, str, object]]:
 
 
 METHOD_CONFIGS = {"adapter": RECIPE, "adapter+blocks": dict(RECIPE, **CANDIDATES["recipe + block adapters"]),
+                  "adapter+blocks-lr3e-3": dict(RECIPE, **CANDIDATES["recipe + block adapters, lr 3e-3"]),
                   "dual": DUAL, "dcar": dict(DUAL, **DCAR)}
 
 
@@ -633,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", "--shifts", dest="specs", nargs="+", default=None,
                         help=f"shift specs: names in bench/specs or JSON file paths (default {' '.join(SHIFTS)})")
-    parser.add_argument("--methods", nargs="+", default=None, choices=("zero-shot", "adapter", "adapter+blocks", "dual", "dcar", "linear", "full-ft"))
+    parser.add_argument("--methods", nargs="+", default=None, choices=("zero-shot", "adapter", "adapter+blocks", "adapter+blocks-lr3e-3", "dual", "dcar", "linear", "full-ft"))
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--sizes", nargs="+", type=int, default=None, help="train sizes (default 1000 5000)")
     parser.add_argument("--test-size", type=int, default=None)

@@ -355,8 +355,8 @@ class TuningConfig(ApiModel):
     # held-out fractions, the activation rule and min_gain are the service's own.
     method: Method = Method.AUTO
     """textual, visual or dual prompts; auto (the default): dual prompts trained as each candidate recipe of
-    adapters.candidates (as given, and with block adapters beside the prompted image blocks), keeping the one
-    better on the val pairs (a job on marks alone trains the first)"""
+    adapters.candidates (as given; with block adapters beside the prompted image blocks; and the same with the
+    adapters' lr at 3e-3), keeping the one best on the val pairs (a job on marks alone trains the first)"""
     epochs: int = Field(RECIPE.epochs, ge=1, le=200)
     """Passes over the training pairs (at most; early stopping may end sooner)"""
     lr: float = Field(RECIPE.lr, gt=0, le=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from adapters.candidates import CANDIDATES, candidate_configs, choose, train_auto
@@ -27,6 +29,7 @@ def test_the_first_candidate_is_the_config_as_given_and_text_prompts_skip_block_
     assert [name for name, _ in configs] == list(CANDIDATES)
     assert configs[0][1] == given
     assert configs[1][1].block_adapter_rank > 0 and configs[1][1].epochs == 3
+    assert configs[2][1] == replace(configs[1][1], residual_lr=3e-3)  # the second at another lr, nothing else
     assert [name for name, _ in candidate_configs(TrainConfig(method="text"))] == ["recipe"]
 
 
@@ -49,7 +52,8 @@ def test_train_auto_keeps_the_candidate_best_on_val(tiny, world_items):
     assert auto.result.best_metrics == kept["val"]
     assert all(score(kept["val"]) >= score(c["val"]) for c in auto.tried)
     assert auto.tried[1]["params"] > auto.tried[0]["params"]  # the block adapters' factors
-    assert (auto.result.prompted.block_adapters is not None) == (auto.chosen == "recipe + block adapters")
+    assert auto.tried[2]["params"] == auto.tried[1]["params"]
+    assert (auto.result.prompted.block_adapters is not None) == (auto.chosen != "recipe")
     assert auto.result.config == candidate_configs(config)[[c["chosen"] for c in auto.tried].index(True)][1]
-    assert {(e["run"], e["runs"]) for e in events} == {(1, 2), (2, 2)}
+    assert {(e["run"], e["runs"]) for e in events} == {(1, 3), (2, 3), (3, 3)}
     assert auto.summary() == {"chosen": auto.chosen, "candidates": auto.tried}

@@ -26,12 +26,14 @@ def run(method: str, ranks: list[int], val_r1: float, wall: float) -> dict:
 def test_each_gpu_run_is_set_beside_the_cpu_run_of_its_key_with_a_paired_difference(tmp_path):
     r1_60, r1_50, r1_40 = ([1] * n + [3] * (100 - n) for n in (60, 50, 40))  # R@1 of 60, 50, 40 % on 100 queries
     published = tmp_path / "quality.json"
-    published.write_text(json.dumps({"runs": [run("adapter", r1_60, 0.30, 300), run("adapter+blocks", r1_50, 0.20, 400)]}))
+    published.write_text(json.dumps({"runs": [run("adapter", r1_60, 0.30, 300), run("adapter+blocks", r1_50, 0.20, 400),
+                                              run("adapter+blocks-lr3e-3", r1_40, 0.25, 100)]}))
     check = tmp_path / "check"
     (check / "style-fp16").mkdir(parents=True)
     (check / "style-fp16" / "quality.json").write_text(json.dumps({
         "machine": {"gpu": "a GPU"}, "backbone": {"device": "cuda:0", "precision": "fp16"},
-        "runs": [run("adapter", r1_40, 0.10, 20), run("adapter+blocks", r1_50, 0.25, 30)]}))
+        "runs": [run("adapter", r1_40, 0.10, 20), run("adapter+blocks", r1_50, 0.25, 30),
+                 run("adapter+blocks-lr3e-3", r1_60, 0.15, 10)]}))
     (check / "junit.xml").write_text(JUNIT)
     (check / "env.txt").write_text("torch 9 on a GPU\nGPU 0: a GPU (UUID: x)\n")
 
@@ -44,7 +46,8 @@ def test_each_gpu_run_is_set_beside_the_cpu_run_of_its_key_with_a_paired_differe
     # auto keeps, on each device, the candidate its own val prefers: here block adapters on the GPU, the recipe on the CPU
     auto = next(line for name, line in rows.items() if name.startswith("auto"))
     assert "kept: recipe + block adapters; CPU kept: recipe)" in auto and "| 50.0 | 60.0 | -10.0 [" in auto
-    assert "| 50 s | 700 s |" in auto
+    assert "| 60 s | 800 s |" in auto  # every candidate's time: auto trains them all
+    assert "| 60.0 | 40.0 | +20.0 [" in rows["recipe + block adapters, lr 3e-3"]
     assert "2 passed, 1 failed, 1 not collected or not set up, 1 skipped (in 12 s)" in text
     assert "- tests.a::test_bad: AssertionError: 1 != 2" in text and "- tests.c: collection failure" in text
     assert "skipped (1): forks a process that holds CUDA" in text

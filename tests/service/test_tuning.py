@@ -98,18 +98,19 @@ def test_the_default_method_trains_each_candidate_and_keeps_the_one_better_on_va
     cid = fill(client)
     job = wait(client, start_job(client, cid, activation="always", **QUICK))  # method auto: the default
     assert job["config"]["method"] == "auto"
-    assert (job["progress"]["run"], job["progress"]["runs"]) == (2, 2)  # the last candidate's progress
+    assert (job["progress"]["run"], job["progress"]["runs"]) == (3, 3)  # the last candidate's progress
 
     detail = client.get(f"/collections/{cid}/adapters/1").json()
     assert detail["method"] == "dual"
     tried = detail["report"]["candidates"]["candidates"]
-    assert [c["name"] for c in tried] == ["recipe", "recipe + block adapters"]
+    assert [c["name"] for c in tried] == ["recipe", "recipe + block adapters", "recipe + block adapters, lr 3e-3"]
     kept = [c for c in tried if c["chosen"]]
     assert len(kept) == 1 and kept[0]["name"] == detail["report"]["candidates"]["chosen"]
     assert detail["report"]["training"]["val"] == kept[0]["val"]
     assert detail["param_count"] == kept[0]["params"]
     stored = read_adapter_info(client.get(f"/collections/{cid}/adapters/1/file").content)
-    assert (stored.prompt_config.block_adapter_rank > 0) == (kept[0]["name"] == "recipe + block adapters")
+    assert (stored.prompt_config.block_adapter_rank > 0) == (kept[0]["name"] != "recipe")
+    assert stored.train_config["residual_lr"] == (3e-3 if kept[0]["name"].endswith("lr 3e-3") else 1e-3)
     assert stored.train_config["block_adapter_rank"] == stored.prompt_config.block_adapter_rank
 
     single = wait(client, start_job(client, cid, method="dual", activation="never", **QUICK))

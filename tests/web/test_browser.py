@@ -114,7 +114,7 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.find("#job-test")
     assert page.text("[data-field=state]") == "succeeded"
     assert page.text("[data-field=split]") != "– / – / –"
-    assert page.text("[data-field=candidate]") == "2 of 2"  # method auto, the default: two candidate recipes
+    assert page.text("[data-field=candidate]") == "3 of 3"  # method auto, the default: three candidate recipes
     r1_cells = page.all("#job-test [data-metric=t2i_r1]")
     assert len(r1_cells) == 2
     assert all("%" in c.text for c in r1_cells)

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adapters.stats import paired_bootstrap_gain
-from bench.summary import compose_auto, per_query
+from bench.summary import CANDIDATE_METHODS, compose_auto, per_query
 
-METHOD_ORDER = ("zero-shot", "adapter", "adapter+blocks", "adapter+blocks-lr3e-3", "auto")
-LABEL = {"zero-shot": "zero-shot", "adapter": "recipe", "adapter+blocks": "recipe + block adapters",
-         "adapter+blocks-lr3e-3": "recipe + block adapters, lr 3e-3",
+METHOD_ORDER = ("zero-shot", *CANDIDATE_METHODS.values(), "auto")
+# A candidate's run is labelled with the candidate's name.
+LABEL = {"zero-shot": "zero-shot", **{method: name for name, method in CANDIDATE_METHODS.items()},
          "auto": "auto (the default)"}
 
 

@@ -62,6 +62,7 @@ from bench.baselines import (
     trim_tokens,
 )
 from bench.machine import machine_info
+from bench.summary import CANDIDATE_METHODS
 from bench.world import generate, load_spec
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 1001, 2002, 3003
@@ -320,7 +321,7 @@ def swept(backbone, coll: Collection, method: str, seeds: Sequence[int], lrs: Se
 class Options:
     out: Path = Path("docs/bench")
     specs: Sequence[str] = SHIFTS
-    methods: Sequence[str] = ("zero-shot", "adapter", "adapter+blocks", "adapter+blocks-lr3e-3", "dual", "linear", "full-ft")
+    methods: Sequence[str] = ("zero-shot", *CANDIDATE_METHODS.values(), "dual", "linear", "full-ft")
     seeds: Sequence[int] = SEEDS
     sizes: Sizes = Sizes()
     big_size_methods: Sequence[str] | None = None  # methods also run at sizes after the first (None: all)
@@ -369,9 +370,9 @@ def plan_runs(opts: Options) -> list[tuple[str, int, str, object]]:
     return plan
 
 
-METHOD_CONFIGS = {"adapter": RECIPE, "adapter+blocks": dict(RECIPE, **CANDIDATES["recipe + block adapters"]),
-                  "adapter+blocks-lr3e-3": dict(RECIPE, **CANDIDATES["recipe + block adapters, lr 3e-3"]),
-                  "dual": DUAL, "dcar": dict(DUAL, **DCAR)}
+# Each of auto's candidates runs as its own bench method (bench.summary.CANDIDATE_METHODS).
+METHOD_CONFIGS = {method: dict(RECIPE, **CANDIDATES[name]) for name, method in CANDIDATE_METHODS.items()} | {
+    "dual": DUAL, "dcar": dict(DUAL, **DCAR)}
 
 
 def run_benchmark(opts: Options) -> dict:
@@ -634,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", "--shifts", dest="specs", nargs="+", default=None,
                         help=f"shift specs: names in bench/specs or JSON file paths (default {' '.join(SHIFTS)})")
-    parser.add_argument("--methods", nargs="+", default=None, choices=("zero-shot", "adapter", "adapter+blocks", "adapter+blocks-lr3e-3", "dual", "dcar", "linear", "full-ft"))
+    parser.add_argument("--methods", nargs="+", default=None, choices=("zero-shot", *METHOD_CONFIGS, "linear", "full-ft"))
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--sizes", nargs="+", type=int, default=None, help="train sizes (default 1000 5000)")
     parser.add_argument("--test-size", type=int, default=None)

@@ -6,7 +6,7 @@ zero-shot, and of the recovered fraction of full fine-tuning's R@1 gain. The goa
 checked against those intervals; a check whose methods did not run says "not run", never "not met".
 
 The service's default, ``method: "auto"``, trains each of ``adapters.candidates``' recipes and keeps
-the one better on val. Its rows are composed from the runs of its candidates (``adapter``,
+the one best on val. Its rows are composed from the runs of its candidates (``adapter``,
 ``adapter+blocks`` and ``adapter+blocks-lr3e-3``, same shift, size and seed: the runs auto makes,
 training being deterministic on one machine) with the choice auto makes, ``adapters.candidates.choose`` on their val metrics; its
 wall time is theirs summed. The goals are checked on ``auto`` where it could be composed, else on

@@ -71,8 +71,6 @@ REFERENCE = "broad"
 TRAIN_SIZES = (1000, 5000)
 VAL_SIZE, TEST_SIZE = 500, 1000
 SEEDS = (0, 1, 2)
-PARAM_BUDGET = 0.005  # <= 0.5 % of the backbone's parameters
-RECOVERY_TARGET = 0.8  # of full fine-tuning's R@1 gain over zero-shot
 LINEAR_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 FT_LRS = (3e-5, 1e-4, 3e-4, 1e-3)
 DCAR = dict(same_category_weight=0.5, hard_negatives=2, attribute_reweighting=True)

@@ -22,7 +22,7 @@ from .data import PairedItem
 from .evaluate import Metrics
 from .negatives import QueryNegatives
 from .schedule import score
-from .train import TrainConfig, TrainResult, train_adapter
+from .train import TrainConfig, TrainResult, frozen_work, train_adapter
 
 # name -> TrainConfig fields changed from the job's config; the first is the job's config as is.
 CANDIDATES: dict[str, dict] = {
@@ -72,6 +72,7 @@ def train_auto(
 ) -> AutoResult:
     """Progress events gain ``run`` (the candidate, 1-based) and ``runs``; step counts are per candidate."""
     configs = candidate_configs(config)
+    frozen = frozen_work(backbone, train_items, val_items)  # the same for every candidate: computed once
     results: list[TrainResult] = []
     tried: list[dict] = []
     for n, (name, cfg) in enumerate(configs, start=1):
@@ -80,7 +81,7 @@ def train_auto(
                 on_progress({**info, "run": n, "runs": len(configs)})
 
         result = train_adapter(backbone, train_items, val_items, cfg, on_progress=progress,
-                               should_cancel=should_cancel, negatives=negatives)
+                               should_cancel=should_cancel, negatives=negatives, frozen=frozen)
         results.append(result)
         tried.append({"name": name, "val": result.best_metrics, "best_epoch": result.best_epoch,
                       "params": result.prompted.num_parameters(), "wall_time_s": round(result.wall_time_s, 3)})

@@ -11,7 +11,9 @@ does not depend on the prompts:
   remaining blocks.
 
 ``ImageSide`` and ``TextSide`` hide which of these applies; the caches live on the CPU and each
-batch moves to the model's device, so the memory they take is host memory.
+batch moves to the model's device, so the memory they take is host memory. ``FrozenWork`` holds
+what every adapter trained on the same items shares (``method: "auto"`` trains several), so a job
+computes it once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from .prompted import PromptedCLIP
+from .prompted import PromptConfig, PromptedCLIP
 
 
 def preprocess_images(backbone, images: Sequence[Image.Image], batch_size: int = 256) -> torch.Tensor:
@@ -47,7 +49,15 @@ class ImageSide:
     residual map (when present) is applied per call, so it still trains.
     """
 
-    def __init__(self, prompted: PromptedCLIP, pixels: torch.Tensor, cache: bool = True, batch_size: int = 64):
+    def __init__(
+        self,
+        prompted: PromptedCLIP,
+        pixels: torch.Tensor,
+        cache: bool = True,
+        batch_size: int = 64,
+        prefix: torch.Tensor | None = None,
+    ):
+        """``prefix``: these pixels' activations entering ``prompted.image_prefix_layer``, when known."""
         self.prompted = prompted
         self.device = prompted.device
         self.frozen = prompted.visual_prompts is None
@@ -58,7 +68,7 @@ class ImageSide:
             if self.frozen:
                 self.features = _batched(prompted.image_tower, pixels, batch_size, self.device)
             elif cache:
-                self.prefix = _batched(prompted.image_prefix, pixels, batch_size, self.device)
+                self.prefix = prefix if prefix is not None else _batched(prompted.image_prefix, pixels, batch_size, self.device)
 
     @property
     def cached_layer(self) -> int | None:
@@ -107,3 +117,36 @@ class TextSide:
     def all(self, batch_size: int = 256) -> torch.Tensor:
         with torch.no_grad():
             return _batched(lambda i: self(i), torch.arange(len(self)), batch_size, torch.device("cpu"))
+
+
+class FrozenWork:
+    """What does not depend on the adapter, for one set of training and held-out items.
+
+    Pixels, the zero-shot embeddings of the held-out pairs and the training images' activations
+    before the first prompted block are the same for every adapter trained on these items, so
+    candidates that share this object compute them once. Parts no adapter asks for are not computed.
+    """
+
+    def __init__(self, backbone, train_images: Sequence[Image.Image], val_images: Sequence[Image.Image],
+                 val_captions: Sequence[str]):
+        self.train_pixels = preprocess_images(backbone, train_images)
+        self.val_pixels = preprocess_images(backbone, val_images)
+        self.zero = PromptedCLIP.from_backbone(backbone, PromptConfig())
+        self.zero_val_text = TextSide(self.zero, val_captions).all()
+        self.zero_val_image = ImageSide(self.zero, self.val_pixels).all()
+        self._zero_train_images: torch.Tensor | None = None
+        self._prefixes: dict[int, torch.Tensor] = {}
+
+    def zero_train_images(self) -> torch.Tensor:
+        """Zero-shot embeddings of the training images (for mined negatives and consistency terms)."""
+        if self._zero_train_images is None:
+            self._zero_train_images = ImageSide(self.zero, self.train_pixels).all()
+        return self._zero_train_images
+
+    def train_images(self, prompted: PromptedCLIP, cache: bool = True) -> ImageSide:
+        """The training images for ``prompted``, reusing activations cached for an earlier adapter."""
+        layer = prompted.image_prefix_layer
+        side = ImageSide(prompted, self.train_pixels, cache=cache, prefix=self._prefixes.get(layer))
+        if side.prefix is not None:
+            self._prefixes[layer] = side.prefix
+        return side

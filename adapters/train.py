@@ -2,7 +2,7 @@
 
 Only the adapter's tensors are optimised (prompts, the word table of the collection's own words,
 and the residual maps when asked for; AdamW,
-linear warm-up then cosine decay). Frozen work is done once (``features``), batches come from
+linear warm-up then cosine decay). Frozen work is done once (``features``; shared between candidates: ``frozen_work``), batches come from
 ``sampling``, the objective from ``losses`` (plus, when given, the user's named negatives of a caption:
 ``adapters.negatives``). After every epoch the adapter is scored by
 text->image R@1 on ``val_items`` (a held-out split the caller keeps apart from its final test
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .data import PairedItem
 from .evaluate import Metrics, flatten_captions, image_ids_of, retrieval_metrics
-from .features import ImageSide, TextSide, preprocess_images
+from .features import FrozenWork, ImageSide, TextSide
 from .losses import (
     CategoryWeights,
     attribute_margins,
@@ -191,8 +191,12 @@ def train_adapter(
     should_cancel: Callable[[], bool] | None = None,
     negatives: QueryNegatives | None = None,
     on_epoch: Callable[[int, PromptedCLIP], bool] | None = None,
+    frozen: FrozenWork | None = None,
 ) -> TrainResult:
     """``negatives``: images that must rank below a caption's own image (``adapters.negatives``).
+
+    ``frozen``: ``frozen_work(backbone, train_items, val_items)``, shared by callers that train
+    several adapters on the same items; computed here when not given.
 
     ``on_epoch(epoch, prompted)`` is called after epoch 0 (the initial prompts) and after every epoch,
     with the adapter unmixed; returning True stops training there (e.g. a caller that judges epochs
@@ -207,37 +211,37 @@ def train_adapter(
     device = backbone.device
     prompted = _new_adapter(backbone, cfg, train_items)
 
-    # Frozen work, done once.
-    train_pixels = preprocess_images(backbone, [item.image for item in train_items])
-    val_pixels = preprocess_images(backbone, [item.image for item in val_items])
-    zero = PromptedCLIP.from_backbone(backbone, PromptConfig())
+    if frozen is None:
+        frozen = frozen_work(backbone, train_items, val_items)
+    elif len(frozen.train_pixels) != len(train_items) or len(frozen.val_pixels) != len(val_items):
+        raise ValueError("the shared frozen work was computed for other items")
     need_bank = cfg.hard_negatives > 0 or cfg.attribute_reweighting or cfg.consistency_weight > 0
-    image_bank = ImageSide(zero, train_pixels).all() if need_bank else None
+    image_bank = frozen.zero_train_images() if need_bank else None
     extra = _attribute_captions(backbone, train_items, image_bank, cfg) if cfg.attribute_reweighting else None
     data = TrainingSet.build(train_items, extra)
-    caption_bank = TextSide(zero, data.captions).all() if cfg.hard_negatives > 0 or cfg.consistency_weight > 0 else None
+    caption_bank = (TextSide(frozen.zero, data.captions).all()
+                    if cfg.hard_negatives > 0 or cfg.consistency_weight > 0 else None)
     neighbours = None
     if cfg.hard_negatives > 0:
         assert image_bank is not None and caption_bank is not None
         item_text = torch.stack([caption_bank[idx].mean(0) for idx in data.captions_of])
         neighbours = mine_hard_negatives(image_bank, item_text, cfg.hard_negatives, data.categories, data.image_ids)
 
-    images = ImageSide(prompted, train_pixels, cache=cfg.cache_features)
+    images = frozen.train_images(prompted, cache=cfg.cache_features)
     texts = TextSide(prompted, data.captions)
     named = None
     if negatives is not None and negatives.pairs_for(data.captions) > 0:
         named = NegativeTerm(backbone, prompted, data.captions, negatives, cfg.batch_size, cfg.cache_features, cfg.seed)
     val_captions, val_owner = flatten_captions(val_items)
     val_ids = image_ids_of(val_items)
-    val_images = ImageSide(prompted, val_pixels)
+    val_images = ImageSide(prompted, frozen.val_pixels)
     val_texts = TextSide(prompted, val_captions)
 
     def validate() -> Metrics:
         return retrieval_metrics(val_texts.all(), val_images.all(), val_owner, val_ids)
 
-    zero_val_text, zero_val_image = TextSide(zero, val_captions).all(), ImageSide(zero, val_pixels).all()
+    zero_val_text, zero_val_image = frozen.zero_val_text, frozen.zero_val_image
     zero_shot = retrieval_metrics(zero_val_text, zero_val_image, val_owner, val_ids)
-    del zero
 
     sampler = BatchSampler(data, cfg.batch_size, neighbours, cfg.captions_per_item, cfg.seed)
     total_steps = cfg.epochs * sampler.steps_per_epoch
@@ -363,6 +367,12 @@ def train_adapter(
         history=history,
         negative_pairs_used=named.pairs_used if named is not None else 0,
     )
+
+
+def frozen_work(backbone, train_items: Sequence[PairedItem], val_items: Sequence[PairedItem]) -> FrozenWork:
+    """The frozen computation ``train_adapter`` needs for these items, to share between adapters."""
+    return FrozenWork(backbone, [item.image for item in train_items], [item.image for item in val_items],
+                      flatten_captions(val_items)[0])
 
 
 def _new_adapter(backbone, cfg: TrainConfig, train_items: Sequence[PairedItem]) -> PromptedCLIP:

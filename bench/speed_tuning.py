@@ -4,7 +4,7 @@
   the activations entering block L are computed once per image, or the first L blocks run every step);
 - text-only prompts: the image side is frozen, so ``train_adapter`` always encodes images once and has
   no switch to turn that off. The "uncached" run here is an emulation: the bench swaps
-  ``adapters.train.ImageSide`` for a subclass that re-encodes the batch's pixels every step.
+  ``adapters.features.ImageSide`` for a subclass that re-encodes the batch's pixels every step.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from unittest import mock
 
 import torch
 
-import adapters.train as train_module
+import adapters.features as features_module
 from adapters.features import ImageSide
 from adapters.train import TrainConfig, train_adapter
 
@@ -26,9 +26,9 @@ from adapters.train import TrainConfig, train_adapter
 class _RecomputeFrozenImages(ImageSide):
     """ImageSide that, asked for cache=False on a frozen (prompt-free) image side, re-encodes every step."""
 
-    def __init__(self, prompted, pixels, cache: bool = True, batch_size: int = 64):
+    def __init__(self, prompted, pixels, cache: bool = True, batch_size: int = 64, prefix=None):
         if cache or prompted.visual_prompts is not None:
-            super().__init__(prompted, pixels, cache=cache, batch_size=batch_size)
+            super().__init__(prompted, pixels, cache=cache, batch_size=batch_size, prefix=prefix)
             return
         self.prompted = prompted
         self.device = prompted.device
@@ -53,8 +53,9 @@ def _timed_train(backbone, train_items, val_items, config: TrainConfig, emulate_
     def on_progress(event: dict) -> None:
         events.append((time.perf_counter(), int(event["step"])))
 
-    # The uncached side: train_adapter builds its image side from this module attribute.
-    uncached = mock.patch.object(train_module, "ImageSide", _RecomputeFrozenImages)
+    # The uncached side: train_adapter's training images come from FrozenWork, which builds them
+    # from this module attribute.
+    uncached = mock.patch.object(features_module, "ImageSide", _RecomputeFrozenImages)
     context = uncached if emulate_uncached else contextlib.nullcontext()
     with context:
         t0 = time.perf_counter()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 
 from adapters.candidates import CANDIDATES, candidate_configs, choose, train_auto
 from adapters.schedule import score
-from adapters.train import TrainConfig
+from adapters.train import TrainConfig, frozen_work, train_adapter
 from bench.world import generate, load_spec
 
 
@@ -57,3 +58,29 @@ def test_train_auto_keeps_the_candidate_best_on_val(tiny, world_items):
     assert auto.result.config == candidate_configs(config)[[c["chosen"] for c in auto.tried].index(True)][1]
     assert {(e["run"], e["runs"]) for e in events} == {(1, 3), (2, 3), (3, 3)}
     assert auto.summary() == {"chosen": auto.chosen, "candidates": auto.tried}
+
+
+def test_candidates_share_the_frozen_work_and_train_as_they_would_alone(tiny, world_items, monkeypatch):
+    """Pixels, zero-shot held-out embeddings and cached activations are computed once per job."""
+    import adapters.features as features
+
+    calls = []
+    real = features.preprocess_images
+    monkeypatch.setattr(features, "preprocess_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train, val = world_items
+    config = TrainConfig(epochs=1, batch_size=16, patience=None, text_tokens=2, visual_tokens=2)
+    auto = train_auto(tiny, train, val, config)
+    assert len(calls) == 2  # the training and the held-out images, once for three candidates
+    for (name, cfg), tried in zip(candidate_configs(config), auto.tried, strict=True):
+        alone = train_adapter(tiny, train, val, cfg)
+        assert (alone.best_metrics, alone.best_epoch) == (tried["val"], tried["best_epoch"]), name
+        if tried["chosen"]:
+            for key, tensor in alone.prompted.prompt_state_dict().items():
+                assert torch.equal(tensor, auto.result.prompted.prompt_state_dict()[key]), key
+
+
+def test_frozen_work_of_other_items_is_refused(tiny, world_items):
+    train, val = world_items
+    frozen = frozen_work(tiny, train[:10], val)
+    with pytest.raises(ValueError, match="other items"):
+        train_adapter(tiny, train, val, TrainConfig(epochs=1, batch_size=16), frozen=frozen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapters.features import ImageSide, TextSide
+from adapters.features import FrozenWork, ImageSide, TextSide
 from adapters.losses import contrastive_loss
 from adapters.prompted import PromptConfig, PromptedCLIP
 from tests.support import tolerance
@@ -58,3 +58,23 @@ def test_frozen_sides_are_encoded_once(tiny, pixels):
     assert texts.features is not None
     assert torch.allclose(texts.all(), tiny.encode_texts(CAPTIONS), atol=tolerance(tiny, 1e-6))
     assert not texts(torch.tensor([0])).requires_grad
+
+
+def test_frozen_work_caches_each_prefix_layer_once_for_every_adapter(tiny, pixels):
+    from PIL import Image
+
+    images = [Image.new("RGB", (40, 40), colour) for colour in ("red", "blue", "green", "white", "black")]
+    frozen = FrozenWork(tiny, images, images[:2], ["a red square", "a blue square"])
+    first = PromptedCLIP.from_backbone(tiny, PromptConfig(visual_tokens=3, visual_start=1))
+    second = PromptedCLIP.from_backbone(tiny, PromptConfig(visual_tokens=2, visual_start=1, block_adapter_rank=2))
+    shallow = PromptedCLIP.from_backbone(tiny, PromptConfig(visual_tokens=2, visual_start=0))
+    a, b, c = frozen.train_images(first), frozen.train_images(second), frozen.train_images(shallow)
+    assert b.prefix is a.prefix  # reused, not recomputed
+    assert c.prefix is not a.prefix and c.cached_layer == 0  # another layer, its own activations
+    fresh = ImageSide(second, frozen.train_pixels)
+    assert torch.equal(b.prefix, fresh.prefix)
+    assert torch.allclose(b.all(), fresh.all(), atol=tolerance(tiny, 1e-6))
+    assert frozen.train_images(first, cache=False).prefix is None
+    zero = tiny.model.encode_image(frozen.val_pixels.to(tiny.device), normalize=True).float().cpu()
+    assert torch.allclose(frozen.zero_val_image, zero, atol=tolerance(tiny, 1e-6))
+    assert torch.allclose(frozen.zero_val_text, tiny.encode_texts(["a red square", "a blue square"]).cpu(), atol=tolerance(tiny, 1e-6))

@@ -8,9 +8,9 @@ candidate. Every candidate already falls back to zero-shot on its own (``zero_sh
 choice is never worse than zero-shot on val. Only the chosen adapter is kept.
 
 The third candidate is the second at another learning rate for its low-rank maps: which rate suits
-a collection differs between collections (the README's lever study: 3e-3 gained on all three seeds
-of ``fine_grained`` and lost on ``style`` and ``vocabulary``), so a job chooses it on val, as the
-benchmark's baselines choose theirs from a sweep.
+a collection differs between collections (the lever study in docs/bench/history.md: 3e-3 gained on
+all three seeds of ``fine_grained`` and lost on ``style`` and ``vocabulary``), so a job chooses it
+on val, as the benchmark's baselines choose theirs from a sweep.
 """
 
 from __future__ import annotations

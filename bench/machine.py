@@ -23,7 +23,7 @@ CPU_ID_FIELDS = ("cpu family", "model", "stepping")
 def machine_info(versions: dict[str, str] | None = None) -> dict:
     """``cpu_id`` and ``torch_cpu_kernels`` tell two CPUs of one model name apart. torch picks its
     kernels by instruction set, and kernels may round differently: the same code and seed trained to
-    a different adapter on another machine (2.6 points of val R@1 on one benchmark row; README,
+    a different adapter on another machine (2.6 points of val R@1 on one benchmark row; docs/bench/history.md,
     "Seeded runs repeat only on the same CPU"). Records can be expected to repeat exactly only when
     these match."""
     cpu_model, ram_gb = None, None

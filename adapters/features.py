@@ -18,7 +18,7 @@ computes it once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -56,18 +56,21 @@ class ImageSide:
         cache: bool = True,
         batch_size: int = 64,
         prefix: torch.Tensor | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        """``prefix``: these pixels' activations entering ``prompted.image_prefix_layer``, when known."""
+        """``prefix``: these pixels' activations entering ``prompted.image_prefix_layer``, when known.
+        ``augment``: applied to each batch's pixels (training), so nothing is cached."""
         self.prompted = prompted
         self.device = prompted.device
-        self.frozen = prompted.visual_prompts is None
+        self.augment = augment
+        self.frozen = prompted.visual_prompts is None and augment is None
         self.pixels = pixels
         self.prefix = None
         self.features = None
         with torch.no_grad():
             if self.frozen:
                 self.features = _batched(prompted.image_tower, pixels, batch_size, self.device)
-            elif cache:
+            elif cache and augment is None:
                 self.prefix = prefix if prefix is not None else _batched(prompted.image_prefix, pixels, batch_size, self.device)
 
     @property
@@ -84,7 +87,10 @@ class ImageSide:
             return head(self.features[index].to(self.device))
         if self.prefix is not None:
             return head(self.prompted.image_tower_from_prefix(self.prefix[index].to(self.device)))
-        return head(self.prompted.image_tower(self.pixels[index].to(self.device)))
+        pixels = self.pixels[index]
+        if self.augment is not None:
+            pixels = self.augment(pixels)
+        return head(self.prompted.image_tower(pixels.to(self.device)))
 
     def all(self, batch_size: int = 256) -> torch.Tensor:
         """Every embedding without gradients (for evaluation), on the CPU."""
@@ -143,10 +149,44 @@ class FrozenWork:
             self._zero_train_images = ImageSide(self.zero, self.train_pixels).all()
         return self._zero_train_images
 
-    def train_images(self, prompted: PromptedCLIP, cache: bool = True) -> ImageSide:
+    def train_images(self, prompted: PromptedCLIP, cache: bool = True,
+                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ImageSide:
         """The training images for ``prompted``, reusing activations cached for an earlier adapter."""
         layer = prompted.image_prefix_layer
-        side = ImageSide(prompted, self.train_pixels, cache=cache, prefix=self._prefixes.get(layer))
+        side = ImageSide(prompted, self.train_pixels, cache=cache, prefix=self._prefixes.get(layer), augment=augment)
         if side.prefix is not None:
             self._prefixes[layer] = side.prefix
         return side
+
+
+class PixelAugment:
+    """Changes to a batch of preprocessed training images that keep their captions true, drawn per step.
+
+    Captions name colours, positions, sizes and textures, so none of those may change: a brightness
+    gain in ``1 ± gain``, a shift of up to ``shift`` pixels per image (edges repeated; far less than
+    what separates "on the left" from "in the centre") and Gaussian noise of ``noise`` (on a 0..1
+    scale). Flips, crops and colour jitter would each falsify some caption.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], seed: int,
+                 gain: float = 0.1, shift: int = 2, noise: float = 0.02):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.gain, self.shift, self.noise = gain, shift, noise
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def for_backbone(cls, backbone, seed: int) -> PixelAugment:
+        visual = backbone.model.visual
+        return cls(visual.image_mean, visual.image_std, seed)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = pixels.shape
+        x = pixels.detach().cpu().float() * self.std + self.mean
+        x = x * (1 + (torch.rand(n, 1, 1, 1, generator=self.gen) * 2 - 1) * self.gain)
+        s = self.shift
+        padded = torch.nn.functional.pad(x, (s, s, s, s), mode="replicate")
+        offsets = torch.randint(0, 2 * s + 1, (n, 2), generator=self.gen).tolist()
+        x = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+        x = x + torch.randn(x.shape, generator=self.gen) * self.noise
+        return ((x.clamp(0, 1) - self.mean) / self.std).to(pixels.dtype)

@@ -27,6 +27,11 @@ them see the prompts alone.
   attention to read; these write into every token's residual stream. ``text_block_adapter_rank``
   puts the same kind beside every text block (a lever the benchmark measures; no default uses it).
 
+- Coupled prompts (optional, MaPLe's idea, Khattak et al., 2023): each prompted image block's
+  first visual prompts gain a low-rank map of the text prompts that enter the text block of the
+  same index, so the text prompts learn from the image side too. The map's ``up`` starts at zero,
+  so an untrained coupling changes nothing (a lever the benchmark measures; no default uses it).
+
 Two optional pieces act on the finished embeddings, so an index built with ``encode_image`` and
 a query from ``encode_text`` need nothing else:
 
@@ -64,6 +69,18 @@ class _LowRankResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + (x @ self.down.T) @ self.up.T
+
+
+class _LowRankMap(nn.Module):
+    """``up(down(x))`` from ``in_dim`` to ``out_dim``, ``up`` zero-initialised: zero until trained."""
+
+    def __init__(self, in_dim: int, out_dim: int, rank: int, gen: torch.Generator):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(rank, in_dim, generator=gen) / math.sqrt(in_dim))
+        self.up = nn.Parameter(torch.zeros(out_dim, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.down.T.to(x.dtype)) @ self.up.T.to(x.dtype)
 
 
 class _BlockAdapter(_LowRankResidual):
@@ -104,6 +121,7 @@ class PromptConfig:
     word_tokens: int = 0  # K: token ids whose embedding gets a learned offset (the collection's words)
     block_adapter_rank: int = 0  # bottleneck beside every prompted image block (0: none)
     text_block_adapter_rank: int = 0  # bottleneck beside every text block (0: none)
+    coupling_rank: int = 0  # rank of the text->visual prompt maps of coupled prompts (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,6 +278,14 @@ class PromptedCLIP(nn.Module):
             self.block_adapters = nn.ModuleList(
                 _BlockAdapter(width, config.block_adapter_rank, gen) for _ in self.visual_layers).to(device)
 
+        self.coupling: nn.ModuleList | None = None
+        if config.coupling_rank > 0:
+            if not self.visual_layers or self.text_prompts is None:
+                raise ValueError("coupled prompts map text prompts onto visual prompts: they need both")
+            self.coupling = nn.ModuleList(
+                _LowRankMap(self.text_prompts.shape[1], visual.conv1.out_channels, config.coupling_rank, gen)
+                for _ in self.visual_layers).to(device)
+
         self.text_block_adapters = None
         if config.text_block_adapter_rank > 0:
             if self._text is None:
@@ -329,7 +355,7 @@ class PromptedCLIP(nn.Module):
             assert self.word_ids is not None
             out["word_ids"] = self.word_ids.detach().to("cpu", copy=True)
             out["word_deltas"] = _copy(self.word_deltas)
-        for prefix, module in (("block_adapters", self.block_adapters),
+        for prefix, module in (("block_adapters", self.block_adapters), ("coupling", self.coupling),
                                ("text_block_adapters", self.text_block_adapters), ("residual", self.residual)):
             if module is not None:
                 for name, value in module.state_dict().items():
@@ -607,13 +633,24 @@ class PromptedCLIP(nn.Module):
 
     def _visual_prompt(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         assert self.visual_prompts is not None
-        prompts = self.visual_prompts[self.visual_layers.index(layer)].to(x.dtype)
+        k = self.visual_layers.index(layer)
+        prompts = self.visual_prompts[k].to(x.dtype)
+        if self.coupling is not None:
+            coupled = self.coupling[k](self._text_prompts_at(layer).to(x.dtype))[: prompts.shape[0]]
+            prompts = torch.cat([prompts[: len(coupled)] + coupled, prompts[len(coupled) :]])
         if layer == 0:
             # Image tokens went through ln_pre inside _embeds; the input prompts get the same
             # (token-wise) norm, as if they had been joined before it. Deeper prompts are written
             # straight into the residual stream, as in VPT-deep.
             prompts = self.clip.visual.ln_pre(prompts)
         return prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
+
+    def _text_prompts_at(self, block: int) -> torch.Tensor:
+        """The text prompts entering text block ``block`` (the last block's for a deeper image tower)."""
+        assert self.text_prompts is not None
+        if self.text_deep_prompts is None or block == 0:
+            return self.text_prompts
+        return self.text_deep_prompts[min(block, len(self.text_deep_prompts)) - 1]
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if getattr(self.clip.visual.transformer, "batch_first", True):

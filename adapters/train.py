@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .data import PairedItem
 from .evaluate import Metrics, flatten_captions, image_ids_of, retrieval_metrics
-from .features import FrozenWork, ImageSide, TextSide
+from .features import FrozenWork, ImageSide, PixelAugment, TextSide
 from .losses import (
     CategoryWeights,
     attribute_margins,
@@ -83,6 +83,8 @@ class TrainConfig:
     word_lr: float | None = None  # the offsets' learning rate (None: the prompts' ``lr``)
     block_adapter_rank: int = 0  # bottleneck adapter beside every prompted image block (0: none; needs visual prompts)
     text_block_adapter_rank: int = 0  # bottleneck adapter beside every text block (0: none; not for "visual")
+    coupling_rank: int = 0  # coupled prompts: text->visual prompt maps of this rank (0: none; "dual" only)
+    augment: bool = False  # change training images each step in ways their captions survive (features.PixelAugment)
     consistency_weight: float = 0.0  # pull adapted embeddings towards the frozen ones (KgCoOp / PromptSRC)
     zero_shot_mix: bool = True  # choose a mixing weight with the zero-shot embedding on val
     mix_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # adapted-embedding weights tried
@@ -108,6 +110,7 @@ class TrainConfig:
             word_tokens=0 if self.method == "visual" else self.word_tokens,
             block_adapter_rank=0 if self.method == "text" else self.block_adapter_rank,
             text_block_adapter_rank=0 if self.method == "visual" else self.text_block_adapter_rank,
+            coupling_rank=self.coupling_rank if self.method == "dual" else 0,
         )
 
     def to_dict(self) -> dict:
@@ -227,7 +230,8 @@ def train_adapter(
         item_text = torch.stack([caption_bank[idx].mean(0) for idx in data.captions_of])
         neighbours = mine_hard_negatives(image_bank, item_text, cfg.hard_negatives, data.categories, data.image_ids)
 
-    images = frozen.train_images(prompted, cache=cfg.cache_features)
+    augment = PixelAugment.for_backbone(backbone, cfg.seed) if cfg.augment else None
+    images = frozen.train_images(prompted, cache=cfg.cache_features, augment=augment)
     texts = TextSide(prompted, data.captions)
     named = None
     if negatives is not None and negatives.pairs_for(data.captions) > 0:
@@ -245,7 +249,7 @@ def train_adapter(
 
     sampler = BatchSampler(data, cfg.batch_size, neighbours, cfg.captions_per_item, cfg.seed)
     total_steps = cfg.epochs * sampler.steps_per_epoch
-    weight_maps = ("residual.", "block_adapters.", "text_block_adapters.")  # low-rank maps train at residual_lr
+    weight_maps = ("residual.", "block_adapters.", "text_block_adapters.", "coupling.")  # low-rank maps: residual_lr
     prompt_params = [p for name, p in prompted.named_parameters()
                      if not name.startswith(weight_maps) and name != "word_deltas"]
     groups: list[dict] = [{"params": prompt_params, "lr": cfg.lr}]

@@ -93,6 +93,11 @@ RECIPE_LEVER = "recipe: + residual map + mixing + collection words"  # the row t
 OUTPUT_SIDE = {k: v for k, v in ON_RECIPE.items() if k != "word_tokens"}
 OUTPUT_SIDE_LEVER = "+ residual map + mixing"
 
+# The two levers of issue 9's list measured last (fifteenth session): MaPLe's coupling of text to
+# visual prompts, and augmentation of the training images that keeps their captions true.
+COUPLED_LEVER = "recipe + block adapters (rank 8) + coupled prompts (text prompts at every text block, rank-4 maps onto the visual prompts)"
+AUGMENT_LEVER = "recipe + block adapters (rank 8) + augmented training images (brightness, 2-px shift, noise)"
+
 # One lever at a time, scored on val (never on test): from the plain dual prompts, then on the
 # output-side pieces (the recipe before collection words), then on the recipe.
 LEVERS: dict[str, dict] = {
@@ -126,6 +131,8 @@ LEVERS: dict[str, dict] = {
         ON_RECIPE, block_adapter_rank=8, text_block_adapter_rank=2),
     "recipe + block adapters (rank 8), prompts and adapters from block 0 (recipe 1)": dict(
         ON_RECIPE, block_adapter_rank=8, visual_start=0),
+    COUPLED_LEVER: dict(ON_RECIPE, block_adapter_rank=8, text_deep=True, coupling_rank=4),
+    AUGMENT_LEVER: dict(ON_RECIPE, block_adapter_rank=8, augment=True),
 }
 
 

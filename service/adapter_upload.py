@@ -68,7 +68,8 @@ def check_adapter_upload(ctx: ServiceContext, blob: bytes) -> PromptedCLIP:
                                ("word_tokens", config.word_tokens, MAX_WORD_TOKENS),
                                ("residual_rank", config.residual_rank, MAX_RESIDUAL_RANK),
                                ("block_adapter_rank", config.block_adapter_rank, MAX_BLOCK_ADAPTER_RANK),
-                               ("text_block_adapter_rank", config.text_block_adapter_rank, MAX_BLOCK_ADAPTER_RANK)):
+                               ("text_block_adapter_rank", config.text_block_adapter_rank, MAX_BLOCK_ADAPTER_RANK),
+                               ("coupling_rank", config.coupling_rank, MAX_BLOCK_ADAPTER_RANK)):
         if not isinstance(value, int) or not 0 <= value <= limit:
             raise _refuse("adapter_shape", f"{name}={value!r} is outside 0..{limit} for this backbone")
     if not config.text_tokens and not config.visual_tokens and not config.word_tokens:

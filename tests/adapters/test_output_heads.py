@@ -108,7 +108,7 @@ def test_block_adapters_train_at_the_residual_rate(tiny):
 
 def test_every_learned_tensor_survives_an_artifact_round_trip(tiny, pixels, tmp_path):
     config = PromptConfig(text_tokens=2, visual_tokens=2, text_deep=True, residual_rank=4, zero_shot_mix=True,
-                          block_adapter_rank=2, text_block_adapter_rank=2)
+                          block_adapter_rank=2, text_block_adapter_rank=2, coupling_rank=2)
     prompted = PromptedCLIP.from_backbone(tiny, config)
     with torch.no_grad():
         for p in prompted.parameters():

@@ -158,7 +158,7 @@ def test_forged_word_ids_and_huge_word_tables_are_refused(client, collection):
         assert response.status_code == 422, response.text
         assert response.json()["code"] == "bad_adapter_file", response.text
     blob = serialize_adapter(prompted)
-    for field in ("word_tokens", "residual_rank", "block_adapter_rank", "text_block_adapter_rank"):
+    for field in ("word_tokens", "residual_rank", "block_adapter_rank", "text_block_adapter_rank", "coupling_rank"):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         response = post(client, cid, retagged(blob, prompt_config={**WORDS.to_dict(), field: 50_000_000}))
         assert response.status_code == 422, response.text

@@ -26,9 +26,9 @@ from adapters.train import TrainConfig, train_adapter
 class _RecomputeFrozenImages(ImageSide):
     """ImageSide that, asked for cache=False on a frozen (prompt-free) image side, re-encodes every step."""
 
-    def __init__(self, prompted, pixels, cache: bool = True, batch_size: int = 64, prefix=None):
-        if cache or prompted.visual_prompts is not None:
-            super().__init__(prompted, pixels, cache=cache, batch_size=batch_size, prefix=prefix)
+    def __init__(self, prompted, pixels, cache: bool = True, batch_size: int = 64, prefix=None, augment=None):
+        if cache or prompted.visual_prompts is not None or augment is not None:
+            super().__init__(prompted, pixels, cache=cache, batch_size=batch_size, prefix=prefix, augment=augment)
             return
         self.prompted = prompted
         self.device = prompted.device

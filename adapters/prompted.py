@@ -59,18 +59,6 @@ from open_clip.transformer import TextTransformer, VisionTransformer, text_globa
 from torch import nn
 
 
-class _LowRankResidual(nn.Module):
-    """``x + up(down(x))`` with ``up`` zero-initialised: the identity until trained."""
-
-    def __init__(self, dim: int, rank: int, gen: torch.Generator):
-        super().__init__()
-        self.down = nn.Parameter(torch.randn(rank, dim, generator=gen) / math.sqrt(dim))
-        self.up = nn.Parameter(torch.zeros(dim, rank))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + (x @ self.down.T) @ self.up.T
-
-
 class _LowRankMap(nn.Module):
     """``up(down(x))`` from ``in_dim`` to ``out_dim``, ``up`` zero-initialised: zero until trained."""
 
@@ -81,6 +69,16 @@ class _LowRankMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.down.T.to(x.dtype)) @ self.up.T.to(x.dtype)
+
+
+class _LowRankResidual(_LowRankMap):
+    """``x + up(down(x))`` with ``up`` zero-initialised: the identity until trained."""
+
+    def __init__(self, dim: int, rank: int, gen: torch.Generator):
+        super().__init__(dim, dim, rank, gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (x @ self.down.T) @ self.up.T
 
 
 class _BlockAdapter(_LowRankResidual):

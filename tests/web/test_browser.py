@@ -189,7 +189,9 @@ def test_whole_mission_through_the_page(serve, browser, photo_folder, tmp_path):
     page.wait_text("#feedback-count", "1 mark")
     wrong.find_element(page.By.CSS_SELECTOR, ".mark.not-relevant").send_keys("\n")  # by keyboard: Enter
     page.wait_text("#feedback-count", "2 marks")
-    pressed = lambda hit, kind: hit.find_element(page.By.CSS_SELECTOR, f".mark.{kind}").get_attribute("aria-pressed")
+    def pressed(hit, kind):
+        return hit.find_element(page.By.CSS_SELECTOR, f".mark.{kind}").get_attribute("aria-pressed")
+
     assert (pressed(right, "relevant"), pressed(right, "not-relevant")) == ("true", "false")
     assert (pressed(wrong, "relevant"), pressed(wrong, "not-relevant")) == ("false", "true")
     marks = get_json(base, f"/collections/{collection_id}/feedback")

@@ -78,7 +78,7 @@ class _LowRankResidual(_LowRankMap):
         super().__init__(dim, dim, rank, gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + (x @ self.down.T) @ self.up.T
+        return x + super().forward(x)
 
 
 class _BlockAdapter(_LowRankResidual):

@@ -22,6 +22,11 @@ METHOD_LABEL = {
 }
 
 
+def _block_rank() -> int:
+    """The rank of auto's block-adapter candidates, as the service trains them."""
+    return CANDIDATES["recipe + block adapters"]["block_adapter_rank"]
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
@@ -112,7 +117,8 @@ def markdown(report: dict) -> str:
         "(the same query draws); Δ columns are paired differences; the recovered fraction is (method − zero-shot) / "
         "(full-FT − zero-shot) from the same replicates. Every query is a test caption (1–3 per image).",
         f"- Recipe (`adapters.train.TrainConfig()` defaults): `{json.dumps(report['recipe'], sort_keys=True)}`. The service's "
-        "default, `method: \"auto\"`, trains it, the recipe with block adapters of rank 8 and the same with the adapters' "
+        f"default, `method: \"auto\"`, trains it, the recipe with block adapters of rank {_block_rank()} and the same with "
+        "the adapters' "
         "lr at 3e-3, and keeps the one best on val; its rows are composed from those three runs per seed "
         "(`bench.summary.compose_auto`).",
         f"- Baselines: the same budget ({json.dumps(report['baseline_budget'])}), learning rate chosen on val from "
@@ -153,7 +159,7 @@ def markdown(report: dict) -> str:
                   "the recipe as it was before collection words joined it); rows named \"recipe ...\" change one thing "
                   f"in the recipe (the row \"{recipe_lever}\"), so they say whether a lever would improve what the "
                   "service ships. Every Δ compares runs with the same seed on the same pairs; \"vs + blocks\" is "
-                  "auto's second candidate (the recipe with block adapters of rank 8).", ""]
+                  f"auto's second candidate (the recipe with block adapters of rank {_block_rank()}).", ""]
         recipe_candidate, blocks_candidate = list(CANDIDATES)[:2]  # the references of lever rows, by name
         for key, rows in s["levers"].items():
             lines += [f"### {key}", "", "| lever | seed | val R@1 | val rsum | Δ val R@1 vs base | Δ val R@1 vs recipe | "
